@@ -1,0 +1,161 @@
+// The public entry points: query (validate, choose a backend, choose a kernel), run (the same
+// decision, then the work), workspace_size. run never allocates or synchronises.
+#include <cuda_runtime.h>
+
+#include <string>
+
+#include "api/cuda_env.h"
+#include "api/select.h"
+#include "api/validate.h"
+#include "common/fwd_params.h"
+#include "common/fwd_problem.h"
+#include "flashcore/flashcore.h"
+#include "reference/reference.h"
+
+namespace flashcore {
+namespace {
+
+Status invalid(const std::string& msg) { return {StatusCode::kInvalidArgument, msg}; }
+
+struct NamedPtr {
+  const char* name;
+  const void* ptr;
+};
+
+// Every pointer of the call, so memory-space rules are checked for all of them alike.
+void list_pointers(const AttentionParams& p, NamedPtr (&out)[7]) {
+  out[0] = {"q", p.q};
+  out[1] = {"k", p.k};
+  out[2] = {"v", p.v};
+  out[3] = {"o", p.o};
+  out[4] = {"lse", p.lse};
+  out[5] = {"cu_seqlens_q", p.cu_seqlens_q};
+  out[6] = {"cu_seqlens_k", p.cu_seqlens_k};
+}
+
+const void* first_tensor(const AttentionParams& p) {
+  return p.q ? p.q : (p.o ? p.o : (p.k ? p.k : p.v));
+}
+
+Status check_reference_memory(const AttentionParams& p) {
+  NamedPtr ptrs[7];
+  list_pointers(p, ptrs);
+  for (const NamedPtr& np : ptrs)
+    if (np.ptr && detail::memory_kind(np.ptr) == detail::MemoryKind::kDevice)
+      return invalid(std::string(np.name) +
+                     ": is device memory, but the CPU reference backend needs host memory");
+  return detail::validate_cu_seqlens_host(p);
+}
+
+Status check_cuda_memory(const AttentionParams& p, int device) {
+  NamedPtr ptrs[7];
+  list_pointers(p, ptrs);
+  for (const NamedPtr& np : ptrs) {
+    if (!np.ptr) continue;
+    const int d = detail::pointer_device(np.ptr);
+    if (d < 0)
+      return invalid(std::string(np.name) + ": must be device memory on the CUDA backend");
+    if (d != device)
+      return invalid(std::string(np.name) + ": lives on device " + std::to_string(d) +
+                     ", but the call runs on device " + std::to_string(device));
+  }
+  return {};
+}
+
+struct Decision {
+  Plan plan;
+  int device = -1;
+  detail::FwdLaunch launch = nullptr;
+};
+
+Decision decide(const AttentionParams& p) {
+  Decision d;
+  Plan& plan = d.plan;
+  plan.status = detail::validate_args(p);
+  if (!plan.status.ok()) return d;
+
+  const int ndev = detail::device_count();
+  const void* t = first_tensor(p);
+  Backend backend = p.backend;
+  if (backend == Backend::kAuto)
+    backend = (ndev > 0 && t && detail::memory_kind(t) == detail::MemoryKind::kDevice)
+                  ? Backend::kCuda
+                  : Backend::kReference;
+  plan.backend = backend;
+
+  if (backend == Backend::kReference) {
+    plan.status = check_reference_memory(p);
+    plan.kernel = "reference";
+    return d;
+  }
+  if (ndev == 0) {
+    plan.status = {StatusCode::kNotSupported, "backend: kCuda requested, but no CUDA device "
+                                              "is present"};
+    return d;
+  }
+  d.device = p.device >= 0 ? p.device : (t ? detail::pointer_device(t) : detail::current_device());
+  if (d.device < 0) d.device = detail::current_device();
+  if (d.device >= ndev) {
+    plan.status = invalid("device: " + std::to_string(d.device) + " is not a CUDA device (" +
+                          std::to_string(ndev) + " present)");
+    return d;
+  }
+  plan.status = check_cuda_memory(p, d.device);
+  if (!plan.status.ok()) return d;
+  detail::KernelChoice choice = detail::select_fwd(detail::resolve(p), d.device);
+  plan.status = choice.status;
+  plan.kernel = choice.name;
+  d.launch = choice.launch;
+  return d;
+}
+
+}  // namespace
+
+Plan query(const AttentionParams& params) { return decide(params).plan; }
+
+int64_t workspace_size(const AttentionParams&) { return 0; }
+
+Status run(const AttentionParams& params, void*, void* stream) {
+  const Decision d = decide(params);
+  if (!d.plan.status.ok()) return d.plan.status;
+  const detail::FwdProblem f = detail::resolve(params);
+  if (d.plan.backend == Backend::kReference) return ref::forward(f);
+  if (params.batch == 0 || params.seqlen_q == 0) return {};  // nothing to compute or write
+
+  int prev = -1;
+  if (cudaGetDevice(&prev) != cudaSuccess) prev = -1;
+  if (prev != d.device && cudaSetDevice(d.device) != cudaSuccess)
+    return {StatusCode::kCudaError, "cudaSetDevice(" + std::to_string(d.device) + ") failed"};
+  const cudaError_t err = d.launch(detail::make_fwd_params(f), static_cast<cudaStream_t>(stream));
+  if (prev >= 0 && prev != d.device) cudaSetDevice(prev);
+  if (err != cudaSuccess)
+    return {StatusCode::kCudaError,
+            std::string("kernel launch failed: ") + cudaGetErrorString(err)};
+  return {};
+}
+
+int cuda_device_count() { return detail::device_count(); }
+
+const char* to_string(DType dtype) {
+  switch (dtype) {
+    case DType::kFloat16:
+      return "fp16";
+    case DType::kBFloat16:
+      return "bf16";
+  }
+  return "unknown";
+}
+
+const char* to_string(Backend backend) {
+  switch (backend) {
+    case Backend::kAuto:
+      return "auto";
+    case Backend::kReference:
+      return "reference";
+    case Backend::kCuda:
+      return "cuda";
+  }
+  return "unknown";
+}
+
+}  // namespace flashcore

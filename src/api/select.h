@@ -1,0 +1,26 @@
+// The one runtime -> template bridge: a table of compiled kernels answering both "is this
+// problem supported on this device?" and "which kernel runs it?", so query and run agree.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <string>
+
+#include "common/fwd_params.h"
+#include "common/fwd_problem.h"
+#include "flashcore/flashcore.h"
+
+namespace flashcore::detail {
+
+using FwdLaunch = cudaError_t (*)(const FwdParams&, cudaStream_t);
+
+struct KernelChoice {
+  Status status;  // ok, or why no kernel serves the problem
+  std::string name;
+  FwdLaunch launch = nullptr;
+};
+
+/// Picks the forward kernel for a validated problem on `device`.
+KernelChoice select_fwd(const FwdProblem& f, int device);
+
+}  // namespace flashcore::detail

@@ -1,0 +1,154 @@
+// Argument rules for forward attention. Each check returns at the first broken rule with a
+// message "argument: rule (value)" so users can fix their call without reading our code.
+#include "api/validate.h"
+
+#include <cmath>
+#include <cstdint>
+#include <sstream>
+#include <string>
+#include <utility>
+
+namespace flashcore::detail {
+namespace {
+
+Status invalid(const std::string& msg) { return {StatusCode::kInvalidArgument, msg}; }
+
+template <typename T>
+std::string str(const T& v) {
+  std::ostringstream os;
+  os << v;
+  return os.str();
+}
+
+bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15u) == 0; }
+
+// Vector loads move 8 elements (16 bytes) at a time, so every stride must be a multiple of 8
+// elements and each base pointer 16-byte aligned.
+Status check_tensor(const char* name, const void* ptr, const Strides& s, bool needed,
+                    bool varlen) {
+  if (ptr == nullptr) {
+    if (needed) return invalid(std::string(name) + ": must not be null");
+    return {};
+  }
+  if (!aligned16(ptr)) return invalid(std::string(name) + ": pointer must be 16-byte aligned");
+  const int64_t strides[3] = {s.batch, s.seq, s.head};
+  const char* sname[3] = {"batch", "seq", "head"};
+  for (int i = varlen ? 1 : 0; i < 3; ++i) {
+    if (strides[i] < 0)
+      return invalid(std::string(name) + "_strides." + sname[i] + ": must be >= 0 (got " +
+                     str(strides[i]) + ")");
+    if (strides[i] % 8 != 0)
+      return invalid(std::string(name) + "_strides." + sname[i] +
+                     ": must be a multiple of 8 elements for 16-byte vector access (got " +
+                     str(strides[i]) + ")");
+  }
+  return {};
+}
+
+// Writes to o must not alias each other, or threads race on the same element. With the dims
+// of size > 1 sorted by stride, each stride must reach past everything nested inside it.
+Status check_output_disjoint(const AttentionParams& p, bool varlen) {
+  struct Dim {
+    int64_t size, stride;
+    const char* name;
+  } dims[3] = {{p.num_heads_q, p.o_strides.head, "head"},
+               {p.seqlen_q, p.o_strides.seq, "seq"},
+               {varlen ? 1 : p.batch, p.o_strides.batch, "batch"}};
+  for (int i = 0; i < 3; ++i)  // insertion sort by stride, three elements
+    for (int j = i; j > 0 && dims[j].stride < dims[j - 1].stride; --j) std::swap(dims[j], dims[j - 1]);
+  int64_t extent = p.head_dim;
+  for (const Dim& d : dims) {
+    if (d.size <= 1) continue;
+    if (d.stride < extent)
+      return invalid(std::string("o_strides.") + d.name + ": " + str(d.stride) +
+                     " makes output rows overlap (need >= " + str(extent) + ")");
+    extent += d.stride * (d.size - 1);
+  }
+  return {};
+}
+
+}  // namespace
+
+Status validate_args(const AttentionParams& p) {
+  if (p.dtype != DType::kFloat16 && p.dtype != DType::kBFloat16)
+    return invalid("dtype: must be kFloat16 or kBFloat16 (got " +
+                   str(static_cast<int>(p.dtype)) + ")");
+  if (p.backend != Backend::kAuto && p.backend != Backend::kReference &&
+      p.backend != Backend::kCuda)
+    return invalid("backend: unknown value " + str(static_cast<int>(p.backend)));
+  if (p.batch < 0) return invalid("batch: must be >= 0 (got " + str(p.batch) + ")");
+  if (p.seqlen_q < 0) return invalid("seqlen_q: must be >= 0 (got " + str(p.seqlen_q) + ")");
+  if (p.seqlen_k < 0) return invalid("seqlen_k: must be >= 0 (got " + str(p.seqlen_k) + ")");
+  if (p.seqlen_q > INT32_MAX || p.seqlen_k > INT32_MAX)
+    return invalid("seqlen_q/seqlen_k: must be < 2^31");
+  if (p.num_heads_q < 1)
+    return invalid("num_heads_q: must be >= 1 (got " + str(p.num_heads_q) + ")");
+  if (p.num_heads_kv < 1)
+    return invalid("num_heads_kv: must be >= 1 (got " + str(p.num_heads_kv) + ")");
+  if (p.num_heads_q % p.num_heads_kv != 0)
+    return invalid("num_heads_q: must be a multiple of num_heads_kv (got " +
+                   str(p.num_heads_q) + " and " + str(p.num_heads_kv) + ")");
+  if (p.head_dim != 64 && p.head_dim != 128 && p.head_dim != 256)
+    return invalid("head_dim: must be 64, 128 or 256 (got " + str(p.head_dim) + ")");
+  if (!std::isfinite(p.softmax_scale) || p.softmax_scale < 0.0f)
+    return invalid("softmax_scale: must be finite and >= 0, where 0 selects 1/sqrt(head_dim) (got " +
+                   str(p.softmax_scale) + ")");
+  if (p.window_left < -1)
+    return invalid("window_left: must be >= -1, where -1 means unbounded (got " +
+                   str(p.window_left) + ")");
+  if (p.window_right < -1)
+    return invalid("window_right: must be >= -1, where -1 means unbounded (got " +
+                   str(p.window_right) + ")");
+  if (p.device < -1) return invalid("device: must be >= -1 (got " + str(p.device) + ")");
+
+  const bool varlen_q = p.cu_seqlens_q != nullptr;
+  const bool varlen_k = p.cu_seqlens_k != nullptr;
+  if (varlen_q != varlen_k)
+    return invalid(std::string(varlen_q ? "cu_seqlens_k" : "cu_seqlens_q") +
+                   ": cu_seqlens_q and cu_seqlens_k must be given together");
+  if (varlen_q && (reinterpret_cast<uintptr_t>(p.cu_seqlens_q) & 3u))
+    return invalid("cu_seqlens_q: pointer must be 4-byte aligned");
+  if (varlen_k && (reinterpret_cast<uintptr_t>(p.cu_seqlens_k) & 3u))
+    return invalid("cu_seqlens_k: pointer must be 4-byte aligned");
+
+  // A tensor with no elements may be null; otherwise it must exist.
+  const bool any_q = p.batch > 0 && p.seqlen_q > 0;
+  const bool any_k = p.batch > 0 && p.seqlen_k > 0;
+  Status s;
+  if (!(s = check_tensor("q", p.q, p.q_strides, any_q, varlen_q)).ok()) return s;
+  if (!(s = check_tensor("k", p.k, p.k_strides, any_k, varlen_q)).ok()) return s;
+  if (!(s = check_tensor("v", p.v, p.v_strides, any_k, varlen_q)).ok()) return s;
+  if (!(s = check_tensor("o", p.o, p.o_strides, any_q, varlen_q)).ok()) return s;
+  if (any_q && !(s = check_output_disjoint(p, varlen_q)).ok()) return s;
+  if (p.lse != nullptr && (reinterpret_cast<uintptr_t>(p.lse) & 3u))
+    return invalid("lse: pointer must be 4-byte aligned");
+  return {};
+}
+
+Status validate_cu_seqlens_host(const AttentionParams& p) {
+  if (p.cu_seqlens_q == nullptr) return {};
+  const struct {
+    const char* name;
+    const int32_t* cu;
+    int64_t max_len;
+    const char* max_name;
+  } lists[2] = {{"cu_seqlens_q", p.cu_seqlens_q, p.seqlen_q, "seqlen_q"},
+                {"cu_seqlens_k", p.cu_seqlens_k, p.seqlen_k, "seqlen_k"}};
+  for (const auto& l : lists) {
+    if (p.batch > 0 && l.cu[0] != 0)
+      return invalid(std::string(l.name) + ": must start at 0 (got " + str(l.cu[0]) + ")");
+    for (int64_t b = 0; b < p.batch; ++b) {
+      const int64_t len = static_cast<int64_t>(l.cu[b + 1]) - l.cu[b];
+      if (len < 0)
+        return invalid(std::string(l.name) + ": must be non-decreasing (entry " + str(b + 1) +
+                       " = " + str(l.cu[b + 1]) + " < entry " + str(b) + " = " +
+                       str(l.cu[b]) + ")");
+      if (len > l.max_len)
+        return invalid(std::string(l.name) + ": sequence " + str(b) + " has length " +
+                       str(len) + ", more than " + l.max_name + " = " + str(l.max_len));
+    }
+  }
+  return {};
+}
+
+}  // namespace flashcore::detail

@@ -1,0 +1,44 @@
+// Tuning table of the portable forward kernel: tile shape, warps and occupancy per head dim.
+// Each warp owns kBlockM / kWarps query rows (whole m16 tiles) and sweeps the key tile.
+#pragma once
+
+namespace flashcore::portable {
+
+template <int kHeadDim_, int kBlockM_, int kBlockN_, int kWarps_, int kMinBlocks_>
+struct FwdConfig {
+  static constexpr int kHeadDim = kHeadDim_;
+  static constexpr int kBlockM = kBlockM_;
+  static constexpr int kBlockN = kBlockN_;
+  static constexpr int kWarps = kWarps_;
+  static constexpr int kMinBlocks = kMinBlocks_;  // CTAs per SM the register budget targets
+  static constexpr int kThreads = kWarps * 32;
+  static constexpr int kRowsPerWarp = kBlockM / kWarps;
+  static constexpr int kMTiles = kRowsPerWarp / 16;  // m16 tiles per warp
+  static constexpr int kNTiles = kBlockN / 8;        // n8 tiles of S per row block
+  static constexpr int kDTiles = kHeadDim / 8;       // n8 tiles of O
+  static constexpr int kKSteps = kHeadDim / 16;      // k16 steps of Q·K^T
+  static constexpr int kChunksPerRow = kHeadDim / 8;  // 16-byte chunks per smem row
+  // Q tile + two stages of (K, V) tiles, 16-bit elements.
+  static constexpr int kSmemBytes = 2 * kHeadDim * (kBlockM + 2 * 2 * kBlockN);
+  static_assert(kRowsPerWarp % 16 == 0 && kBlockN % 16 == 0 && kHeadDim % 64 == 0);
+};
+
+// Registers: S is kMTiles*kNTiles*4 floats and O kMTiles*kDTiles*4 floats per thread; both
+// configs with two CTAs per SM keep S+O at 192 registers under the 255 cap of (128 threads, 2).
+template <int kHeadDim>
+struct FwdTile;
+template <>
+struct FwdTile<64> {
+  using type = FwdConfig<64, 128, 128, 4, 2>;
+};
+template <>
+struct FwdTile<128> {
+  using type = FwdConfig<128, 128, 64, 4, 2>;
+};
+// D = 256: one m16 tile per warp keeps O at 128 registers; 192 KB smem gives one CTA per SM.
+template <>
+struct FwdTile<256> {
+  using type = FwdConfig<256, 128, 64, 8, 1>;
+};
+
+}  // namespace flashcore::portable

@@ -1,0 +1,129 @@
+// CPU reference forward: the executable spec. Logits, softmax and P·V are accumulated in double
+// from inputs converted to float, so its own error is far below any kernel's; one task per
+// (batch, query head), each task writing a disjoint set of O rows and LSE entries.
+#include "reference/reference.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <limits>
+#include <thread>
+#include <vector>
+
+#include "common/dtype.h"
+
+namespace flashcore::ref {
+namespace {
+
+using detail::FwdProblem;
+
+// Where sequence b starts and how long it is. Varlen sequences start at packed token cu[b]
+// (element offset cu[b] * seq stride); padded batches at b * batch stride.
+struct SeqView {
+  int64_t q_token0 = 0, k_token0 = 0;  // first packed token (varlen), else 0
+  int64_t sq = 0, sk = 0;
+};
+
+SeqView seq_view(const FwdProblem& f, int64_t b) {
+  const AttentionParams& p = f.p;
+  if (!f.varlen) return {0, 0, p.seqlen_q, p.seqlen_k};
+  return {p.cu_seqlens_q[b], p.cu_seqlens_k[b], p.cu_seqlens_q[b + 1] - p.cu_seqlens_q[b],
+          p.cu_seqlens_k[b + 1] - p.cu_seqlens_k[b]};
+}
+
+// Element offset of row i of head h in sequence b of a tensor with strides s.
+int64_t row_offset(const FwdProblem& f, const Strides& s, int64_t b, int64_t token0, int64_t i,
+                   int64_t h) {
+  const int64_t base = f.varlen ? token0 * s.seq : b * s.batch;
+  return base + i * s.seq + h * s.head;
+}
+
+// Converts rows [0, n) of head h into a dense float [n, d] buffer, so the O(sq * sk * d) loops
+// below do not convert each element sq times.
+void load_rows(const FwdProblem& f, const void* ptr, const Strides& s, int64_t b, int64_t token0,
+               int64_t n, int64_t h, std::vector<float>& out) {
+  const int64_t d = f.p.head_dim;
+  const auto* src = static_cast<const uint16_t*>(ptr);
+  out.resize(static_cast<size_t>(n * d));
+  for (int64_t j = 0; j < n; ++j) {
+    const uint16_t* row = src + row_offset(f, s, b, token0, j, h);
+    for (int64_t c = 0; c < d; ++c) out[j * d + c] = detail::to_float(f.p.dtype, row[c]);
+  }
+}
+
+void run_head(const FwdProblem& f, const Options& opt, int64_t b, int64_t h) {
+  const AttentionParams& p = f.p;
+  const SeqView sv = seq_view(f, b);
+  if (sv.sq <= 0) return;
+  const int64_t d = p.head_dim;
+  const int64_t hkv = h / f.group;
+  std::vector<float> q, k, v;
+  load_rows(f, p.q, p.q_strides, b, sv.q_token0, sv.sq, h, q);
+  load_rows(f, p.k, p.k_strides, b, sv.k_token0, sv.sk, hkv, k);
+  load_rows(f, p.v, p.v_strides, b, sv.k_token0, sv.sk, hkv, v);
+
+  // LSE is [B, Hq, Sq] padded, or [Hq, total_q] packed with total_q = cu_seqlens_q[batch].
+  float* lse_row = nullptr;
+  if (p.lse != nullptr) {
+    lse_row = f.varlen ? p.lse + h * static_cast<int64_t>(p.cu_seqlens_q[p.batch]) + sv.q_token0
+                       : p.lse + (b * p.num_heads_q + h) * p.seqlen_q;
+  }
+
+  std::vector<double> s, acc(static_cast<size_t>(d));
+  auto* o = static_cast<uint16_t*>(p.o);
+  for (int64_t i = 0; i < sv.sq; ++i) {
+    const detail::KeyRange r = detail::visible_keys(i, sv.sq, sv.sk, f.window_left, f.window_right);
+    uint16_t* o_row = o + row_offset(f, p.o_strides, b, sv.q_token0, i, h);
+    if (r.hi <= r.lo) {  // no visible key: O = 0, LSE = -inf by definition
+      for (int64_t c = 0; c < d; ++c) o_row[c] = detail::from_float(p.dtype, 0.0f);
+      if (lse_row) lse_row[i] = -std::numeric_limits<float>::infinity();
+      continue;
+    }
+    const float* qi = &q[i * d];
+    s.assign(static_cast<size_t>(r.hi - r.lo), 0.0);
+    double m = -std::numeric_limits<double>::infinity();
+    for (int64_t j = r.lo; j < r.hi; ++j) {
+      const float* kj = &k[j * d];
+      double dot = 0.0;
+      for (int64_t c = 0; c < d; ++c) dot += static_cast<double>(qi[c]) * kj[c];
+      s[j - r.lo] = static_cast<double>(f.scale) * dot;
+      m = std::max(m, s[j - r.lo]);
+    }
+    std::fill(acc.begin(), acc.end(), 0.0);
+    double l = 0.0;
+    for (int64_t j = r.lo; j < r.hi; ++j) {
+      const double pj = std::exp(s[j - r.lo] - m);
+      l += pj;
+      // Kernels sum fp32 P for the normaliser but feed P rounded to the dtype into the MMA.
+      const double pv = opt.round_p ? detail::round_to(p.dtype, static_cast<float>(pj)) : pj;
+      const float* vj = &v[j * d];
+      for (int64_t c = 0; c < d; ++c) acc[c] += pv * vj[c];
+    }
+    for (int64_t c = 0; c < d; ++c)
+      o_row[c] = detail::from_float(p.dtype, static_cast<float>(acc[c] / l));
+    if (lse_row) lse_row[i] = static_cast<float>(m + std::log(l));
+  }
+}
+
+}  // namespace
+
+Status forward(const FwdProblem& f, const Options& opt) {
+  const int64_t tasks = f.p.batch * f.p.num_heads_q;
+  if (tasks <= 0) return {};
+  int64_t threads = opt.num_threads > 0 ? opt.num_threads : std::thread::hardware_concurrency();
+  threads = std::clamp<int64_t>(threads, 1, tasks);
+
+  // Tasks are handed out dynamically: with causal masks or varlen batches their costs differ.
+  std::atomic<int64_t> next{0};
+  auto worker = [&] {
+    for (int64_t t; (t = next.fetch_add(1)) < tasks;)
+      run_head(f, opt, t / f.p.num_heads_q, t % f.p.num_heads_q);
+  };
+  std::vector<std::thread> pool;
+  for (int64_t t = 1; t < threads; ++t) pool.emplace_back(worker);
+  worker();
+  for (auto& th : pool) th.join();
+  return {};
+}
+
+}  // namespace flashcore::ref

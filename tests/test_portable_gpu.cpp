@@ -1,0 +1,198 @@
+// GPU suite (label gpu): the CUDA backend against the CPU reference on fresh random inputs,
+// outputs poisoned first. Every test skips, with the reason, when no GPU is present.
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "flashcore/flashcore.h"
+#include "test_util.h"
+
+namespace flashcore::test {
+namespace {
+
+#define SKIP_WITHOUT_GPU()                                                              \
+  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device (driver or GPU missing)"
+
+#define CUDA_OK(expr) ASSERT_EQ((expr), cudaSuccess) << #expr << ": " << cudaGetErrorString(expr)
+
+template <class T>
+struct DeviceBuffer {
+  T* ptr = nullptr;
+  explicit DeviceBuffer(const std::vector<T>& host) {
+    if (host.empty()) return;
+    if (cudaMalloc(&ptr, host.size() * sizeof(T)) != cudaSuccess) ptr = nullptr;
+    if (ptr) cudaMemcpy(ptr, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice);
+  }
+  ~DeviceBuffer() { cudaFree(ptr); }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  void to_host(std::vector<T>& host) const {
+    if (ptr) cudaMemcpy(host.data(), ptr, host.size() * sizeof(T), cudaMemcpyDeviceToHost);
+  }
+};
+
+// Runs case c on the GPU with fresh inputs (seed) and returns the host copy of the result.
+struct GpuRun {
+  Plan plan;
+  Status status;
+  HostProblem hp;
+};
+GpuRun run_on_gpu(const Case& c, uint64_t seed, int repeats = 1) {
+  GpuRun r;
+  r.hp = make_problem(c, seed);
+  DeviceBuffer<uint16_t> q(r.hp.q), k(r.hp.k), v(r.hp.v), o(r.hp.o);
+  DeviceBuffer<float> lse(r.hp.lse);
+  DeviceBuffer<int32_t> cu_q(r.hp.cu_q), cu_k(r.hp.cu_k);
+  AttentionParams p = r.hp.rebased(q.ptr, k.ptr, v.ptr, o.ptr, lse.ptr, cu_q.ptr, cu_k.ptr);
+  p.backend = Backend::kAuto;
+  r.plan = query(p);
+  cudaStream_t stream = nullptr;
+  cudaStreamCreate(&stream);
+  for (int i = 0; i < repeats && r.status.ok(); ++i) r.status = run(p, nullptr, stream);
+  const cudaError_t err = cudaStreamSynchronize(stream);
+  if (r.status.ok() && err != cudaSuccess) r.status = {StatusCode::kCudaError, cudaGetErrorString(err)};
+  cudaStreamDestroy(stream);
+  o.to_host(r.hp.o);
+  lse.to_host(r.hp.lse);
+  return r;
+}
+
+void expect_matches_reference(const Case& c, uint64_t seed) {
+  GpuRun r = run_on_gpu(c, seed);
+  ASSERT_TRUE(r.plan.status.ok()) << r.plan.status.message;
+  EXPECT_EQ(r.plan.backend, Backend::kCuda);
+  EXPECT_EQ(r.plan.kernel.rfind("portable.fwd.", 0), 0u) << r.plan.kernel;
+  ASSERT_TRUE(r.status.ok()) << r.status.message;
+  const Check chk = compare_output(c, r.hp, seed);
+  EXPECT_TRUE(chk.ok) << chk.msg;
+}
+
+// The grid of the foundation issue, sampled so every value of every axis appears with every
+// dtype x head dim x mask: lengths {1, 17, 128, 1013, 1024, 4097} with sq != sk, GQA
+// {1, 4, 8, 32}, strided views on alternate cases.
+std::vector<Case> grid_cases() {
+  struct Len {
+    int64_t sq, sk;
+  };
+  const Len lens[] = {{1, 1024}, {17, 1013}, {128, 17}, {1013, 1024},
+                      {1024, 128}, {4097, 1013}, {128, 4097}, {1, 1}};
+  const int64_t groups[] = {1, 4, 8, 32};
+  struct Mask {
+    bool causal;
+    int64_t wl, wr;
+  };
+  const Mask masks[] = {{false, -1, -1}, {true, -1, -1}, {false, 100, 7}, {true, 300, -1}};
+  std::vector<Case> cases;
+  int n = 0;
+  for (DType t : {DType::kBFloat16, DType::kFloat16})
+    for (int64_t d : {64, 128, 256})
+      for (const Mask& m : masks)
+        for (const Len& l : lens) {
+          const int64_t g = groups[n % 4];
+          // Keep the reference's work bounded: long sequences with few heads.
+          const int64_t hkv = (l.sq * l.sk > 1'000'000 || g == 32) ? 1 : 2;
+          Case c(t, /*b=*/(n % 3 == 0) ? 2 : 1, g * hkv, hkv, l.sq, l.sk, d);
+          c.causal = m.causal;
+          c.wl = m.wl;
+          c.wr = m.wr;
+          c.strided = n % 2 == 1;
+          c.with_lse = n % 5 != 4;
+          cases.push_back(c);
+          ++n;
+        }
+  return cases;
+}
+
+class PortableGrid : public ::testing::TestWithParam<Case> {};
+
+TEST_P(PortableGrid, MatchesReference) {
+  SKIP_WITHOUT_GPU();
+  expect_matches_reference(GetParam(), 1234 + std::hash<std::string>{}(GetParam().name()) % 1000);
+}
+
+INSTANTIATE_TEST_SUITE_P(Grid, PortableGrid, ::testing::ValuesIn(grid_cases()),
+                         [](const auto& info) { return info.param.name(); });
+
+std::vector<Case> varlen_cases() {
+  std::vector<Case> cases;
+  for (DType t : {DType::kBFloat16, DType::kFloat16})
+    for (int64_t d : {64, 128, 256})
+      for (int mask = 0; mask < 3; ++mask) {
+        Case c(t, 0, 8, 2, 0, 0, d);
+        c.varlen_q = {17, 0, 1013, 1, 128, 300};
+        c.varlen_k = {40, 5, 1024, 0, 128, 200};
+        c.causal = mask == 1;
+        if (mask == 2) c.wl = 64, c.wr = 0;
+        c.strided = d == 128;
+        cases.push_back(c);
+      }
+  return cases;
+}
+
+class PortableVarlen : public ::testing::TestWithParam<Case> {};
+
+TEST_P(PortableVarlen, MatchesReference) {
+  SKIP_WITHOUT_GPU();
+  expect_matches_reference(GetParam(), 99);
+}
+
+INSTANTIATE_TEST_SUITE_P(Varlen, PortableVarlen, ::testing::ValuesIn(varlen_cases()),
+                         [](const auto& info) { return info.param.name(); });
+
+TEST(Portable, CustomScaleAndLargeBatch) {
+  SKIP_WITHOUT_GPU();
+  Case c(DType::kBFloat16, 37, 4, 4, 65, 130, 128);
+  c.scale = 0.3f;
+  expect_matches_reference(c, 7);
+}
+
+TEST(Portable, EmptyProblemsWriteNothing) {
+  SKIP_WITHOUT_GPU();
+  for (auto [sq, sk] : {std::pair<int64_t, int64_t>{0, 16}, {16, 0}, {0, 0}}) {
+    Case c(DType::kFloat16, 2, 4, 2, sq, sk, 64);
+    GpuRun r = run_on_gpu(c, 3);
+    ASSERT_TRUE(r.status.ok()) << r.status.message;
+    const Check chk = compare_output(c, r.hp, 3);  // sk == 0: every row is empty, O = 0
+    EXPECT_TRUE(chk.ok) << chk.msg;
+  }
+}
+
+// Same inputs twice must give bit-identical outputs: a data race would show up as a difference.
+TEST(Portable, Deterministic) {
+  SKIP_WITHOUT_GPU();
+  Case c(DType::kBFloat16, 2, 8, 2, 777, 1500, 128);
+  c.causal = true;
+  GpuRun a = run_on_gpu(c, 11), b = run_on_gpu(c, 11, /*repeats=*/3);
+  ASSERT_TRUE(a.status.ok() && b.status.ok());
+  EXPECT_EQ(0, std::memcmp(a.hp.o.data(), b.hp.o.data(), a.hp.o.size() * 2));
+  EXPECT_EQ(0, std::memcmp(a.hp.lse.data(), b.hp.lse.data(), a.hp.lse.size() * 4));
+}
+
+TEST(Portable, DeviceMemoryRejectedByReferenceBackend) {
+  SKIP_WITHOUT_GPU();
+  Case c(DType::kBFloat16, 1, 2, 2, 8, 8, 64);
+  HostProblem hp = make_problem(c, 5);
+  DeviceBuffer<uint16_t> q(hp.q), k(hp.k), v(hp.v), o(hp.o);
+  AttentionParams p = hp.rebased(q.ptr, k.ptr, v.ptr, o.ptr, nullptr, nullptr, nullptr);
+  p.lse = nullptr;
+  p.backend = Backend::kReference;
+  const Status s = run(p);
+  EXPECT_EQ(s.code, StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message.find("q:"), std::string::npos) << s.message;
+}
+
+TEST(Portable, HostMemoryRejectedByCudaBackend) {
+  SKIP_WITHOUT_GPU();
+  Case c(DType::kBFloat16, 1, 2, 2, 8, 8, 64);
+  HostProblem hp = make_problem(c, 5);
+  hp.params.backend = Backend::kCuda;
+  const Status s = run(hp.params);
+  EXPECT_EQ(s.code, StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message.find("device memory"), std::string::npos) << s.message;
+}
+
+}  // namespace
+}  // namespace flashcore::test

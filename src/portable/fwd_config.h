@@ -23,22 +23,36 @@ struct FwdConfig {
   static_assert(kRowsPerWarp % 16 == 0 && kBlockN % 16 == 0 && kHeadDim % 64 == 0);
 };
 
-// Registers: S is kMTiles*kNTiles*4 floats and O kMTiles*kDTiles*4 floats per thread; both
-// configs with two CTAs per SM keep S+O at 192 registers under the 255 cap of (128 threads, 2).
+// Registers: S is kMTiles*kNTiles*4 floats and O kMTiles*kDTiles*4 floats per thread, under a
+// cap of 65536 / (threads * kMinBlocks) (255 at most). Rows are chosen by scripts/tune on the
+// H100 (docs/perf-notes.md); FLASHCORE_TILE_D<D> (CMake FLASHCORE_TILE_OVERRIDES) replaces a
+// row for tuning builds only.
 template <int kHeadDim>
 struct FwdTile;
 template <>
 struct FwdTile<64> {
+#ifdef FLASHCORE_TILE_D64
+  using type = FwdConfig<64, FLASHCORE_TILE_D64>;
+#else
   using type = FwdConfig<64, 128, 128, 4, 2>;
+#endif
 };
 template <>
 struct FwdTile<128> {
+#ifdef FLASHCORE_TILE_D128
+  using type = FwdConfig<128, FLASHCORE_TILE_D128>;
+#else
   using type = FwdConfig<128, 128, 64, 4, 2>;
+#endif
 };
 // D = 256: one m16 tile per warp keeps O at 128 registers; 192 KB smem gives one CTA per SM.
 template <>
 struct FwdTile<256> {
+#ifdef FLASHCORE_TILE_D256
+  using type = FwdConfig<256, FLASHCORE_TILE_D256>;
+#else
   using type = FwdConfig<256, 128, 64, 8, 1>;
+#endif
 };
 
 }  // namespace flashcore::portable

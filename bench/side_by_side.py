@@ -202,7 +202,7 @@ def main():
     ap.add_argument("--filter", default="", help="only rows whose name contains this")
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=10)
-    ap.add_argument("--out", help="JSON path (default bench/results/side_by_side_<device>_<date>)")
+    ap.add_argument("--out", help="JSON path or folder (default bench/results/side_by_side_<device>_<date>.json)")
     args = ap.parse_args()
     try:
         import torch
@@ -246,7 +246,10 @@ def main():
               f"({r['check_against']} {fmt(r['max_abs_diff'], '.2g')})", flush=True)
         results.append(r)
     slug = re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-")
-    path = args.out or os.path.join(REPO, "bench", "results", f"side_by_side_{slug}_{today}.json")
+    name = f"side_by_side_{slug}_{today}.json"
+    path = args.out or os.path.join(REPO, "bench", "results", name)
+    if os.path.isdir(path):
+        path = os.path.join(path, name)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     meta = dict(device=device, date=today, torch=torch.__version__,
                 cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),

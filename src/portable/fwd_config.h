@@ -25,22 +25,24 @@ struct FwdConfig {
 
 // Registers: S is kMTiles*kNTiles*4 floats and O kMTiles*kDTiles*4 floats per thread, under a
 // cap of 65536 / (threads * kMinBlocks) (255 at most). Rows are chosen by scripts/tune on the
-// H100 (docs/perf-notes.md); FLASHCORE_TILE_D<D> (CMake FLASHCORE_TILE_OVERRIDES) replaces a
-// row for tuning builds only.
+// H100 (docs/perf-notes.md); CMake's FLASHCORE_TILE_OVERRIDES replaces a
+// row (macros FLASHCORE_TILE_D<D>_BM/_BN/_WARPS/_MINBLOCKS) for tuning builds only.
 template <int kHeadDim>
 struct FwdTile;
 template <>
 struct FwdTile<64> {
-#ifdef FLASHCORE_TILE_D64
-  using type = FwdConfig<64, FLASHCORE_TILE_D64>;
+#ifdef FLASHCORE_TILE_D64_BM
+  using type = FwdConfig<64, FLASHCORE_TILE_D64_BM, FLASHCORE_TILE_D64_BN,
+                         FLASHCORE_TILE_D64_WARPS, FLASHCORE_TILE_D64_MINBLOCKS>;
 #else
   using type = FwdConfig<64, 128, 128, 4, 2>;
 #endif
 };
 template <>
 struct FwdTile<128> {
-#ifdef FLASHCORE_TILE_D128
-  using type = FwdConfig<128, FLASHCORE_TILE_D128>;
+#ifdef FLASHCORE_TILE_D128_BM
+  using type = FwdConfig<128, FLASHCORE_TILE_D128_BM, FLASHCORE_TILE_D128_BN,
+                         FLASHCORE_TILE_D128_WARPS, FLASHCORE_TILE_D128_MINBLOCKS>;
 #else
   using type = FwdConfig<128, 128, 64, 4, 2>;
 #endif
@@ -48,8 +50,9 @@ struct FwdTile<128> {
 // D = 256: one m16 tile per warp keeps O at 128 registers; 192 KB smem gives one CTA per SM.
 template <>
 struct FwdTile<256> {
-#ifdef FLASHCORE_TILE_D256
-  using type = FwdConfig<256, FLASHCORE_TILE_D256>;
+#ifdef FLASHCORE_TILE_D256_BM
+  using type = FwdConfig<256, FLASHCORE_TILE_D256_BM, FLASHCORE_TILE_D256_BN,
+                         FLASHCORE_TILE_D256_WARPS, FLASHCORE_TILE_D256_MINBLOCKS>;
 #else
   using type = FwdConfig<256, 128, 64, 8, 1>;
 #endif

@@ -35,7 +35,9 @@ struct FwdTile<64> {
   using type = FwdConfig<64, FLASHCORE_TILE_D64_BM, FLASHCORE_TILE_D64_BN,
                          FLASHCORE_TILE_D64_WARPS, FLASHCORE_TILE_D64_MINBLOCKS>;
 #else
-  using type = FwdConfig<64, 128, 128, 4, 2>;
+  // Three CTAs per SM (168 registers, small spills) beat 128x128 with two: more warps to hide
+  // the softmax's ALU latency behind other warps' mma (scripts/tune, docs/perf-notes.md).
+  using type = FwdConfig<64, 128, 64, 4, 3>;
 #endif
 };
 template <>

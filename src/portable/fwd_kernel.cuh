@@ -1,7 +1,7 @@
 // Portable (sm80+) forward attention, the FlashAttention-2 algorithm: one CTA per (query tile,
-// head, batch); K/V tiles stream through a two-stage cp.async ring; S = QK^T and O += PV on
-// mma.sync with the online softmax in registers. Smem rows are XOR-swizzled in 16-byte chunks
-// (chunk ^ row % 8) so ldmatrix reads of 8 rows hit 8 distinct bank groups.
+// head, batch); K and V tiles stream through two-stage cp.async rings, one tile ahead; S = QK^T
+// and O += PV on mma.sync with the online softmax in registers (docs/perf-notes.md has the
+// variants measured against this loop).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -15,6 +15,7 @@
 #include "portable/sm80_ops.cuh"
 #include "portable/smem_layout.cuh"
 #include "portable/softmax.cuh"
+#include "portable/warp_gemm.cuh"
 
 namespace flashcore::portable {
 
@@ -79,11 +80,12 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
     fwd_kernel(const __grid_constant__ FwdParams p) {
   constexpr int kMT = Cfg::kMTiles, kNT = Cfg::kNTiles, kDT = Cfg::kDTiles;
   constexpr int kBM = Cfg::kBlockM, kBN = Cfg::kBlockN, kD = Cfg::kHeadDim;
-  extern __shared__ __align__(128) uint8_t smem[];
-  const uint32_t sQ = smem_addr(smem);
-  const uint32_t sK = sQ + kBM * kD * 2;            // stage s at sK + s * kTileBytes
-  const uint32_t sV = sK + 2 * kBN * kD * 2;
   constexpr uint32_t kTileBytes = kBN * kD * 2;
+  extern __shared__ __align__(128) uint8_t smem[];
+  // Layout: Q tile | K stage 0 | K stage 1 | V stage 0 | V stage 1.
+  const uint32_t sQ = smem_addr(smem);
+  const uint32_t sK = sQ + kBM * kD * 2;
+  const uint32_t sV = sK + 2 * kTileBytes;
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int b = blockIdx.z, h = blockIdx.y, hk = h / p.group;
@@ -107,13 +109,18 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
     return;
   }
   const int t_begin = keys.lo / kBN, t_end = (keys.hi + kBN - 1) / kBN;
-
-  load_tile<Cfg, kBM, Cfg::kThreads>(sQ, qg, p.q_seq, seq.sq - m0, tid);
-  load_tile<Cfg, kBN, Cfg::kThreads>(sK, kg + int64_t(t_begin) * kBN * p.k_seq, p.k_seq,
-                                     seq.sk - t_begin * kBN, tid);
-  load_tile<Cfg, kBN, Cfg::kThreads>(sV, vg + int64_t(t_begin) * kBN * p.v_seq, p.v_seq,
-                                     seq.sk - t_begin * kBN, tid);
-  cp_async_commit();
+  // Key tile t lives in stage (t - t_begin) % 2 of its ring.
+  auto stage = [&](int t) { return static_cast<uint32_t>((t - t_begin) & 1) * kTileBytes; };
+  auto load_k = [&](int t) {
+    const int64_t k_seq = opaque(p.k_seq);
+    load_tile<Cfg, kBN, Cfg::kThreads>(sK + stage(t), kg + t * kBN * k_seq, k_seq,
+                                       seq.sk - t * kBN, tid);
+  };
+  auto load_v = [&](int t) {
+    const int64_t v_seq = opaque(p.v_seq);
+    load_tile<Cfg, kBN, Cfg::kThreads>(sV + stage(t), vg + t * kBN * v_seq, v_seq,
+                                       seq.sk - t * kBN, tid);
+  };
 
   float o[kMT][kDT][4];
   float row_max[kMT][2], row_sum[kMT][2];
@@ -125,84 +132,35 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
     row_sum[mt][0] = row_sum[mt][1] = 0.f;
   }
   const int warp_row0 = warp * Cfg::kRowsPerWarp;  // first query row of this warp in the tile
-  const int g = lane / 4, t4 = lane % 4;
-  // ldmatrix lane offsets. Every fragment starts on a multiple of 8 rows, so the swizzle term of
-  // lane l is l % 8 and chunk (2k + b) lands at byte 16 * ((2k) ^ (b ^ l % 8)): one per-lane
-  // offset XOR 32k, instead of a table of addresses held in registers.
-  constexpr int kRowBytes = kD * 2;
-  const uint32_t q_off = (lane % 16) * kRowBytes + 16 * ((lane / 16) ^ (lane % 8));
-  const uint32_t k_off = (lane % 8 + 8 * (lane / 16)) * kRowBytes + 16 * (((lane / 8) % 2) ^ (lane % 8));
-  const uint32_t v_off = (lane % 8 + 8 * ((lane / 8) % 2)) * kRowBytes + 16 * ((lane / 16) ^ (lane % 8));
+  const uint32_t sQ_warp = sQ + warp_row0 * kD * 2;
+  const LaneOffsets<Cfg> lanes(lane);
 
+  // S of key tile t, masked where the tile is not fully visible to every row of the CTA.
+  auto scores = [&](float (&s)[kMT][kNT][4], int t, const LaneOffsets<Cfg>& lo) {
+    qk_gemm<Cfg, Elem>(s, sQ_warp, sK + stage(t), lo);
+    if (!detail::tile_unmasked<Mask>(t * kBN, kBN, m0, m_last, seq.sq, seq.sk, p.window_left,
+                                     p.window_right))
+      apply_mask<Cfg, Mask>(s, t * kBN, m0 + warp_row0, seq.sq, seq.sk, p.window_left,
+                            p.window_right, lane);
+  };
+
+  load_tile<Cfg, kBM, Cfg::kThreads>(sQ, qg, p.q_seq, seq.sq - m0, tid);
+  load_k(t_begin);
+  load_v(t_begin);
+  cp_async_commit();
   for (int t = t_begin; t < t_end; ++t) {
-    const uint32_t stage = ((t - t_begin) & 1) * kTileBytes;
-    // All of tile t has landed and every warp is done with tile t-1, whose stage we refill.
     cp_async_wait<0>();
-    __syncthreads();
+    __syncthreads();  // tile t landed; every warp is done with tile t-1, whose stages we refill
     if (t + 1 < t_end) {
-      const int n1 = (t + 1) * kBN;
-      const int64_t k_seq = opaque(p.k_seq), v_seq = opaque(p.v_seq);
-      load_tile<Cfg, kBN, Cfg::kThreads>(sK + (stage ^ kTileBytes), kg + n1 * k_seq, k_seq,
-                                         seq.sk - n1, tid);
-      load_tile<Cfg, kBN, Cfg::kThreads>(sV + (stage ^ kTileBytes), vg + n1 * v_seq, v_seq,
-                                         seq.sk - n1, tid);
+      load_k(t + 1);
+      load_v(t + 1);
     }
     cp_async_commit();
-
-    // S = Q K^T for this warp's rows.
-    const uint32_t q_lane = opaque(q_off), k_lane = opaque(k_off), v_lane = opaque(v_off);
+    const LaneOffsets<Cfg> lo = lanes.laundered();
     float s[kMT][kNT][4];
-#pragma unroll
-    for (int mt = 0; mt < kMT; ++mt)
-#pragma unroll
-      for (int nt = 0; nt < kNT; ++nt) s[mt][nt][0] = s[mt][nt][1] = s[mt][nt][2] = s[mt][nt][3] = 0.f;
-#pragma unroll
-    for (int ks = 0; ks < Cfg::kKSteps; ++ks) {
-      uint32_t a[kMT][4];
-#pragma unroll
-      for (int mt = 0; mt < kMT; ++mt)
-        ldmatrix_x4(a[mt], sQ + (warp_row0 + mt * 16) * kRowBytes + (q_lane ^ (32 * ks)));
-#pragma unroll
-      for (int np = 0; np < kNT / 2; ++np) {
-        uint32_t bk[4];
-        ldmatrix_x4(bk, sK + stage + np * 16 * kRowBytes + (k_lane ^ (32 * ks)));
-#pragma unroll
-        for (int mt = 0; mt < kMT; ++mt) {
-          Mma<Elem>::run(s[mt][2 * np], a[mt], bk[0], bk[1]);
-          Mma<Elem>::run(s[mt][2 * np + 1], a[mt], bk[2], bk[3]);
-        }
-      }
-    }
-
-    const int n0 = t * kBN;
-    if (!detail::tile_unmasked<Mask>(n0, kBN, m0, m_last, seq.sq, seq.sk, p.window_left,
-                                     p.window_right))
-      apply_mask<Cfg, Mask>(s, n0, m0 + warp_row0, seq.sq, seq.sk, p.window_left,
-                            p.window_right, lane);
+    scores(s, t, lo);
     online_softmax<Cfg>(s, row_max, row_sum, o, p.scale_log2);
-
-    // O += P V: the S accumulators of n-tiles 2kk, 2kk+1 are exactly the A fragment of k16 kk.
-#pragma unroll
-    for (int kk = 0; kk < kBN / 16; ++kk) {
-      uint32_t a[kMT][4];
-#pragma unroll
-      for (int mt = 0; mt < kMT; ++mt) {
-        a[mt][0] = Mma<Elem>::pack(s[mt][2 * kk][0], s[mt][2 * kk][1]);
-        a[mt][1] = Mma<Elem>::pack(s[mt][2 * kk][2], s[mt][2 * kk][3]);
-        a[mt][2] = Mma<Elem>::pack(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
-        a[mt][3] = Mma<Elem>::pack(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
-      }
-#pragma unroll
-      for (int dp = 0; dp < kDT / 2; ++dp) {
-        uint32_t bv[4];
-        ldmatrix_x4_trans(bv, sV + stage + kk * 16 * kRowBytes + (v_lane ^ (32 * dp)));
-#pragma unroll
-        for (int mt = 0; mt < kMT; ++mt) {
-          Mma<Elem>::run(o[mt][2 * dp], a[mt], bv[0], bv[1]);
-          Mma<Elem>::run(o[mt][2 * dp + 1], a[mt], bv[2], bv[3]);
-        }
-      }
-    }
+    pv_gemm<Cfg, Elem>(o, s, sV + stage(t), lo);
   }
 
   store_output<Cfg, Elem>(o, row_max, row_sum, smem, og, p.o_seq, lse, m_last - m0 + 1,

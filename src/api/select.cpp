@@ -21,6 +21,13 @@ constexpr DType dtype_of<portable::Bf16>() {
   return DType::kBFloat16;
 }
 
+// Shared memory of the larger of a head dim's two configs (unmasked, causal/window).
+template <int D>
+constexpr int kMaxSmem = portable::FwdTile<D, false>::type::kSmemBytes >
+                                 portable::FwdTile<D, true>::type::kSmemBytes
+                             ? portable::FwdTile<D, false>::type::kSmemBytes
+                             : portable::FwdTile<D, true>::type::kSmemBytes;
+
 struct Entry {
   DType dtype;
   int head_dim;
@@ -30,7 +37,7 @@ struct Entry {
 };
 
 #define FLASHCORE_PORTABLE_ENTRY(Tag, D)                                                   \
-  Entry{dtype_of<portable::Tag>(), D, portable::FwdTile<D>::type::kSmemBytes, 8,            \
+  Entry{dtype_of<portable::Tag>(), D, kMaxSmem<D>, 8,                                       \
         &portable::launch_fwd<portable::Tag, D>},
 const Entry kPortableFwd[] = {FLASHCORE_PORTABLE_MANIFEST(FLASHCORE_PORTABLE_ENTRY)};
 #undef FLASHCORE_PORTABLE_ENTRY

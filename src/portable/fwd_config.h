@@ -2,6 +2,8 @@
 // Each warp owns kBlockM / kWarps query rows (whole m16 tiles) and sweeps the key tile.
 #pragma once
 
+#include <type_traits>
+
 namespace flashcore::portable {
 
 template <int kHeadDim_, int kBlockM_, int kBlockN_, int kWarps_, int kMinBlocks_>
@@ -27,21 +29,22 @@ struct FwdConfig {
 // cap of 65536 / (threads * kMinBlocks) (255 at most). Rows are chosen by scripts/tune on the
 // H100 (docs/perf-notes.md); CMake's FLASHCORE_TILE_OVERRIDES replaces a
 // row (macros FLASHCORE_TILE_D<D>_BM/_BN/_WARPS/_MINBLOCKS) for tuning builds only.
-template <int kHeadDim>
+// kLocal: the causal/window mask policy, whose row may differ from the unmasked one.
+template <int kHeadDim, bool kLocal>
 struct FwdTile;
-template <>
-struct FwdTile<64> {
+template <bool kLocal>
+struct FwdTile<64, kLocal> {
 #ifdef FLASHCORE_TILE_D64_BM
   using type = FwdConfig<64, FLASHCORE_TILE_D64_BM, FLASHCORE_TILE_D64_BN,
                          FLASHCORE_TILE_D64_WARPS, FLASHCORE_TILE_D64_MINBLOCKS>;
 #else
-  // Three CTAs per SM (168 registers, small spills) beat 128x128 with two: more warps to hide
-  // the softmax's ALU latency behind other warps' mma (scripts/tune, docs/perf-notes.md).
-  using type = FwdConfig<64, 128, 64, 4, 3>;
+  // Unmasked: three CTAs per SM (168 registers, small spills) beat 128x128 with two, more warps
+  // hiding the softmax's ALU latency; causal at 16k prefers 128x128 (docs/perf-notes.md).
+  using type = std::conditional_t<kLocal, FwdConfig<64, 128, 128, 4, 2>, FwdConfig<64, 128, 64, 4, 3>>;
 #endif
 };
-template <>
-struct FwdTile<128> {
+template <bool kLocal>
+struct FwdTile<128, kLocal> {
 #ifdef FLASHCORE_TILE_D128_BM
   using type = FwdConfig<128, FLASHCORE_TILE_D128_BM, FLASHCORE_TILE_D128_BN,
                          FLASHCORE_TILE_D128_WARPS, FLASHCORE_TILE_D128_MINBLOCKS>;
@@ -50,8 +53,8 @@ struct FwdTile<128> {
 #endif
 };
 // D = 256: one m16 tile per warp keeps O at 128 registers; 192 KB smem gives one CTA per SM.
-template <>
-struct FwdTile<256> {
+template <bool kLocal>
+struct FwdTile<256, kLocal> {
 #ifdef FLASHCORE_TILE_D256_BM
   using type = FwdConfig<256, FLASHCORE_TILE_D256_BM, FLASHCORE_TILE_D256_BN,
                          FLASHCORE_TILE_D256_WARPS, FLASHCORE_TILE_D256_MINBLOCKS>;

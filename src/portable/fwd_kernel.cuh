@@ -144,13 +144,19 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
                             p.window_right, lane);
   };
 
+  // Two groups: Q and K(t0) gate the first QK^T; V(t0) lands while it runs.
   load_tile<Cfg, kBM, Cfg::kThreads>(sQ, qg, p.q_seq, seq.sq - m0, tid);
   load_k(t_begin);
+  cp_async_commit();
   load_v(t_begin);
   cp_async_commit();
   for (int t = t_begin; t < t_end; ++t) {
-    cp_async_wait<0>();
-    __syncthreads();  // tile t landed; every warp is done with tile t-1, whose stages we refill
+    const bool first = t == t_begin;
+    if (first)
+      cp_async_wait<1>();
+    else
+      cp_async_wait<0>();
+    __syncthreads();  // K(t) landed; every warp is done with tile t-1, whose stages we refill
     if (t + 1 < t_end) {
       load_k(t + 1);
       load_v(t + 1);
@@ -160,6 +166,10 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
     float s[kMT][kNT][4];
     scores(s, t, lo);
     online_softmax<Cfg>(s, row_max, row_sum, o, p.scale_log2);
+    if (first) {  // V(t0): all but the prefetch group just committed
+      cp_async_wait<1>();
+      __syncthreads();
+    }
     pv_gemm<Cfg, Elem>(o, s, sV + stage(t), lo);
   }
 

@@ -31,11 +31,12 @@ cudaError_t launch_fwd_with(const detail::FwdParams& p, cudaStream_t stream) {
 
 template <class Tag, int kHeadDim>
 cudaError_t launch_fwd(const detail::FwdParams& p, cudaStream_t stream) {
-  using Cfg = typename FwdTile<kHeadDim>::type;
   using Elem = typename ElemOf<Tag>::type;
   const bool local = p.window_left >= 0 || p.window_right >= 0;
-  return local ? launch_fwd_with<Cfg, Elem, detail::LocalMask>(p, stream)
-               : launch_fwd_with<Cfg, Elem, detail::NoMask>(p, stream);
+  return local ? launch_fwd_with<typename FwdTile<kHeadDim, true>::type, Elem, detail::LocalMask>(
+                     p, stream)
+               : launch_fwd_with<typename FwdTile<kHeadDim, false>::type, Elem, detail::NoMask>(
+                     p, stream);
 }
 
 }  // namespace flashcore::portable

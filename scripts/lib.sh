@@ -41,3 +41,10 @@ configure_and_build() {
   end=$(date +%s)
   echo "build: $((end - start)) s with $JOBS jobs (incremental builds are faster)"
 }
+
+ensure_python_test_deps() {
+  if ! python3 -c "import numpy, pytest" 2>/dev/null; then
+    echo "installing Python test dependencies (tests/python/requirements.txt)"
+    python3 -m pip install -q -r "$ROOT/tests/python/requirements.txt"
+  fi
+}

@@ -1,6 +1,7 @@
 // CPU reference forward: the executable spec. Logits, softmax and P·V are accumulated in double
 // from inputs converted to float, so its own error is far below any kernel's; one task per
-// (batch, query head), each task writing a disjoint set of O rows and LSE entries.
+// (batch, query head, block of query rows), each task writing a disjoint set of O rows and LSE
+// entries.
 #include "reference/reference.h"
 
 #include <algorithm>
@@ -38,29 +39,45 @@ int64_t row_offset(const FwdProblem& f, const Strides& s, int64_t b, int64_t tok
   return base + i * s.seq + h * s.head;
 }
 
-// Converts rows [0, n) of head h into a dense float [n, d] buffer, so the O(sq * sk * d) loops
-// below do not convert each element sq times.
+// Converts rows [row0, row0 + n) of head h into a dense float [n, d] buffer, so the
+// O(sq * sk * d) loops below do not convert each element sq times.
 void load_rows(const FwdProblem& f, const void* ptr, const Strides& s, int64_t b, int64_t token0,
-               int64_t n, int64_t h, std::vector<float>& out) {
+               int64_t row0, int64_t n, int64_t h, std::vector<float>& out) {
   const int64_t d = f.p.head_dim;
   const auto* src = static_cast<const uint16_t*>(ptr);
   out.resize(static_cast<size_t>(n * d));
   for (int64_t j = 0; j < n; ++j) {
-    const uint16_t* row = src + row_offset(f, s, b, token0, j, h);
+    const uint16_t* row = src + row_offset(f, s, b, token0, row0 + j, h);
     for (int64_t c = 0; c < d; ++c) out[j * d + c] = detail::to_float(f.p.dtype, row[c]);
   }
 }
 
-void run_head(const FwdProblem& f, const Options& opt, int64_t b, int64_t h) {
+// Rows per task: small enough that one long sequence still spreads over every core.
+constexpr int64_t kRowsPerTask = 64;
+
+// Four independent partial sums: one serial chain of d dependent adds is latency bound.
+double dot(const float* a, const float* b, int64_t d) {
+  double acc[4] = {0.0, 0.0, 0.0, 0.0};
+  int64_t c = 0;
+  for (; c + 4 <= d; c += 4)
+    for (int u = 0; u < 4; ++u) acc[u] += static_cast<double>(a[c + u]) * b[c + u];
+  for (; c < d; ++c) acc[0] += static_cast<double>(a[c]) * b[c];
+  return (acc[0] + acc[1]) + (acc[2] + acc[3]);
+}
+
+// Query rows [i0, i1) of head h in sequence b.
+void run_rows(const FwdProblem& f, const Options& opt, int64_t b, int64_t h, int64_t i0,
+              int64_t i1) {
   const AttentionParams& p = f.p;
   const SeqView sv = seq_view(f, b);
-  if (sv.sq <= 0) return;
+  i1 = std::min(i1, sv.sq);
+  if (i0 >= i1) return;
   const int64_t d = p.head_dim;
   const int64_t hkv = h / f.group;
   std::vector<float> q, k, v;
-  load_rows(f, p.q, p.q_strides, b, sv.q_token0, sv.sq, h, q);
-  load_rows(f, p.k, p.k_strides, b, sv.k_token0, sv.sk, hkv, k);
-  load_rows(f, p.v, p.v_strides, b, sv.k_token0, sv.sk, hkv, v);
+  load_rows(f, p.q, p.q_strides, b, sv.q_token0, i0, i1 - i0, h, q);
+  load_rows(f, p.k, p.k_strides, b, sv.k_token0, 0, sv.sk, hkv, k);
+  load_rows(f, p.v, p.v_strides, b, sv.k_token0, 0, sv.sk, hkv, v);
 
   // LSE is [B, Hq, Sq] padded, or [Hq, total_q] packed with total_q = cu_seqlens_q[batch].
   float* lse_row = nullptr;
@@ -71,7 +88,7 @@ void run_head(const FwdProblem& f, const Options& opt, int64_t b, int64_t h) {
 
   std::vector<double> s, acc(static_cast<size_t>(d));
   auto* o = static_cast<uint16_t*>(p.o);
-  for (int64_t i = 0; i < sv.sq; ++i) {
+  for (int64_t i = i0; i < i1; ++i) {
     const detail::KeyRange r = detail::visible_keys(i, sv.sq, sv.sk, f.window_left, f.window_right);
     uint16_t* o_row = o + row_offset(f, p.o_strides, b, sv.q_token0, i, h);
     if (r.hi <= r.lo) {  // no visible key: O = 0, LSE = -inf by definition
@@ -79,14 +96,11 @@ void run_head(const FwdProblem& f, const Options& opt, int64_t b, int64_t h) {
       if (lse_row) lse_row[i] = -std::numeric_limits<float>::infinity();
       continue;
     }
-    const float* qi = &q[i * d];
+    const float* qi = &q[(i - i0) * d];
     s.assign(static_cast<size_t>(r.hi - r.lo), 0.0);
     double m = -std::numeric_limits<double>::infinity();
     for (int64_t j = r.lo; j < r.hi; ++j) {
-      const float* kj = &k[j * d];
-      double dot = 0.0;
-      for (int64_t c = 0; c < d; ++c) dot += static_cast<double>(qi[c]) * kj[c];
-      s[j - r.lo] = static_cast<double>(f.scale) * dot;
+      s[j - r.lo] = static_cast<double>(f.scale) * dot(qi, &k[j * d], d);
       m = std::max(m, s[j - r.lo]);
     }
     std::fill(acc.begin(), acc.end(), 0.0);
@@ -108,7 +122,8 @@ void run_head(const FwdProblem& f, const Options& opt, int64_t b, int64_t h) {
 }  // namespace
 
 Status forward(const FwdProblem& f, const Options& opt) {
-  const int64_t tasks = f.p.batch * f.p.num_heads_q;
+  const int64_t row_blocks = (f.p.seqlen_q + kRowsPerTask - 1) / kRowsPerTask;
+  const int64_t tasks = f.p.batch * f.p.num_heads_q * row_blocks;
   if (tasks <= 0) return {};
   int64_t threads = opt.num_threads > 0 ? opt.num_threads : std::thread::hardware_concurrency();
   threads = std::clamp<int64_t>(threads, 1, tasks);
@@ -116,8 +131,11 @@ Status forward(const FwdProblem& f, const Options& opt) {
   // Tasks are handed out dynamically: with causal masks or varlen batches their costs differ.
   std::atomic<int64_t> next{0};
   auto worker = [&] {
-    for (int64_t t; (t = next.fetch_add(1)) < tasks;)
-      run_head(f, opt, t / f.p.num_heads_q, t % f.p.num_heads_q);
+    for (int64_t t; (t = next.fetch_add(1)) < tasks;) {
+      const int64_t blk = t % row_blocks, bh = t / row_blocks;
+      run_rows(f, opt, bh / f.p.num_heads_q, bh % f.p.num_heads_q, blk * kRowsPerTask,
+               (blk + 1) * kRowsPerTask);
+    }
   };
   std::vector<std::thread> pool;
   for (int64_t t = 1; t < threads; ++t) pool.emplace_back(worker);

@@ -194,5 +194,49 @@ TEST(Portable, HostMemoryRejectedByCudaBackend) {
   EXPECT_NE(s.message.find("device memory"), std::string::npos) << s.message;
 }
 
+// Batch strides past 2^31 elements: every tensor's batch 1 starts beyond int32 range, so any
+// 32-bit offset arithmetic in the kernel reads or writes the wrong place.
+TEST(Portable, OffsetsPast2Pow31Elements) {
+  SKIP_WITHOUT_GPU();
+  const int64_t big = (int64_t{1} << 31) + 4096;  // elements; a multiple of 8
+  size_t free_bytes = 0, total = 0;
+  CUDA_OK(cudaMemGetInfo(&free_bytes, &total));
+  if (free_bytes < size_t{4} * 2 * (big + 65536) + (size_t{1} << 30))
+    GTEST_SKIP() << "needs about 18 GB of free GPU memory";
+  Case c(DType::kBFloat16, 2, 2, 1, 80, 96, 64);
+  c.causal = true;
+  HostProblem hp = make_problem(c, 21);  // compact: each batch is one contiguous block
+  const AttentionParams& hpp = hp.params;
+  struct Tensor {
+    std::vector<uint16_t>* host;
+    Strides strides;
+    void* dev = nullptr;
+  } t[4] = {{&hp.q, hpp.q_strides}, {&hp.k, hpp.k_strides}, {&hp.v, hpp.v_strides},
+            {&hp.o, hpp.o_strides}};
+  for (Tensor& x : t) {
+    CUDA_OK(cudaMalloc(&x.dev, (big + x.strides.batch) * 2));
+    for (int b = 0; b < 2; ++b)
+      CUDA_OK(cudaMemcpy(static_cast<uint16_t*>(x.dev) + b * big,
+                         x.host->data() + b * x.strides.batch, x.strides.batch * 2,
+                         cudaMemcpyHostToDevice));
+  }
+  DeviceBuffer<float> lse(hp.lse);
+  AttentionParams p = hpp;
+  p.q = t[0].dev, p.k = t[1].dev, p.v = t[2].dev, p.o = t[3].dev, p.lse = lse.ptr;
+  p.q_strides.batch = p.k_strides.batch = p.v_strides.batch = p.o_strides.batch = big;
+  p.backend = Backend::kCuda;
+  const Status st = run(p);
+  ASSERT_TRUE(st.ok()) << st.message;
+  CUDA_OK(cudaDeviceSynchronize());
+  for (int b = 0; b < 2; ++b)
+    CUDA_OK(cudaMemcpy(hp.o.data() + b * t[3].strides.batch,
+                       static_cast<uint16_t*>(t[3].dev) + b * big, t[3].strides.batch * 2,
+                       cudaMemcpyDeviceToHost));
+  lse.to_host(hp.lse);
+  for (Tensor& x : t) cudaFree(x.dev);
+  const Check chk = compare_output(c, hp, 21);
+  EXPECT_TRUE(chk.ok) << chk.msg;
+}
+
 }  // namespace
 }  // namespace flashcore::test

@@ -1,0 +1,127 @@
+// Host-side pieces of the Hopper path (label cpu): TMA tensor-map rules and encoding, wgmma
+// descriptor bits, the 128-byte swizzle. Device-side behaviour is the GPU suite's job.
+#include <gtest/gtest.h>
+
+#include <set>
+#include <string>
+
+#include "flashcore/flashcore.h"
+#include "hopper/smem_desc.h"
+#include "hopper/tensor_map.h"
+
+namespace flashcore::hopper {
+namespace {
+
+alignas(128) uint16_t g_buffer[64];
+
+// A (batch 2, seqlen 1000, heads 8, head_dim 128) bf16 tensor, contiguous.
+TensorMapSpec valid_spec() {
+  const Strides s{1000 * 8 * 128, 8 * 128, 128};
+  return bshd_tile_map(g_buffer, DType::kBFloat16, s, 2, 1000, 8, 128, 128);
+}
+
+TEST(TensorMap, BshdViewIsInnermostFirstInBytes) {
+  const TensorMapSpec m = valid_spec();
+  EXPECT_EQ(m.rank, 4);
+  EXPECT_EQ(m.dims[0], 128u);
+  EXPECT_EQ(m.dims[1], 8u);
+  EXPECT_EQ(m.dims[2], 1000u);
+  EXPECT_EQ(m.dims[3], 2u);
+  EXPECT_EQ(m.strides[0], 256u);
+  EXPECT_EQ(m.strides[1], 8u * 128 * 2);
+  EXPECT_EQ(m.strides[2], 1000u * 8 * 128 * 2);
+  EXPECT_EQ(m.box[0], 64u);  // 128 bytes: one swizzle strip
+  EXPECT_EQ(m.box[2], 128u);
+  EXPECT_TRUE(check_tensor_map(m).ok()) << check_tensor_map(m).message;
+}
+
+struct Broken {
+  const char* name;
+  const char* field;
+  void (*edit)(TensorMapSpec&);
+};
+
+class TensorMapRule : public ::testing::TestWithParam<Broken> {};
+
+TEST_P(TensorMapRule, NamesTheField) {
+  TensorMapSpec m = valid_spec();
+  GetParam().edit(m);
+  const Status s = check_tensor_map(m);
+  EXPECT_EQ(s.code, StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message.find(GetParam().field), std::string::npos) << s.message;
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Rules, TensorMapRule,
+    ::testing::Values(
+        Broken{"null_base", "base", [](TensorMapSpec& m) { m.base = nullptr; }},
+        Broken{"misaligned_base", "base",
+               [](TensorMapSpec& m) { m.base = reinterpret_cast<const char*>(g_buffer) + 8; }},
+        Broken{"rank_0", "rank", [](TensorMapSpec& m) { m.rank = 0; }},
+        Broken{"rank_6", "rank", [](TensorMapSpec& m) { m.rank = 6; }},
+        Broken{"dim_0", "dims[2]", [](TensorMapSpec& m) { m.dims[2] = 0; }},
+        Broken{"dim_huge", "dims[3]", [](TensorMapSpec& m) { m.dims[3] = (uint64_t{1} << 32) + 1; }},
+        Broken{"stride_120", "strides[0]", [](TensorMapSpec& m) { m.strides[0] = 120; }},
+        Broken{"stride_2pow40", "strides[2]",
+               [](TensorMapSpec& m) { m.strides[2] = uint64_t{1} << 40; }},
+        Broken{"box_300", "box[2]", [](TensorMapSpec& m) { m.box[2] = 300; }},
+        Broken{"box_0", "box[1]", [](TensorMapSpec& m) { m.box[1] = 0; }},
+        Broken{"inner_box_not_16B", "box[0]", [](TensorMapSpec& m) { m.box[0] = 60; }},
+        Broken{"inner_box_over_swizzle", "box[0]", [](TensorMapSpec& m) { m.box[0] = 128; }},
+        Broken{"swizzle_96", "swizzle", [](TensorMapSpec& m) { m.swizzle_bytes = 96; }}),
+    [](const ::testing::TestParamInfo<Broken>& info) { return std::string(info.param.name); });
+
+TEST(TensorMap, InnerBoxOver128BytesIsFineWithoutSwizzle) {
+  TensorMapSpec m = valid_spec();
+  m.box[0] = 128;
+  m.swizzle_bytes = 0;
+  EXPECT_TRUE(check_tensor_map(m).ok());
+}
+
+TEST(TensorMap, EncodeWithoutDriverIsNotSupported) {
+  if (cuda_device_count() > 0) GTEST_SKIP() << "a GPU is present: encoding is the GPU suite's";
+  alignas(64) CUtensorMap map;
+  const Status s = encode_tensor_map(valid_spec(), &map);
+  EXPECT_EQ(s.code, StatusCode::kNotSupported) << s.message;
+}
+
+TEST(WgmmaDesc, FieldsLandWhereThePtxTableSays) {
+  // Start 0x2400, LBO 16 (ignored for swizzled K-major), SBO 1024, 128B swizzle.
+  const uint64_t d = wgmma_desc(0x2400, 16, 1024, DescSwizzle::k128B);
+  EXPECT_EQ(d & 0x3FFF, 0x2400u >> 4);
+  EXPECT_EQ((d >> 16) & 0x3FFF, 1u);
+  EXPECT_EQ((d >> 32) & 0x3FFF, 64u);
+  EXPECT_EQ((d >> 49) & 0x7, 0u);  // base offset
+  EXPECT_EQ(d >> 62, 1u);
+  // The shared window is 18 bits wide: higher address bits do not leak into other fields.
+  EXPECT_EQ(wgmma_desc(0x42400, 0, 0, DescSwizzle::kNone), 0x2400u >> 4);
+  // A k16 step inside a 128-byte row is +32 bytes: +2 in the start field.
+  EXPECT_EQ(wgmma_desc(0x2420, 16, 1024, DescSwizzle::k128B) - d, 2u);
+}
+
+TEST(Sw128, ChunkXorRowAndStrips) {
+  EXPECT_EQ(sw128_offset(0, 0, 64), 0u);
+  EXPECT_EQ(sw128_offset(1, 0, 64), 128u + 16u);         // chunk 0 of row 1 sits at chunk 1
+  EXPECT_EQ(sw128_offset(7, 8, 64), 7u * 128 + 6 * 16);  // chunk 1 ^ 7 = 6
+  EXPECT_EQ(sw128_offset(8, 3, 64), 8u * 128 + 6);       // row 8 starts a new 1024 B atom
+  EXPECT_EQ(sw128_offset(0, 64, 64), 64u * 128);         // second strip after 64 rows
+}
+
+TEST(Sw128, IsABijectionOntoTheTile) {
+  for (uint32_t rows : {64u, 128u}) {
+    for (uint32_t cols : {64u, 128u, 256u}) {
+      std::set<uint32_t> seen;
+      for (uint32_t r = 0; r < rows; ++r)
+        for (uint32_t k = 0; k < cols; k += 1) {
+          const uint32_t off = sw128_offset(r, k, rows);
+          EXPECT_LT(off, rows * cols * 2);
+          EXPECT_EQ(off % 2, 0u);
+          seen.insert(off);
+        }
+      EXPECT_EQ(seen.size(), static_cast<size_t>(rows) * cols) << rows << "x" << cols;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace flashcore::hopper

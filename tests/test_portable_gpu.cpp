@@ -13,7 +13,7 @@
 namespace flashcore::test {
 namespace {
 
-#define SKIP_WITHOUT_GPU()                                                              \
+#define SKIP_WITHOUT_GPU() \
   if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device (driver or GPU missing)"
 
 #define CUDA_OK(expr) ASSERT_EQ((expr), cudaSuccess) << #expr << ": " << cudaGetErrorString(expr)
@@ -53,7 +53,8 @@ GpuRun run_on_gpu(const Case& c, uint64_t seed, int repeats = 1) {
   cudaStreamCreate(&stream);
   for (int i = 0; i < repeats && r.status.ok(); ++i) r.status = run(p, nullptr, stream);
   const cudaError_t err = cudaStreamSynchronize(stream);
-  if (r.status.ok() && err != cudaSuccess) r.status = {StatusCode::kCudaError, cudaGetErrorString(err)};
+  if (r.status.ok() && err != cudaSuccess)
+    r.status = {StatusCode::kCudaError, cudaGetErrorString(err)};
   cudaStreamDestroy(stream);
   o.to_host(r.hp.o);
   lse.to_host(r.hp.lse);
@@ -77,7 +78,7 @@ std::vector<Case> grid_cases() {
   struct Len {
     int64_t sq, sk;
   };
-  const Len lens[] = {{1, 1024}, {17, 1013}, {128, 17}, {1013, 1024},
+  const Len lens[] = {{1, 1024},   {17, 1013},   {128, 17},   {1013, 1024},
                       {1024, 128}, {4097, 1013}, {128, 4097}, {1, 1}};
   const int64_t groups[] = {1, 4, 8, 32};
   struct Mask {
@@ -211,7 +212,9 @@ TEST(Portable, OffsetsPast2Pow31Elements) {
     std::vector<uint16_t>* host;
     Strides strides;
     void* dev = nullptr;
-  } t[4] = {{&hp.q, hpp.q_strides}, {&hp.k, hpp.k_strides}, {&hp.v, hpp.v_strides},
+  } t[4] = {{&hp.q, hpp.q_strides},
+            {&hp.k, hpp.k_strides},
+            {&hp.v, hpp.v_strides},
             {&hp.o, hpp.o_strides}};
   for (Tensor& x : t) {
     CUDA_OK(cudaMalloc(&x.dev, (big + x.strides.batch) * 2));

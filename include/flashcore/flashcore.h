@@ -77,9 +77,9 @@ struct AttentionParams {
 
 /// What query() decided: whether run() would accept these params, and with which kernel.
 struct Plan {
-  Status status;        ///< ok, or why not
+  Status status;  ///< ok, or why not
   Backend backend = Backend::kReference;
-  std::string kernel;   ///< e.g. "portable.fwd.bf16.d128.causal"
+  std::string kernel;  ///< e.g. "portable.fwd.bf16.d128.causal"
   int64_t workspace_bytes = 0;
 };
 

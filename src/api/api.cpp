@@ -53,8 +53,7 @@ Status check_cuda_memory(const AttentionParams& p, int device) {
   for (const NamedPtr& np : ptrs) {
     if (!np.ptr) continue;
     const int d = detail::pointer_device(np.ptr);
-    if (d < 0)
-      return invalid(std::string(np.name) + ": must be device memory on the CUDA backend");
+    if (d < 0) return invalid(std::string(np.name) + ": must be device memory on the CUDA backend");
     if (d != device)
       return invalid(std::string(np.name) + ": lives on device " + std::to_string(d) +
                      ", but the call runs on device " + std::to_string(device));
@@ -89,8 +88,9 @@ Decision decide(const AttentionParams& p) {
     return d;
   }
   if (ndev == 0) {
-    plan.status = {StatusCode::kNotSupported, "backend: kCuda requested, but no CUDA device "
-                                              "is present"};
+    plan.status = {StatusCode::kNotSupported,
+                   "backend: kCuda requested, but no CUDA device "
+                   "is present"};
     return d;
   }
   d.device = p.device >= 0 ? p.device : (t ? detail::pointer_device(t) : detail::current_device());

@@ -43,7 +43,7 @@ int pointer_device(const void* ptr) {
     return -1;
   }
   return (attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged) ? attr.device
-                                                                                     : -1;
+                                                                                   : -1;
 }
 
 int current_device() {

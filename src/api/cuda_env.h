@@ -8,11 +8,11 @@ namespace flashcore::detail {
 
 enum class MemoryKind { kHost, kDevice, kUnknown };
 
-int device_count();                      // 0 when no GPU/driver (cudaErrorNoDevice, 35, ...)
+int device_count();                       // 0 when no GPU/driver (cudaErrorNoDevice, 35, ...)
 MemoryKind memory_kind(const void* ptr);  // kHost for pageable/pinned host memory
 int pointer_device(const void* ptr);      // device ordinal owning ptr, -1 if not device memory
 int current_device();
-int device_sm_major(int device);          // compute capability major, 0 on failure
+int device_sm_major(int device);  // compute capability major, 0 on failure
 int device_sm_count(int device);
 std::string device_name(int device);
 

@@ -23,10 +23,10 @@ constexpr DType dtype_of<portable::Bf16>() {
 
 // Shared memory of the larger of a head dim's two configs (unmasked, causal/window).
 template <int D>
-constexpr int kMaxSmem = portable::FwdTile<D, false>::type::kSmemBytes >
-                                 portable::FwdTile<D, true>::type::kSmemBytes
-                             ? portable::FwdTile<D, false>::type::kSmemBytes
-                             : portable::FwdTile<D, true>::type::kSmemBytes;
+constexpr int kMaxSmem =
+    portable::FwdTile<D, false>::type::kSmemBytes > portable::FwdTile<D, true>::type::kSmemBytes
+        ? portable::FwdTile<D, false>::type::kSmemBytes
+        : portable::FwdTile<D, true>::type::kSmemBytes;
 
 struct Entry {
   DType dtype;
@@ -36,9 +36,8 @@ struct Entry {
   FwdLaunch launch;
 };
 
-#define FLASHCORE_PORTABLE_ENTRY(Tag, D)                                                   \
-  Entry{dtype_of<portable::Tag>(), D, kMaxSmem<D>, 8,                                       \
-        &portable::launch_fwd<portable::Tag, D>},
+#define FLASHCORE_PORTABLE_ENTRY(Tag, D) \
+  Entry{dtype_of<portable::Tag>(), D, kMaxSmem<D>, 8, &portable::launch_fwd<portable::Tag, D>},
 const Entry kPortableFwd[] = {FLASHCORE_PORTABLE_MANIFEST(FLASHCORE_PORTABLE_ENTRY)};
 #undef FLASHCORE_PORTABLE_ENTRY
 
@@ -81,8 +80,7 @@ KernelChoice select_fwd(const FwdProblem& f, int device) {
     return c;
   }
   c.status = not_supported(std::string("dtype/head_dim: no kernel compiled for ") +
-                           to_string(f.p.dtype) + " with head_dim " +
-                           std::to_string(f.p.head_dim) +
+                           to_string(f.p.dtype) + " with head_dim " + std::to_string(f.p.head_dim) +
                            " (see FLASHCORE_PORTABLE_DTYPES / FLASHCORE_PORTABLE_HEAD_DIMS)");
   return c;
 }

@@ -24,8 +24,7 @@ bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15u
 
 // Vector loads move 8 elements (16 bytes) at a time, so every stride must be a multiple of 8
 // elements and each base pointer 16-byte aligned.
-Status check_tensor(const char* name, const void* ptr, const Strides& s, bool needed,
-                    bool varlen) {
+Status check_tensor(const char* name, const void* ptr, const Strides& s, bool needed, bool varlen) {
   if (ptr == nullptr) {
     if (needed) return invalid(std::string(name) + ": must not be null");
     return {};
@@ -55,7 +54,8 @@ Status check_output_disjoint(const AttentionParams& p, bool varlen) {
                {p.seqlen_q, p.o_strides.seq, "seq"},
                {varlen ? 1 : p.batch, p.o_strides.batch, "batch"}};
   for (int i = 0; i < 3; ++i)  // insertion sort by stride, three elements
-    for (int j = i; j > 0 && dims[j].stride < dims[j - 1].stride; --j) std::swap(dims[j], dims[j - 1]);
+    for (int j = i; j > 0 && dims[j].stride < dims[j - 1].stride; --j)
+      std::swap(dims[j], dims[j - 1]);
   int64_t extent = p.head_dim;
   for (const Dim& d : dims) {
     if (d.size <= 1) continue;
@@ -71,8 +71,8 @@ Status check_output_disjoint(const AttentionParams& p, bool varlen) {
 
 Status validate_args(const AttentionParams& p) {
   if (p.dtype != DType::kFloat16 && p.dtype != DType::kBFloat16)
-    return invalid("dtype: must be kFloat16 or kBFloat16 (got " +
-                   str(static_cast<int>(p.dtype)) + ")");
+    return invalid("dtype: must be kFloat16 or kBFloat16 (got " + str(static_cast<int>(p.dtype)) +
+                   ")");
   if (p.backend != Backend::kAuto && p.backend != Backend::kReference &&
       p.backend != Backend::kCuda)
     return invalid("backend: unknown value " + str(static_cast<int>(p.backend)));
@@ -86,13 +86,14 @@ Status validate_args(const AttentionParams& p) {
   if (p.num_heads_kv < 1)
     return invalid("num_heads_kv: must be >= 1 (got " + str(p.num_heads_kv) + ")");
   if (p.num_heads_q % p.num_heads_kv != 0)
-    return invalid("num_heads_q: must be a multiple of num_heads_kv (got " +
-                   str(p.num_heads_q) + " and " + str(p.num_heads_kv) + ")");
+    return invalid("num_heads_q: must be a multiple of num_heads_kv (got " + str(p.num_heads_q) +
+                   " and " + str(p.num_heads_kv) + ")");
   if (p.head_dim != 64 && p.head_dim != 128 && p.head_dim != 256)
     return invalid("head_dim: must be 64, 128 or 256 (got " + str(p.head_dim) + ")");
   if (!std::isfinite(p.softmax_scale) || p.softmax_scale < 0.0f)
-    return invalid("softmax_scale: must be finite and >= 0, where 0 selects 1/sqrt(head_dim) (got " +
-                   str(p.softmax_scale) + ")");
+    return invalid(
+        "softmax_scale: must be finite and >= 0, where 0 selects 1/sqrt(head_dim) (got " +
+        str(p.softmax_scale) + ")");
   if (p.window_left < -1)
     return invalid("window_left: must be >= -1, where -1 means unbounded (got " +
                    str(p.window_left) + ")");
@@ -141,11 +142,11 @@ Status validate_cu_seqlens_host(const AttentionParams& p) {
       const int64_t len = static_cast<int64_t>(l.cu[b + 1]) - l.cu[b];
       if (len < 0)
         return invalid(std::string(l.name) + ": must be non-decreasing (entry " + str(b + 1) +
-                       " = " + str(l.cu[b + 1]) + " < entry " + str(b) + " = " +
-                       str(l.cu[b]) + ")");
+                       " = " + str(l.cu[b + 1]) + " < entry " + str(b) + " = " + str(l.cu[b]) +
+                       ")");
       if (len > l.max_len)
-        return invalid(std::string(l.name) + ": sequence " + str(b) + " has length " +
-                       str(len) + ", more than " + l.max_name + " = " + str(l.max_len));
+        return invalid(std::string(l.name) + ": sequence " + str(b) + " has length " + str(len) +
+                       ", more than " + l.max_name + " = " + str(l.max_len));
     }
   }
   return {};

@@ -13,7 +13,7 @@ struct FwdParams {
   const void* k;
   const void* v;
   void* o;
-  float* lse;                 // null: not written
+  float* lse;                   // null: not written
   const int32_t* cu_seqlens_q;  // null: fixed lengths (batch strides used)
   const int32_t* cu_seqlens_k;
   int64_t q_batch, q_seq, q_head;
@@ -47,7 +47,8 @@ inline FwdParams make_fwd_params(const FwdProblem& f) {
   d.group = static_cast<int32_t>(f.group);
   // Windows wider than any sequence are unbounded; clamping keeps them in int32.
   auto clamp_window = [&](int64_t w) {
-    return w < 0 ? -1 : static_cast<int32_t>(w > p.seqlen_k + p.seqlen_q ? p.seqlen_k + p.seqlen_q : w);
+    return w < 0 ? -1
+                 : static_cast<int32_t>(w > p.seqlen_k + p.seqlen_q ? p.seqlen_k + p.seqlen_q : w);
   };
   d.window_left = clamp_window(f.window_left);
   d.window_right = clamp_window(f.window_right);

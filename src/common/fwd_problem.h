@@ -12,10 +12,10 @@ namespace flashcore::detail {
 struct FwdProblem {
   AttentionParams p;
   bool varlen = false;
-  int64_t group = 1;           // num_heads_q / num_heads_kv
-  float scale = 0.0f;          // resolved softmax scale
-  int64_t window_left = -1;    // -1: unbounded
-  int64_t window_right = -1;   // -1: unbounded; 0 when causal
+  int64_t group = 1;          // num_heads_q / num_heads_kv
+  float scale = 0.0f;         // resolved softmax scale
+  int64_t window_left = -1;   // -1: unbounded
+  int64_t window_right = -1;  // -1: unbounded; 0 when causal
   bool has_mask() const { return window_left >= 0 || window_right >= 0; }
 };
 
@@ -24,8 +24,8 @@ inline FwdProblem resolve(const AttentionParams& p) {
   f.p = p;
   f.varlen = p.cu_seqlens_q != nullptr;
   f.group = p.num_heads_q / p.num_heads_kv;
-  f.scale = p.softmax_scale != 0.0f ? p.softmax_scale
-                                    : 1.0f / std::sqrt(static_cast<float>(p.head_dim));
+  f.scale =
+      p.softmax_scale != 0.0f ? p.softmax_scale : 1.0f / std::sqrt(static_cast<float>(p.head_dim));
   f.window_left = p.window_left < 0 ? -1 : p.window_left;
   f.window_right = p.causal ? 0 : (p.window_right < 0 ? -1 : p.window_right);
   return f;

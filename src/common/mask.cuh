@@ -33,8 +33,7 @@ struct LocalMask {
 // Keys visited by the query rows [m0, m_last]: the union of their ranges (lo and hi are both
 // non-decreasing in i). Empty when hi <= lo.
 template <class Mask>
-__host__ __device__ inline RowRange block_keys(int m0, int m_last, int sq, int sk, int wl,
-                                               int wr) {
+__host__ __device__ inline RowRange block_keys(int m0, int m_last, int sq, int sk, int wl, int wr) {
   const RowRange first = Mask::row(m0, sq, sk, wl, wr);
   const RowRange last = Mask::row(m_last, sq, sk, wl, wr);
   return {first.lo, last.hi};

@@ -1,8 +1,8 @@
 // TMA tensor-map rules and encoding; see tensor_map.h.
 #include "hopper/tensor_map.h"
 
-#include <cuda_runtime.h>
 #include <cudaTypedefs.h>
+#include <cuda_runtime.h>
 
 #include <string>
 

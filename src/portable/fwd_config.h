@@ -15,10 +15,10 @@ struct FwdConfig {
   static constexpr int kMinBlocks = kMinBlocks_;  // CTAs per SM the register budget targets
   static constexpr int kThreads = kWarps * 32;
   static constexpr int kRowsPerWarp = kBlockM / kWarps;
-  static constexpr int kMTiles = kRowsPerWarp / 16;  // m16 tiles per warp
-  static constexpr int kNTiles = kBlockN / 8;        // n8 tiles of S per row block
-  static constexpr int kDTiles = kHeadDim / 8;       // n8 tiles of O
-  static constexpr int kKSteps = kHeadDim / 16;      // k16 steps of Q·K^T
+  static constexpr int kMTiles = kRowsPerWarp / 16;   // m16 tiles per warp
+  static constexpr int kNTiles = kBlockN / 8;         // n8 tiles of S per row block
+  static constexpr int kDTiles = kHeadDim / 8;        // n8 tiles of O
+  static constexpr int kKSteps = kHeadDim / 16;       // k16 steps of Q·K^T
   static constexpr int kChunksPerRow = kHeadDim / 8;  // 16-byte chunks per smem row
   // Q tile + two stages of (K, V) tiles, 16-bit elements.
   static constexpr int kSmemBytes = 2 * kHeadDim * (kBlockM + 2 * 2 * kBlockN);
@@ -35,12 +35,13 @@ struct FwdTile;
 template <bool kLocal>
 struct FwdTile<64, kLocal> {
 #ifdef FLASHCORE_TILE_D64_BM
-  using type = FwdConfig<64, FLASHCORE_TILE_D64_BM, FLASHCORE_TILE_D64_BN,
-                         FLASHCORE_TILE_D64_WARPS, FLASHCORE_TILE_D64_MINBLOCKS>;
+  using type = FwdConfig<64, FLASHCORE_TILE_D64_BM, FLASHCORE_TILE_D64_BN, FLASHCORE_TILE_D64_WARPS,
+                         FLASHCORE_TILE_D64_MINBLOCKS>;
 #else
   // Unmasked: three CTAs per SM (168 registers, small spills) beat 128x128 with two, more warps
   // hiding the softmax's ALU latency; causal at 16k prefers 128x128 (docs/perf-notes.md).
-  using type = std::conditional_t<kLocal, FwdConfig<64, 128, 128, 4, 2>, FwdConfig<64, 128, 64, 4, 3>>;
+  using type =
+      std::conditional_t<kLocal, FwdConfig<64, 128, 128, 4, 2>, FwdConfig<64, 128, 64, 4, 3> >;
 #endif
 };
 template <bool kLocal>

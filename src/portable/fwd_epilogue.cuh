@@ -28,8 +28,9 @@ __device__ __forceinline__ void store_empty(Elem* og, int64_t o_seq, float* lse,
 template <class Cfg, class Elem>
 __device__ __forceinline__ void store_output(float (&o)[Cfg::kMTiles][Cfg::kDTiles][4],
                                              const float (&row_max)[Cfg::kMTiles][2],
-                                             float (&row_sum)[Cfg::kMTiles][2], uint8_t* smem, Elem* og, int64_t o_seq, float* lse,
-                                             int valid, int warp_row0, int lane) {
+                                             float (&row_sum)[Cfg::kMTiles][2], uint8_t* smem,
+                                             Elem* og, int64_t o_seq, float* lse, int valid,
+                                             int warp_row0, int lane) {
   const int g = lane / 4, t4 = lane % 4;
   __syncwarp();
 #pragma unroll
@@ -45,7 +46,8 @@ __device__ __forceinline__ void store_output(float (&o)[Cfg::kMTiles][Cfg::kDTil
         lse[r] = l > 0.f ? (row_max[mt][hr] + __log2f(l)) * 0.6931471805599453f : -INFINITY;
 #pragma unroll
       for (int dt = 0; dt < Cfg::kDTiles; ++dt) {
-        const uint32_t packed = Mma<Elem>::pack(o[mt][dt][2 * hr] * inv, o[mt][dt][2 * hr + 1] * inv);
+        const uint32_t packed =
+            Mma<Elem>::pack(o[mt][dt][2 * hr] * inv, o[mt][dt][2 * hr + 1] * inv);
         *reinterpret_cast<uint32_t*>(smem + swz<Cfg>(r, dt) + t4 * 4) = packed;
       }
     }

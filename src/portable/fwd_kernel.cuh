@@ -113,13 +113,13 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
   auto stage = [&](int t) { return static_cast<uint32_t>((t - t_begin) & 1) * kTileBytes; };
   auto load_k = [&](int t) {
     const int64_t k_seq = opaque(p.k_seq);
-    load_tile<Cfg, kBN, Cfg::kThreads>(sK + stage(t), kg + t * kBN * k_seq, k_seq,
-                                       seq.sk - t * kBN, tid);
+    load_tile<Cfg, kBN, Cfg::kThreads>(sK + stage(t), kg + t * kBN * k_seq, k_seq, seq.sk - t * kBN,
+                                       tid);
   };
   auto load_v = [&](int t) {
     const int64_t v_seq = opaque(p.v_seq);
-    load_tile<Cfg, kBN, Cfg::kThreads>(sV + stage(t), vg + t * kBN * v_seq, v_seq,
-                                       seq.sk - t * kBN, tid);
+    load_tile<Cfg, kBN, Cfg::kThreads>(sV + stage(t), vg + t * kBN * v_seq, v_seq, seq.sk - t * kBN,
+                                       tid);
   };
 
   float o[kMT][kDT][4];
@@ -127,7 +127,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
 #pragma unroll
   for (int mt = 0; mt < kMT; ++mt) {
 #pragma unroll
-    for (int dt = 0; dt < kDT; ++dt) o[mt][dt][0] = o[mt][dt][1] = o[mt][dt][2] = o[mt][dt][3] = 0.f;
+    for (int dt = 0; dt < kDT; ++dt)
+      o[mt][dt][0] = o[mt][dt][1] = o[mt][dt][2] = o[mt][dt][3] = 0.f;
     row_max[mt][0] = row_max[mt][1] = -INFINITY;
     row_sum[mt][0] = row_sum[mt][1] = 0.f;
   }
@@ -136,7 +137,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
   const LaneOffsets<Cfg> lanes(lane);
 
   // S of key tile t, masked where the tile is not fully visible to every row of the CTA.
-  auto scores = [&](float (&s)[kMT][kNT][4], int t, const LaneOffsets<Cfg>& lo) {
+  auto scores = [&](float(&s)[kMT][kNT][4], int t, const LaneOffsets<Cfg>& lo) {
     qk_gemm<Cfg, Elem>(s, sQ_warp, sK + stage(t), lo);
     if (!detail::tile_unmasked<Mask>(t * kBN, kBN, m0, m_last, seq.sq, seq.sk, p.window_left,
                                      p.window_right))
@@ -173,8 +174,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
     pv_gemm<Cfg, Elem>(o, s, sV + stage(t), lo);
   }
 
-  store_output<Cfg, Elem>(o, row_max, row_sum, smem, og, p.o_seq, lse, m_last - m0 + 1,
-                          warp_row0, lane);
+  store_output<Cfg, Elem>(o, row_max, row_sum, smem, og, p.o_seq, lse, m_last - m0 + 1, warp_row0,
+                          lane);
 }
 
 }  // namespace flashcore::portable

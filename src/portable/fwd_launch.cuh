@@ -21,8 +21,8 @@ template <class Cfg, class Elem, class Mask>
 cudaError_t launch_fwd_with(const detail::FwdParams& p, cudaStream_t stream) {
   auto kernel = fwd_kernel<Cfg, Elem, Mask>;
   // Above 48 KB of dynamic smem needs an opt-in; it is a host-side attribute, graph safe.
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         Cfg::kSmemBytes);
+  cudaError_t err =
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes);
   if (err != cudaSuccess) return err;
   const dim3 grid((p.seqlen_q + Cfg::kBlockM - 1) / Cfg::kBlockM, p.num_heads_q, p.batch);
   kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(p);

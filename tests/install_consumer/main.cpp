@@ -31,6 +31,7 @@ int main() {
       std::printf("wrong output element 0x%04x\n", x);
       return 1;
     }
-  std::printf("ok: kernel %s, backend %s\n", plan.kernel.c_str(), flashcore::to_string(plan.backend));
+  std::printf("ok: kernel %s, backend %s\n", plan.kernel.c_str(),
+              flashcore::to_string(plan.backend));
   return 0;
 }

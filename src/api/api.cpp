@@ -89,8 +89,7 @@ Decision decide(const AttentionParams& p) {
   }
   if (ndev == 0) {
     plan.status = {StatusCode::kNotSupported,
-                   "backend: kCuda requested, but no CUDA device "
-                   "is present"};
+                   "backend: kCuda requested, but no CUDA device is present"};
     return d;
   }
   d.device = p.device >= 0 ? p.device : (t ? detail::pointer_device(t) : detail::current_device());

@@ -64,22 +64,4 @@ int device_sm_major(int device) {
   return major;
 }
 
-int device_sm_count(int device) {
-  int n = 0;
-  if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
-    cudaGetLastError();
-    return 0;
-  }
-  return n;
-}
-
-std::string device_name(int device) {
-  cudaDeviceProp prop{};
-  if (cudaGetDeviceProperties(&prop, device) != cudaSuccess) {
-    cudaGetLastError();
-    return "unknown";
-  }
-  return prop.name;
-}
-
 }  // namespace flashcore::detail

@@ -2,8 +2,6 @@
 // properties and where a pointer lives. Every function is safe on a machine without a driver.
 #pragma once
 
-#include <string>
-
 namespace flashcore::detail {
 
 enum class MemoryKind { kHost, kDevice, kUnknown };
@@ -13,7 +11,5 @@ MemoryKind memory_kind(const void* ptr);  // kHost for pageable/pinned host memo
 int pointer_device(const void* ptr);      // device ordinal owning ptr, -1 if not device memory
 int current_device();
 int device_sm_major(int device);  // compute capability major, 0 on failure
-int device_sm_count(int device);
-std::string device_name(int device);
 
 }  // namespace flashcore::detail

@@ -186,8 +186,9 @@ inline Sizes make_host_data(const Case& c, HostData& h) {
   return s;
 }
 
-inline AttentionParams make_params(const Case& c, const void* q, const void* k, const void* v,
-                                   void* o, const int32_t* cu_q, const int32_t* cu_k,
+/// cu_q / cu_k: where the kernel reads the offsets; h: their host copy (the totals).
+inline AttentionParams make_params(const Case& c, const HostData& h, const void* q, const void* k,
+                                   const void* v, void* o, const int32_t* cu_q, const int32_t* cu_k,
                                    Backend backend) {
   AttentionParams p;
   p.q = q, p.k = k, p.v = v, p.o = o;
@@ -199,6 +200,7 @@ inline AttentionParams make_params(const Case& c, const void* q, const void* k, 
   p.num_heads_q = c.hq, p.num_heads_kv = c.hkv, p.head_dim = c.d;
   p.cu_seqlens_q = c.varlen ? cu_q : nullptr;
   p.cu_seqlens_k = c.varlen ? cu_k : nullptr;
+  if (c.varlen) p.total_q = h.cu_q.back(), p.total_k = h.cu_k.back();
   p.causal = c.causal;
   p.window_left = c.wl, p.window_right = c.wr;
   p.backend = backend;

@@ -37,7 +37,7 @@ const char kUsage[] =
     "usage: flashcore-bench [--b N] [--hq N] [--hkv N] [--sq N] [--sk N] [--d 64|128|256]\n"
     "  [--dtype bf16|fp16] [--causal] [--window L,R] [--varlen] [--grid prefill]\n"
     "  [--filter SUBSTR] [--verify] [--warmup N] [--iters N] [--backend auto|cuda|reference]\n"
-    "  [--json PATH] [--cpu]\n"
+    "  [--family auto|hopper|portable] [--json PATH] [--cpu]\n"
     "Default shape: b=1 hq=hkv=4 sq=sk=256 d=64 bf16. --grid prefill runs the ANCHORS grid\n"
     "(B=16384/S, H=2048/D; only --dtype applies to it). --verify compares with the CPU\n"
     "reference (big shapes: slices, see the 'verified' field).\n";
@@ -48,6 +48,7 @@ struct Options {
   std::string filter, json;
   int warmup = -1, iters = -1;
   Backend backend = Backend::kAuto;
+  KernelFamily family = KernelFamily::kAuto;
 };
 
 int64_t parse_int(const std::string& flag, const char* s) {
@@ -100,6 +101,11 @@ Options parse_args(int argc, char** argv) {
       o.backend = choose<Backend>(
           a, value(),
           {{"auto", Backend::kAuto}, {"cuda", Backend::kCuda}, {"reference", Backend::kReference}});
+    } else if (a == "--family") {
+      o.family = choose<KernelFamily>(a, value(),
+                                      {{"auto", KernelFamily::kAuto},
+                                       {"hopper", KernelFamily::kHopper},
+                                       {"portable", KernelFamily::kPortable}});
     } else if (a == "--window") {
       const std::string v = value();
       const size_t comma = v.find(',');
@@ -195,8 +201,9 @@ RowResult run_gpu_row(const Case& c, const Options& o, const cudaDeviceProp& pro
     BENCH_CUDA(cudaMemcpy(t[1], h.k.data(), kb, cudaMemcpyHostToDevice));
     BENCH_CUDA(cudaMemcpy(t[2], h.v.data(), kb, cudaMemcpyHostToDevice));
     params.push_back(make_params(
-        c, t[0], t[1], t[2], t[3], c.varlen ? static_cast<const int32_t*>(cu_q->ptr) : nullptr,
+        c, h, t[0], t[1], t[2], t[3], c.varlen ? static_cast<const int32_t*>(cu_q->ptr) : nullptr,
         c.varlen ? static_cast<const int32_t*>(cu_k->ptr) : nullptr, o.backend));
+    params.back().family = o.family;
   }
   const Plan plan = query(params[0]);
   r.kernel = plan.kernel;
@@ -241,7 +248,7 @@ RowResult run_cpu_row(const Case& c, const Options& o) {
   HostData h;
   make_host_data(c, h);
   const Backend be = o.backend == Backend::kCuda ? Backend::kAuto : o.backend;
-  const AttentionParams p = make_params(c, h.q.data(), h.k.data(), h.v.data(), h.o.data(),
+  const AttentionParams p = make_params(c, h, h.q.data(), h.k.data(), h.v.data(), h.o.data(),
                                         h.cu_q.data(), h.cu_k.data(), be);
   const Plan plan = query(p);
   r.kernel = plan.kernel;

@@ -43,7 +43,9 @@ class FwdArgs(ctypes.Structure):
                 ("cu_seqlens_q", ctypes.c_void_p), ("cu_seqlens_k", ctypes.c_void_p),
                 ("softmax_scale", ctypes.c_float), ("causal", ctypes.c_int32),
                 ("window_left", ctypes.c_int64), ("window_right", ctypes.c_int64),
-                ("backend", ctypes.c_int32), ("device", ctypes.c_int32)]
+                ("backend", ctypes.c_int32), ("device", ctypes.c_int32),
+                ("family", ctypes.c_int32), ("total_q", ctypes.c_int64),
+                ("total_k", ctypes.c_int64)]
 
 
 class Flashcore:
@@ -243,7 +245,7 @@ def main():
               f"{fmt(tf['cudnn'], '7.1f')} {fmt(tf['fa2'], '7.1f')} {fmt(tf['efficient'], '7.1f')}"
               f"      | {fmt(r['ratio_fa2'], '6.2f')} {fmt(r['ratio_cudnn'], '8.2f')} | "
               f"{fmt(r['us']['flashcore'], '8.1f')} {r['check']} "
-              f"({r['check_against']} {fmt(r['max_abs_diff'], '.2g')})", flush=True)
+              f"({r['check_against']} {fmt(r['max_abs_diff'], '.2g')}) {r['kernel']}", flush=True)
         results.append(r)
     slug = re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-")
     name = f"side_by_side_{slug}_{today}.json"

@@ -172,6 +172,8 @@ inline HostProblem make_problem(const Case& c, uint64_t seed) {
     rows_k = hp.cu_k.back();
     p.cu_seqlens_q = hp.cu_q.data();
     p.cu_seqlens_k = hp.cu_k.data();
+    p.total_q = rows_q;
+    p.total_k = rows_k;
   }
   const auto lq = detail_::layout(c, c.hq, rows_q, p.batch);
   const auto lk = detail_::layout(c, c.hkv, rows_k, p.batch);

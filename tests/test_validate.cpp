@@ -144,6 +144,24 @@ TEST(Validate, CuSeqlensContents) {
   hp.params.cu_seqlens_k = hp.cu_k.data();
   hp.params.seqlen_q = 7;  // sequence 1 has 8 queries
   expect_invalid(fd::validate_cu_seqlens_host(hp.params), "cu_seqlens_q: sequence 1");
+  hp.params.seqlen_q = 8;
+  hp.params.total_k = 7;
+  expect_invalid(fd::validate_cu_seqlens_host(hp.params),
+                 "cu_seqlens_k: last entry 8 exceeds total_k");
+}
+
+TEST(Validate, TotalsAndFamily) {
+  HostProblem hp = make_problem(varlen_case(), 1);
+  hp.params.total_q = -1;
+  expect_invalid(fd::validate_args(hp.params), "total_q/total_k: must be >= 0");
+  hp.params.total_q = 0;
+  EXPECT_TRUE(fd::validate_args(hp.params).ok());  // 0: unknown
+  HostProblem fixed = make_problem(kPadded, 1);
+  fixed.params.total_k = 5;
+  expect_invalid(fd::validate_args(fixed.params), "only meaningful with cu_seqlens");
+  fixed.params.total_k = 0;
+  fixed.params.family = static_cast<KernelFamily>(7);
+  expect_invalid(fd::validate_args(fixed.params), "family: unknown value 7");
 }
 
 bool all_poisoned(const HostProblem& hp) {

@@ -14,6 +14,11 @@ enum class DType : int32_t { kFloat16 = 0, kBFloat16 = 1 };
 /// otherwise the CPU reference.
 enum class Backend : int32_t { kAuto = 0, kReference = 1, kCuda = 2 };
 
+/// Which CUDA kernel family serves a call. kAuto: the Hopper kernels (TMA + wgmma) on sm_90
+/// when they support the problem, the portable sm80+ kernels otherwise. Naming a family makes
+/// query/run answer kNotSupported, with the reason, where that family cannot run the problem.
+enum class KernelFamily : int32_t { kAuto = 0, kHopper = 1, kPortable = 2 };
+
 enum class StatusCode : int32_t {
   kOk = 0,
   kInvalidArgument = 1,  ///< an input breaks a rule; the message names the argument and the rule
@@ -65,6 +70,11 @@ struct AttentionParams {
   /// kernel only (graph safety): sequences longer than the max lengths are truncated to them.
   const int32_t* cu_seqlens_q = nullptr;
   const int32_t* cu_seqlens_k = nullptr;
+  /// Varlen only, optional: rows of the packed q (total_q) and k/v (total_k), i.e. the last
+  /// entries of cu_seqlens as the caller knows them. The Hopper kernels need them to bound
+  /// their tensor maps; 0 (unknown) keeps varlen calls on the portable kernels.
+  int64_t total_q = 0;
+  int64_t total_k = 0;
 
   float softmax_scale = 0.0f;  ///< > 0; 0 selects 1/sqrt(head_dim)
   bool causal = false;
@@ -72,14 +82,15 @@ struct AttentionParams {
   int64_t window_right = -1;  ///< -1: unbounded
 
   Backend backend = Backend::kAuto;
-  int device = -1;  ///< CUDA device ordinal; -1: the current device
+  KernelFamily family = KernelFamily::kAuto;  ///< CUDA backend only
+  int device = -1;                            ///< CUDA device ordinal; -1: the current device
 };
 
 /// What query() decided: whether run() would accept these params, and with which kernel.
 struct Plan {
   Status status;  ///< ok, or why not
   Backend backend = Backend::kReference;
-  std::string kernel;  ///< e.g. "portable.fwd.bf16.d128.causal"
+  std::string kernel;  ///< e.g. "hopper.fwd.bf16.d128.causal", "portable.fwd.fp16.d64"
   int64_t workspace_bytes = 0;
 };
 

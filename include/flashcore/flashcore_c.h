@@ -26,7 +26,7 @@ typedef struct flashcore_fwd_args {
   int64_t k_strides[3];
   int64_t v_strides[3];
   int64_t o_strides[3];
-  float* lse; /* optional fp32 [B, Hq, Sq] (varlen: [Hq, total_q]); NULL: not written */
+  float* lse;    /* optional fp32 [B, Hq, Sq] (varlen: [Hq, total_q]); NULL: not written */
   int32_t dtype; /* 0 = fp16, 1 = bf16 */
   int64_t batch;
   int64_t seqlen_q; /* varlen: max_seqlen_q */
@@ -42,6 +42,9 @@ typedef struct flashcore_fwd_args {
   int64_t window_right;
   int32_t backend; /* 0 = auto, 1 = CPU reference, 2 = CUDA */
   int32_t device;  /* CUDA device ordinal; -1: the current device */
+  int32_t family;  /* 0 = auto, 1 = Hopper kernels, 2 = portable kernels */
+  int64_t total_q; /* varlen, optional: rows of packed q and k/v (0: unknown) */
+  int64_t total_k;
 } flashcore_fwd_args;
 
 /* sizeof(flashcore_fwd_args) as compiled into the library, for FFI mirrors to check. */

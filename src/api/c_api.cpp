@@ -46,6 +46,9 @@ AttentionParams to_params(const flashcore_fwd_args& a) {
   p.window_right = a.window_right;
   p.backend = static_cast<flashcore::Backend>(a.backend);
   p.device = a.device;
+  p.family = static_cast<flashcore::KernelFamily>(a.family);
+  p.total_q = a.total_q;
+  p.total_k = a.total_k;
   return p;
 }
 

@@ -1,44 +1,105 @@
 // Dispatch table of the CUDA forward kernels, generated from the build's kernel manifest.
-// Support rules (architecture, grid limits, shared memory) live here and nowhere else.
+// Support rules (architecture, layouts, grid limits, shared memory) live here and nowhere
+// else; query and run both ask select_fwd, so they cannot disagree.
 #include "api/select.h"
 
+#include <cstdint>
+
 #include "api/cuda_env.h"
+#include "common/dtype_tag.h"
 #include "flashcore_portable_manifest.h"
+#include "hopper/fwd_launch.h"
+#include "hopper/tensor_map.h"
 #include "portable/fwd_config.h"
 #include "portable/fwd_launch.h"
 
 namespace flashcore::detail {
 namespace {
 
-template <class Tag>
-constexpr DType dtype_of();
-template <>
-constexpr DType dtype_of<portable::Fp16>() {
-  return DType::kFloat16;
-}
-template <>
-constexpr DType dtype_of<portable::Bf16>() {
-  return DType::kBFloat16;
-}
+Status not_supported(const std::string& msg) { return {StatusCode::kNotSupported, msg}; }
 
-// Shared memory of the larger of a head dim's two configs (unmasked, causal/window).
+// Shared memory of the larger of a head dim's two portable configs (unmasked, causal/window).
 template <int D>
-constexpr int kMaxSmem =
+constexpr int kPortableSmem =
     portable::FwdTile<D, false>::type::kSmemBytes > portable::FwdTile<D, true>::type::kSmemBytes
         ? portable::FwdTile<D, false>::type::kSmemBytes
         : portable::FwdTile<D, true>::type::kSmemBytes;
 
+// The Hopper kernels read q, k, v through TMA maps and write o with 16-byte stores.
+template <int D>
+Status hopper_fits(const FwdProblem& f) {
+  const AttentionParams& p = f.p;
+  if (p.batch == 0 || p.seqlen_q == 0 || p.seqlen_k == 0)
+    return not_supported("hopper: empty problems run on the portable kernels");
+  if (f.varlen && (p.total_q == 0 || p.total_k == 0))
+    return not_supported("total_q/total_k: the Hopper kernels need them for varlen calls");
+  const struct {
+    const char* name;
+    const void* ptr;
+    Strides s;
+  } tensors[4] = {{"q", p.q, p.q_strides},
+                  {"k", p.k, p.k_strides},
+                  {"v", p.v, p.v_strides},
+                  {"o", p.o, p.o_strides}};
+  for (const auto& t : tensors) {
+    if (reinterpret_cast<uintptr_t>(t.ptr) % 16 != 0)
+      return not_supported(std::string("hopper: ") + t.name + " must be 16-byte aligned");
+    if (t.s.seq % 8 != 0 || t.s.head % 8 != 0 || (!f.varlen && t.s.batch % 8 != 0))
+      return not_supported(std::string("hopper: ") + t.name +
+                           "_strides must be multiples of 8 elements (16 bytes)");
+  }
+  const int64_t tiles = (p.seqlen_q + 127) / 128 * p.num_heads_q * p.batch;
+  if (tiles > INT32_MAX) return not_supported("hopper: more than 2^31 - 1 tiles");
+  hopper::TensorMapSpec spec[3];
+  hopper::fwd_map_specs(make_fwd_params(f), p.dtype, D, hopper::kTileRowsQ<D>,
+                        hopper::kTileRowsKV<D>, spec);
+  for (const hopper::TensorMapSpec& s : spec) {
+    const Status st = hopper::check_tensor_map(s);
+    if (!st.ok()) return not_supported("hopper: " + st.message);
+  }
+  return {};
+}
+
+template <int D>
+Status portable_fits(const FwdProblem&) {
+  return {};
+}
+
 struct Entry {
+  KernelFamily family;
+  const char* prefix;
   DType dtype;
   int head_dim;
   int smem_bytes;
-  int min_sm_major;
+  int min_sm_major, max_sm_major;
+  Status (*fits)(const FwdProblem&);
   FwdLaunch launch;
 };
 
+// Hopper rows first: on sm_90 they win whenever they fit.
+#define FLASHCORE_HOPPER_ENTRY(Tag, D)    \
+  Entry{KernelFamily::kHopper,            \
+        "hopper.fwd.",                    \
+        dtype_of<Tag>(),                  \
+        D,                                \
+        hopper::FwdConfig<D>::kSmemBytes, \
+        9,                                \
+        9,                                \
+        &hopper_fits<D>,                  \
+        &hopper::launch_fwd<Tag, D>},
 #define FLASHCORE_PORTABLE_ENTRY(Tag, D) \
-  Entry{dtype_of<portable::Tag>(), D, kMaxSmem<D>, 8, &portable::launch_fwd<portable::Tag, D>},
-const Entry kPortableFwd[] = {FLASHCORE_PORTABLE_MANIFEST(FLASHCORE_PORTABLE_ENTRY)};
+  Entry{KernelFamily::kPortable,         \
+        "portable.fwd.",                 \
+        dtype_of<Tag>(),                 \
+        D,                               \
+        kPortableSmem<D>,                \
+        8,                               \
+        99,                              \
+        &portable_fits<D>,               \
+        &portable::launch_fwd<Tag, D>},
+const Entry kFwd[] = {FLASHCORE_HOPPER_MANIFEST(FLASHCORE_HOPPER_ENTRY)
+                          FLASHCORE_PORTABLE_MANIFEST(FLASHCORE_PORTABLE_ENTRY)};
+#undef FLASHCORE_HOPPER_ENTRY
 #undef FLASHCORE_PORTABLE_ENTRY
 
 std::string mask_suffix(const FwdProblem& f) {
@@ -46,8 +107,6 @@ std::string mask_suffix(const FwdProblem& f) {
   if (f.window_right == 0 && f.window_left < 0) return ".causal";
   return ".local";
 }
-
-Status not_supported(const std::string& msg) { return {StatusCode::kNotSupported, msg}; }
 
 }  // namespace
 
@@ -65,23 +124,39 @@ KernelChoice select_fwd(const FwdProblem& f, int device) {
   }
   int smem_optin = 0;
   cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
-  for (const Entry& e : kPortableFwd) {
+  const KernelFamily want = f.p.family;
+  // Why the named family cannot run the problem, reported when nothing else is allowed.
+  std::string reason = std::string("dtype/head_dim: no kernel compiled for ") +
+                       to_string(f.p.dtype) + " with head_dim " + std::to_string(f.p.head_dim) +
+                       (want == KernelFamily::kHopper
+                            ? " in the Hopper family (needs a build targeting sm_90a)"
+                            : " (see FLASHCORE_PORTABLE_DTYPES / FLASHCORE_PORTABLE_HEAD_DIMS)");
+  for (const Entry& e : kFwd) {
     if (e.dtype != f.p.dtype || e.head_dim != f.p.head_dim) continue;
-    if (major < e.min_sm_major) continue;
-    if (e.smem_bytes > smem_optin) {
-      c.status = not_supported("head_dim: " + std::to_string(e.head_dim) + " needs " +
-                               std::to_string(e.smem_bytes) + " bytes of shared memory, device " +
-                               std::to_string(device) + " offers " + std::to_string(smem_optin));
-      return c;
+    if (want != KernelFamily::kAuto && want != e.family) continue;
+    if (major < e.min_sm_major || major > e.max_sm_major) {
+      reason = "family: " + std::string(e.prefix) + " kernels need compute capability " +
+               std::to_string(e.min_sm_major) + ".x, device " + std::to_string(device) + " is " +
+               std::to_string(major) + ".x";
+      continue;
     }
-    c.name = std::string("portable.fwd.") + to_string(f.p.dtype) + ".d" +
-             std::to_string(e.head_dim) + mask_suffix(f);
+    if (e.smem_bytes > smem_optin) {
+      reason = "head_dim: " + std::to_string(e.head_dim) + " needs " +
+               std::to_string(e.smem_bytes) + " bytes of shared memory, device " +
+               std::to_string(device) + " offers " + std::to_string(smem_optin);
+      continue;
+    }
+    const Status fit = e.fits(f);
+    if (!fit.ok()) {
+      reason = fit.message;
+      continue;
+    }
+    c.name = std::string(e.prefix) + to_string(f.p.dtype) + ".d" + std::to_string(e.head_dim) +
+             mask_suffix(f);
     c.launch = e.launch;
     return c;
   }
-  c.status = not_supported(std::string("dtype/head_dim: no kernel compiled for ") +
-                           to_string(f.p.dtype) + " with head_dim " + std::to_string(f.p.head_dim) +
-                           " (see FLASHCORE_PORTABLE_DTYPES / FLASHCORE_PORTABLE_HEAD_DIMS)");
+  c.status = not_supported(reason);
   return c;
 }
 

@@ -76,6 +76,9 @@ Status validate_args(const AttentionParams& p) {
   if (p.backend != Backend::kAuto && p.backend != Backend::kReference &&
       p.backend != Backend::kCuda)
     return invalid("backend: unknown value " + str(static_cast<int>(p.backend)));
+  if (p.family != KernelFamily::kAuto && p.family != KernelFamily::kHopper &&
+      p.family != KernelFamily::kPortable)
+    return invalid("family: unknown value " + str(static_cast<int>(p.family)));
   if (p.batch < 0) return invalid("batch: must be >= 0 (got " + str(p.batch) + ")");
   if (p.seqlen_q < 0) return invalid("seqlen_q: must be >= 0 (got " + str(p.seqlen_q) + ")");
   if (p.seqlen_k < 0) return invalid("seqlen_k: must be >= 0 (got " + str(p.seqlen_k) + ")");
@@ -111,6 +114,13 @@ Status validate_args(const AttentionParams& p) {
     return invalid("cu_seqlens_q: pointer must be 4-byte aligned");
   if (varlen_k && (reinterpret_cast<uintptr_t>(p.cu_seqlens_k) & 3u))
     return invalid("cu_seqlens_k: pointer must be 4-byte aligned");
+  if (p.total_q < 0 || p.total_k < 0)
+    return invalid("total_q/total_k: must be >= 0, where 0 means unknown (got " + str(p.total_q) +
+                   ", " + str(p.total_k) + ")");
+  if (!varlen_q && (p.total_q != 0 || p.total_k != 0))
+    return invalid("total_q/total_k: only meaningful with cu_seqlens_q/cu_seqlens_k; must be 0");
+  if (p.total_q > INT32_MAX || p.total_k > INT32_MAX)
+    return invalid("total_q/total_k: must be < 2^31");
 
   // A tensor with no elements may be null; otherwise it must exist.
   const bool any_q = p.batch > 0 && p.seqlen_q > 0;
@@ -133,8 +143,10 @@ Status validate_cu_seqlens_host(const AttentionParams& p) {
     const int32_t* cu;
     int64_t max_len;
     const char* max_name;
-  } lists[2] = {{"cu_seqlens_q", p.cu_seqlens_q, p.seqlen_q, "seqlen_q"},
-                {"cu_seqlens_k", p.cu_seqlens_k, p.seqlen_k, "seqlen_k"}};
+    int64_t total;
+    const char* total_name;
+  } lists[2] = {{"cu_seqlens_q", p.cu_seqlens_q, p.seqlen_q, "seqlen_q", p.total_q, "total_q"},
+                {"cu_seqlens_k", p.cu_seqlens_k, p.seqlen_k, "seqlen_k", p.total_k, "total_k"}};
   for (const auto& l : lists) {
     if (p.batch > 0 && l.cu[0] != 0)
       return invalid(std::string(l.name) + ": must start at 0 (got " + str(l.cu[0]) + ")");
@@ -149,6 +161,10 @@ Status validate_cu_seqlens_host(const AttentionParams& p) {
                        ", more than " + l.max_name + " = " + str(l.max_len));
     }
   }
+  for (const auto& l : lists)
+    if (l.total > 0 && l.cu[p.batch] > l.total)
+      return invalid(std::string(l.name) + ": last entry " + str(l.cu[p.batch]) + " exceeds " +
+                     l.total_name + " = " + str(l.total));
   return {};
 }
 

@@ -21,6 +21,7 @@ struct FwdParams {
   int64_t v_batch, v_seq, v_head;
   int64_t o_batch, o_seq, o_head;
   int32_t batch, seqlen_q, seqlen_k;  // varlen: max lengths
+  int64_t total_q, total_k;           // varlen: packed rows (0: unknown)
   int32_t num_heads_q, group;
   int32_t window_left, window_right;  // -1: unbounded; causal is window_right = 0
   float scale_log2;                   // softmax scale * log2(e): kernels use exp2
@@ -43,6 +44,8 @@ inline FwdParams make_fwd_params(const FwdProblem& f) {
   d.batch = static_cast<int32_t>(p.batch);
   d.seqlen_q = static_cast<int32_t>(p.seqlen_q);
   d.seqlen_k = static_cast<int32_t>(p.seqlen_k);
+  d.total_q = p.total_q;
+  d.total_k = p.total_k;
   d.num_heads_q = static_cast<int32_t>(p.num_heads_q);
   d.group = static_cast<int32_t>(f.group);
   // Windows wider than any sequence are unbounded; clamping keeps them in int32.

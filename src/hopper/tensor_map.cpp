@@ -84,7 +84,7 @@ Status encode_tensor_map(const TensorMapSpec& spec, CUtensorMap* map) {
     return {StatusCode::kNotSupported,
             "tensor map: cuTensorMapEncodeTiled unavailable (no CUDA driver)"};
   }
-  CUtensorMapSwizzle sw;
+  CUtensorMapSwizzle sw = CU_TENSOR_MAP_SWIZZLE_NONE;
   swizzle_enum(spec.swizzle_bytes, &sw);
   const cuuint32_t elem_strides[5] = {1, 1, 1, 1, 1};
   cuuint64_t dims[5], strides[4];
@@ -126,6 +126,26 @@ TensorMapSpec bshd_tile_map(const void* base, DType dtype, const Strides& s, int
   m.box[3] = 1;
   m.swizzle_bytes = 128;
   return m;
+}
+
+void fwd_map_specs(const detail::FwdParams& p, DType dtype, int head_dim, uint32_t rows_q,
+                   uint32_t rows_kv, TensorMapSpec out[3]) {
+  const bool varlen = p.cu_seqlens_q != nullptr;
+  const int64_t batch = varlen ? 1 : p.batch;
+  const int64_t sq = varlen ? p.total_q : p.seqlen_q, sk = varlen ? p.total_k : p.seqlen_k;
+  const int64_t hk = p.num_heads_q / p.group;
+  auto strides = [&](int64_t b, int64_t s, int64_t h, int64_t rows, int64_t heads) {
+    Strides st{b, s, h};
+    if (heads == 1) st.head = 8;
+    if (batch == 1) st.batch = 8 * (rows > 0 ? rows : 1) * (s > 0 ? s : 1);
+    return st;
+  };
+  out[0] = bshd_tile_map(p.q, dtype, strides(p.q_batch, p.q_seq, p.q_head, sq, p.num_heads_q),
+                         batch, sq, p.num_heads_q, head_dim, rows_q);
+  out[1] = bshd_tile_map(p.k, dtype, strides(p.k_batch, p.k_seq, p.k_head, sk, hk), batch, sk, hk,
+                         head_dim, rows_kv);
+  out[2] = bshd_tile_map(p.v, dtype, strides(p.v_batch, p.v_seq, p.v_head, sk, hk), batch, sk, hk,
+                         head_dim, rows_kv);
 }
 
 }  // namespace flashcore::hopper

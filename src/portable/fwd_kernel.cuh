@@ -10,6 +10,7 @@
 
 #include "common/fwd_params.h"
 #include "common/mask.cuh"
+#include "common/seq_slice.cuh"
 #include "portable/fwd_config.h"
 #include "portable/fwd_epilogue.cuh"
 #include "portable/sm80_ops.cuh"
@@ -20,6 +21,8 @@
 namespace flashcore::portable {
 
 using detail::FwdParams;
+using detail::seq_slice;
+using detail::SeqSlice;
 
 // Copies rows [0, kRows) of a global tile (row stride in elements) into swizzled smem; rows at
 // or past `valid` are zero-filled and not read. Thread tid always moves chunk tid % kCPR of
@@ -39,40 +42,6 @@ __device__ __forceinline__ void load_tile(uint32_t smem, const Elem* g, int64_t 
     const bool ok = r0 + k * kRowStep < valid;
     cp_async_16(dst + k * kRowStep * kCPR * 16, ok ? src + k * kRowStep * stride : g, ok);
   }
-}
-
-// Where one batch entry's sequences live: fixed lengths, or a varlen slice of packed tokens.
-struct SeqSlice {
-  int64_t q_off, k_off, v_off, o_off;  // element offsets of token 0
-  int sq, sk;
-  int64_t lse_row0, lse_head_stride;  // lse index of (head 0, token 0) and per-head stride
-};
-
-__device__ __forceinline__ SeqSlice seq_slice(const FwdParams& p, int b) {
-  SeqSlice s;
-  if (p.cu_seqlens_q != nullptr) {
-    const int q0 = p.cu_seqlens_q[b], k0 = p.cu_seqlens_k[b];
-    // The host cannot check device-resident cu_seqlens without a sync: clamp each length to
-    // [0, max] so a bad list can never address memory outside [cu[b], cu[b] + max).
-    s.sq = min(max(p.cu_seqlens_q[b + 1] - q0, 0), p.seqlen_q);
-    s.sk = min(max(p.cu_seqlens_k[b + 1] - k0, 0), p.seqlen_k);
-    s.q_off = int64_t(q0) * p.q_seq;
-    s.k_off = int64_t(k0) * p.k_seq;
-    s.v_off = int64_t(k0) * p.v_seq;
-    s.o_off = int64_t(q0) * p.o_seq;
-    s.lse_row0 = q0;
-    s.lse_head_stride = p.cu_seqlens_q[p.batch];  // [Hq, total_q]
-  } else {
-    s.sq = p.seqlen_q;
-    s.sk = p.seqlen_k;
-    s.q_off = b * p.q_batch;
-    s.k_off = b * p.k_batch;
-    s.v_off = b * p.v_batch;
-    s.o_off = b * p.o_batch;
-    s.lse_head_stride = p.seqlen_q;  // [B, Hq, Sq]
-    s.lse_row0 = int64_t(b) * p.num_heads_q * p.seqlen_q;
-  }
-  return s;
 }
 
 template <class Cfg, class Elem, class Mask>

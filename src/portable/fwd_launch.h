@@ -4,12 +4,13 @@
 
 #include <cuda_runtime.h>
 
+#include "common/dtype_tag.h"
 #include "common/fwd_params.h"
 
 namespace flashcore::portable {
 
-struct Fp16 {};
-struct Bf16 {};
+using detail::Bf16;
+using detail::Fp16;
 
 template <class DTypeTag, int kHeadDim>
 cudaError_t launch_fwd(const detail::FwdParams& p, cudaStream_t stream);

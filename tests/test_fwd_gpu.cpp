@@ -1,5 +1,6 @@
 // GPU suite (label gpu): the CUDA backend against the CPU reference on fresh random inputs,
-// outputs poisoned first. Every test skips, with the reason, when no GPU is present.
+// outputs poisoned first, for each kernel family (Hopper on sm_90, portable everywhere).
+// Every test skips, with the reason, when no GPU (or no GPU of the family) is present.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
@@ -15,6 +16,25 @@ namespace {
 
 #define SKIP_WITHOUT_GPU() \
   if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device (driver or GPU missing)"
+
+// The Hopper family runs on compute capability 9.x only.
+bool family_runs_here(KernelFamily f) {
+  if (f != KernelFamily::kHopper) return true;
+  int dev = 0, major = 0;
+  cudaGetDevice(&dev);
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+  return major == 9;
+}
+const char* family_name(KernelFamily f) {
+  return f == KernelFamily::kHopper ? "Hopper" : f == KernelFamily::kPortable ? "Portable" : "Auto";
+}
+const char* family_prefix(KernelFamily f) {
+  return f == KernelFamily::kHopper ? "hopper.fwd." : "portable.fwd.";
+}
+
+#define SKIP_UNLESS_FAMILY(f) \
+  SKIP_WITHOUT_GPU();         \
+  if (!family_runs_here(f)) GTEST_SKIP() << family_name(f) << " kernels need another GPU generation"
 
 #define CUDA_OK(expr) ASSERT_EQ((expr), cudaSuccess) << #expr << ": " << cudaGetErrorString(expr)
 
@@ -40,7 +60,8 @@ struct GpuRun {
   Status status;
   HostProblem hp;
 };
-GpuRun run_on_gpu(const Case& c, uint64_t seed, int repeats = 1) {
+GpuRun run_on_gpu(const Case& c, uint64_t seed, KernelFamily family = KernelFamily::kAuto,
+                  int repeats = 1) {
   GpuRun r;
   r.hp = make_problem(c, seed);
   DeviceBuffer<uint16_t> q(r.hp.q), k(r.hp.k), v(r.hp.v), o(r.hp.o);
@@ -48,6 +69,7 @@ GpuRun run_on_gpu(const Case& c, uint64_t seed, int repeats = 1) {
   DeviceBuffer<int32_t> cu_q(r.hp.cu_q), cu_k(r.hp.cu_k);
   AttentionParams p = r.hp.rebased(q.ptr, k.ptr, v.ptr, o.ptr, lse.ptr, cu_q.ptr, cu_k.ptr);
   p.backend = Backend::kAuto;
+  p.family = family;
   r.plan = query(p);
   cudaStream_t stream = nullptr;
   cudaStreamCreate(&stream);
@@ -61,11 +83,11 @@ GpuRun run_on_gpu(const Case& c, uint64_t seed, int repeats = 1) {
   return r;
 }
 
-void expect_matches_reference(const Case& c, uint64_t seed) {
-  GpuRun r = run_on_gpu(c, seed);
+void expect_matches_reference(const Case& c, uint64_t seed, KernelFamily family) {
+  GpuRun r = run_on_gpu(c, seed, family);
   ASSERT_TRUE(r.plan.status.ok()) << r.plan.status.message;
   EXPECT_EQ(r.plan.backend, Backend::kCuda);
-  EXPECT_EQ(r.plan.kernel.rfind("portable.fwd.", 0), 0u) << r.plan.kernel;
+  EXPECT_EQ(r.plan.kernel.rfind(family_prefix(family), 0), 0u) << r.plan.kernel;
   ASSERT_TRUE(r.status.ok()) << r.status.message;
   const Check chk = compare_output(c, r.hp, seed);
   EXPECT_TRUE(chk.ok) << chk.msg;
@@ -107,15 +129,24 @@ std::vector<Case> grid_cases() {
   return cases;
 }
 
-class PortableGrid : public ::testing::TestWithParam<Case> {};
-
-TEST_P(PortableGrid, MatchesReference) {
-  SKIP_WITHOUT_GPU();
-  expect_matches_reference(GetParam(), 1234 + std::hash<std::string>{}(GetParam().name()) % 1000);
+using FamilyCase = std::tuple<KernelFamily, Case>;
+const KernelFamily kFamilies[] = {KernelFamily::kHopper, KernelFamily::kPortable};
+std::string family_case_name(const ::testing::TestParamInfo<FamilyCase>& info) {
+  return std::string(family_name(std::get<0>(info.param))) + "_" + std::get<1>(info.param).name();
 }
 
-INSTANTIATE_TEST_SUITE_P(Grid, PortableGrid, ::testing::ValuesIn(grid_cases()),
-                         [](const auto& info) { return info.param.name(); });
+class FwdGrid : public ::testing::TestWithParam<FamilyCase> {};
+
+TEST_P(FwdGrid, MatchesReference) {
+  const auto& [family, c] = GetParam();
+  SKIP_UNLESS_FAMILY(family);
+  expect_matches_reference(c, 1234 + std::hash<std::string>{}(c.name()) % 1000, family);
+}
+
+INSTANTIATE_TEST_SUITE_P(Grid, FwdGrid,
+                         ::testing::Combine(::testing::ValuesIn(kFamilies),
+                                            ::testing::ValuesIn(grid_cases())),
+                         family_case_name);
 
 std::vector<Case> varlen_cases() {
   std::vector<Case> cases;
@@ -133,24 +164,41 @@ std::vector<Case> varlen_cases() {
   return cases;
 }
 
-class PortableVarlen : public ::testing::TestWithParam<Case> {};
+class FwdVarlen : public ::testing::TestWithParam<FamilyCase> {};
 
-TEST_P(PortableVarlen, MatchesReference) {
-  SKIP_WITHOUT_GPU();
-  expect_matches_reference(GetParam(), 99);
+TEST_P(FwdVarlen, MatchesReference) {
+  const auto& [family, c] = GetParam();
+  SKIP_UNLESS_FAMILY(family);
+  expect_matches_reference(c, 99, family);
 }
 
-INSTANTIATE_TEST_SUITE_P(Varlen, PortableVarlen, ::testing::ValuesIn(varlen_cases()),
-                         [](const auto& info) { return info.param.name(); });
+INSTANTIATE_TEST_SUITE_P(Varlen, FwdVarlen,
+                         ::testing::Combine(::testing::ValuesIn(kFamilies),
+                                            ::testing::ValuesIn(varlen_cases())),
+                         family_case_name);
 
-TEST(Portable, CustomScaleAndLargeBatch) {
-  SKIP_WITHOUT_GPU();
+// Tests below that take a family run once per family.
+class FwdFamily : public ::testing::TestWithParam<KernelFamily> {};
+INSTANTIATE_TEST_SUITE_P(Family, FwdFamily, ::testing::ValuesIn(kFamilies),
+                         [](const auto& info) { return std::string(family_name(info.param)); });
+
+TEST_P(FwdFamily, SmallTilesGqaAndLse) {
+  SKIP_UNLESS_FAMILY(GetParam());
+  for (int64_t d : {64, 128, 256}) {
+    Case c(DType::kBFloat16, 3, 8, 2, 200, 333, d);
+    c.causal = true;
+    expect_matches_reference(c, 5 + d, GetParam());
+  }
+}
+
+TEST_P(FwdFamily, CustomScaleAndLargeBatch) {
+  SKIP_UNLESS_FAMILY(GetParam());
   Case c(DType::kBFloat16, 37, 4, 4, 65, 130, 128);
   c.scale = 0.3f;
-  expect_matches_reference(c, 7);
+  expect_matches_reference(c, 7, GetParam());
 }
 
-TEST(Portable, EmptyProblemsWriteNothing) {
+TEST(Fwd, EmptyProblemsWriteNothing) {
   SKIP_WITHOUT_GPU();
   for (auto [sq, sk] : {std::pair<int64_t, int64_t>{0, 16}, {16, 0}, {0, 0}}) {
     Case c(DType::kFloat16, 2, 4, 2, sq, sk, 64);
@@ -162,17 +210,18 @@ TEST(Portable, EmptyProblemsWriteNothing) {
 }
 
 // Same inputs twice must give bit-identical outputs: a data race would show up as a difference.
-TEST(Portable, Deterministic) {
-  SKIP_WITHOUT_GPU();
+TEST_P(FwdFamily, Deterministic) {
+  SKIP_UNLESS_FAMILY(GetParam());
   Case c(DType::kBFloat16, 2, 8, 2, 777, 1500, 128);
   c.causal = true;
-  GpuRun a = run_on_gpu(c, 11), b = run_on_gpu(c, 11, /*repeats=*/3);
+  GpuRun a = run_on_gpu(c, 11, GetParam()), b = run_on_gpu(c, 11, GetParam(), /*repeats=*/3);
   ASSERT_TRUE(a.status.ok() && b.status.ok());
+  EXPECT_EQ(a.plan.kernel.rfind(family_prefix(GetParam()), 0), 0u) << a.plan.kernel;
   EXPECT_EQ(0, std::memcmp(a.hp.o.data(), b.hp.o.data(), a.hp.o.size() * 2));
   EXPECT_EQ(0, std::memcmp(a.hp.lse.data(), b.hp.lse.data(), a.hp.lse.size() * 4));
 }
 
-TEST(Portable, DeviceMemoryRejectedByReferenceBackend) {
+TEST(Fwd, DeviceMemoryRejectedByReferenceBackend) {
   SKIP_WITHOUT_GPU();
   Case c(DType::kBFloat16, 1, 2, 2, 8, 8, 64);
   HostProblem hp = make_problem(c, 5);
@@ -185,7 +234,7 @@ TEST(Portable, DeviceMemoryRejectedByReferenceBackend) {
   EXPECT_NE(s.message.find("q:"), std::string::npos) << s.message;
 }
 
-TEST(Portable, HostMemoryRejectedByCudaBackend) {
+TEST(Fwd, HostMemoryRejectedByCudaBackend) {
   SKIP_WITHOUT_GPU();
   Case c(DType::kBFloat16, 1, 2, 2, 8, 8, 64);
   HostProblem hp = make_problem(c, 5);
@@ -197,8 +246,8 @@ TEST(Portable, HostMemoryRejectedByCudaBackend) {
 
 // run() is graph safe: captured once, the graph replays correctly on new inputs written into the
 // same buffers (no host sync, allocation or host read of device memory inside the call).
-TEST(Portable, CapturedInCudaGraphReplaysOnNewInputs) {
-  SKIP_WITHOUT_GPU();
+TEST_P(FwdFamily, CapturedInCudaGraphReplaysOnNewInputs) {
+  SKIP_UNLESS_FAMILY(GetParam());
   Case c(DType::kBFloat16, 2, 4, 2, 300, 500, 128);
   c.causal = true;
   HostProblem first = make_problem(c, 31);
@@ -206,6 +255,8 @@ TEST(Portable, CapturedInCudaGraphReplaysOnNewInputs) {
   DeviceBuffer<float> lse(first.lse);
   AttentionParams p = first.rebased(q.ptr, k.ptr, v.ptr, o.ptr, lse.ptr, nullptr, nullptr);
   p.backend = Backend::kCuda;
+  p.family = GetParam();
+  ASSERT_TRUE(query(p).status.ok()) << query(p).status.message;
   cudaStream_t stream;
   CUDA_OK(cudaStreamCreate(&stream));
   cudaGraph_t graph;
@@ -239,8 +290,8 @@ TEST(Portable, CapturedInCudaGraphReplaysOnNewInputs) {
 
 // Batch strides past 2^31 elements: every tensor's batch 1 starts beyond int32 range, so any
 // 32-bit offset arithmetic in the kernel reads or writes the wrong place.
-TEST(Portable, OffsetsPast2Pow31Elements) {
-  SKIP_WITHOUT_GPU();
+TEST_P(FwdFamily, OffsetsPast2Pow31Elements) {
+  SKIP_UNLESS_FAMILY(GetParam());
   const int64_t big = (int64_t{1} << 31) + 4096;  // elements; a multiple of 8
   size_t free_bytes = 0, total = 0;
   CUDA_OK(cudaMemGetInfo(&free_bytes, &total));
@@ -270,6 +321,7 @@ TEST(Portable, OffsetsPast2Pow31Elements) {
   p.q = t[0].dev, p.k = t[1].dev, p.v = t[2].dev, p.o = t[3].dev, p.lse = lse.ptr;
   p.q_strides.batch = p.k_strides.batch = p.v_strides.batch = p.o_strides.batch = big;
   p.backend = Backend::kCuda;
+  p.family = GetParam();
   const Status st = run(p);
   ASSERT_TRUE(st.ok()) << st.message;
   CUDA_OK(cudaDeviceSynchronize());
@@ -281,6 +333,28 @@ TEST(Portable, OffsetsPast2Pow31Elements) {
   for (Tensor& x : t) cudaFree(x.dev);
   const Check chk = compare_output(c, hp, 21);
   EXPECT_TRUE(chk.ok) << chk.msg;
+}
+
+// kAuto takes the Hopper kernel on sm_90 when it supports the problem and the portable kernel
+// otherwise (here: varlen without total_q/total_k); naming the Hopper family then says why.
+TEST(Fwd, AutoPicksHopperElsePortable) {
+  SKIP_UNLESS_FAMILY(KernelFamily::kHopper);
+  Case c(DType::kFloat16, 0, 4, 4, 0, 0, 64);
+  c.varlen_q = {5, 70};
+  c.varlen_k = {9, 33};
+  HostProblem hp = make_problem(c, 3);
+  DeviceBuffer<uint16_t> q(hp.q), k(hp.k), v(hp.v), o(hp.o);
+  DeviceBuffer<int32_t> cu_q(hp.cu_q), cu_k(hp.cu_k);
+  AttentionParams p = hp.rebased(q.ptr, k.ptr, v.ptr, o.ptr, nullptr, cu_q.ptr, cu_k.ptr);
+  p.lse = nullptr;
+  p.backend = Backend::kAuto;
+  EXPECT_EQ(query(p).kernel, "hopper.fwd.fp16.d64");
+  p.total_q = p.total_k = 0;
+  EXPECT_EQ(query(p).kernel, "portable.fwd.fp16.d64");
+  p.family = KernelFamily::kHopper;
+  const Plan plan = query(p);
+  EXPECT_EQ(plan.status.code, StatusCode::kNotSupported);
+  EXPECT_NE(plan.status.message.find("total_q/total_k"), std::string::npos) << plan.status.message;
 }
 
 }  // namespace

@@ -1,0 +1,84 @@
+// Epilogue of the Hopper forward kernel: normalise O, stage it in the warpgroup's rows of the
+// O (or Q) tile, write it with 16-byte coalesced stores (row-checked, so varlen tails and
+// strided O need nothing special), write the log-sum-exp.
+#pragma once
+
+#include "hopper/fwd_mainloop.cuh"
+
+namespace flashcore::hopper {
+
+template <class Cfg>
+__device__ __forceinline__ uint32_t epilogue_barrier(int wg) {
+  return static_cast<uint32_t>(wg == 0 ? NamedBarrier::kEpiWg1 : NamedBarrier::kEpiWg2);
+}
+
+template <class Cfg, class Tag, class Mask>
+__device__ void store_tile(Consumer<Cfg, Tag>& c, const TilePlan<Cfg, Mask>& plan,
+                           const detail::FwdParams& p, uint8_t* smem, Barriers<Cfg>& bar, int wg,
+                           int tid) {
+  constexpr int kD = Cfg::kHeadDim, kCPR = kD / 8;
+  const int warp = tid / 32, lane = tid % 32;
+  float inv[2], lse[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float l = c.row_sum[r];
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    inv[r] = l > 0.f ? 1.f / l : 0.f;
+    lse[r] = l > 0.f ? (c.row_max[r] + __log2f(l)) * 0.6931471805599453f : -INFINITY;
+  }
+  // Staging tile: O's own, or the Q tile, which every wgmma of this warpgroup has finished
+  // reading (wait_group 0) and which the producer refills only after q_empty.
+  uint8_t* q = smem + (Cfg::kSeparateO ? Cfg::kOOff : Cfg::kQOff);
+  const int row_base = 64 * wg + 16 * warp + lane / 4;
+#pragma unroll
+  for (int i = 0; i < Consumer<Cfg, Tag>::kO; i += 2) {
+    const int r = acc_half(i);
+    *reinterpret_cast<uint32_t*>(q + sw128_offset(row_base + 8 * r, acc_col(i, lane), 128)) =
+        pack2<Tag>(c.o[i] * inv[r], c.o[i + 1] * inv[r]);
+  }
+  const uint32_t epi = epilogue_barrier<Cfg>(wg);
+  named_sync(epi, 128);
+
+  const int first = plan.m0 + 64 * wg;
+  uint16_t* og = static_cast<uint16_t*>(p.o) + plan.seq.o_off + int64_t(plan.h) * p.o_head;
+#pragma unroll 4
+  for (int idx = tid; idx < 64 * kCPR; idx += 128) {
+    const int row = idx / kCPR, ch = idx % kCPR;
+    if (first + row < plan.seq.sq)
+      *reinterpret_cast<uint4*>(og + int64_t(first + row) * p.o_seq + ch * 8) =
+          *reinterpret_cast<const uint4*>(q + sw128_offset(64 * wg + row, ch * 8, 128));
+  }
+  if (p.lse != nullptr && (lane & 3) == 0) {
+    float* lp = p.lse + plan.seq.lse_row0 + int64_t(plan.h) * plan.seq.lse_head_stride;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int row = plan.m0 + row_base + 8 * r;
+      if (row < plan.seq.sq) lp[row] = lse[r];
+    }
+  }
+  // The next tile's staging writes (or, in the Q tile, the producer's TMA writes: the async
+  // proxy) must follow every thread's reads.
+  if (!Cfg::kSeparateO) fence_proxy_async_smem();
+  named_sync(epi, 128);
+  if (!Cfg::kSeparateO) mbar_arrive(&bar.q_empty);
+}
+
+// A tile whose rows see no key: O = 0, LSE = -inf. Nothing was loaded for it.
+template <class Cfg, class Mask>
+__device__ void store_empty_tile(const TilePlan<Cfg, Mask>& plan, const detail::FwdParams& p,
+                                 int wg, int tid) {
+  constexpr int kCPR = Cfg::kHeadDim / 8;
+  const int first = plan.m0 + 64 * wg;
+  uint16_t* og = static_cast<uint16_t*>(p.o) + plan.seq.o_off + int64_t(plan.h) * p.o_head;
+  for (int idx = tid; idx < 64 * kCPR; idx += 128) {
+    const int row = idx / kCPR, ch = idx % kCPR;
+    if (first + row < plan.seq.sq)
+      *reinterpret_cast<uint4*>(og + int64_t(first + row) * p.o_seq + ch * 8) =
+          make_uint4(0, 0, 0, 0);
+  }
+  if (p.lse != nullptr && tid < 64 && first + tid < plan.seq.sq)
+    p.lse[plan.seq.lse_row0 + int64_t(plan.h) * plan.seq.lse_head_stride + first + tid] = -INFINITY;
+}
+
+}  // namespace flashcore::hopper

@@ -1,0 +1,84 @@
+// The Hopper forward kernel: persistent, warp-specialised (one TMA producer warpgroup, two
+// consumer warpgroups of 64 query rows each), TMA + wgmma, ping-pong between the consumers.
+// Design and budgets: docs/hopper-design.md.
+#pragma once
+
+#include "hopper/fwd_epilogue.cuh"
+#include "hopper/fwd_mainloop.cuh"
+
+namespace flashcore::hopper {
+
+struct FwdArgs {
+  Maps maps;  // first: CUtensorMap is 64-byte aligned
+  detail::FwdParams p;
+  TileScheduler sched;
+};
+
+template <class Cfg, class Tag, class Mask>
+__global__ void __launch_bounds__(Cfg::kThreads, 1) fwd_kernel(const __grid_constant__ FwdArgs a) {
+  extern __shared__ uint8_t smem_raw[];
+  // 128-byte swizzled tiles are read by wgmma with base offset 0: keep them 1024-aligned.
+  uint8_t* smem =
+      reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
+  auto& bar = *reinterpret_cast<Barriers<Cfg>*>(smem + Cfg::kBarOff);
+  // Broadcast from lane 0 so ptxas knows the role branch is warp-uniform; otherwise it treats
+  // the consumer path as divergent and serialises its wgmmas (C7520).
+  const int wg = __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x / 128), 0);
+  if (threadIdx.x == 0) {
+    bar.init();
+    mbar_init_fence();
+  }
+  __syncthreads();
+
+  if (wg == 0) {
+    regs_dealloc<Cfg::kProducerRegs>();
+    if (threadIdx.x == 0) {
+      tma_prefetch(&a.maps.q);
+      tma_prefetch(&a.maps.k);
+      tma_prefetch(&a.maps.v);
+      produce<Cfg, Mask>(a.p, &a.maps, a.sched, smem, bar);
+    }
+    return;
+  }
+
+  regs_alloc<Cfg::kConsumerRegs>();
+  const int cwg = wg - 1, tid = threadIdx.x % 128, warp = tid / 32, lane = tid % 32;
+  const SchedulerBarrier<Cfg::kPingPong> turn{
+      static_cast<uint32_t>(cwg == 0 ? NamedBarrier::kSchedWg1 : NamedBarrier::kSchedWg2),
+      static_cast<uint32_t>(cwg == 0 ? NamedBarrier::kSchedWg2 : NamedBarrier::kSchedWg1)};
+  // Warpgroup 1 takes the first turn: warpgroup 2 hands it over once up front.
+  if (cwg == 1) turn.pass();
+
+  Consumer<Cfg, Tag> c;
+  RingState<Cfg::kStages> ring;
+  uint32_t tile_count = 0;
+  TileScheduler::Tile tile;
+  for (int u = blockIdx.x; u < a.sched.num_units(); u += gridDim.x) {
+#pragma unroll 1
+    for (int j = 0; j < a.sched.tiles_per_unit(); ++j) {
+      if (!a.sched.tile(u, j, &tile)) continue;
+      const TilePlan<Cfg, Mask> plan(a.p, tile);
+      if (!plan.has_keys()) {
+        if (plan.has_rows()) store_empty_tile(plan, a.p, cwg, tid);
+        continue;
+      }
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const detail::RowRange rr =
+            Mask::row(plan.m0 + 64 * cwg + 16 * warp + lane / 4 + 8 * r, plan.seq.sq, plan.seq.sk,
+                      a.p.window_left, a.p.window_right);
+        c.lo[r] = rr.lo;
+        c.hi[r] = rr.hi;
+      }
+      c.start_tile();
+      mbar_wait(&bar.q_full, tile_count & 1);
+      consume_tile(c, plan, a.p, smem, bar, ring, cwg, lane, turn);
+      store_tile(c, plan, a.p, smem, bar, cwg, tid);
+      ++tile_count;
+    }
+  }
+  // Warpgroup 2's opening hand-over left one arrival on warpgroup 1's barrier: take it.
+  if (cwg == 0) turn.take();
+}
+
+}  // namespace flashcore::hopper

@@ -1,0 +1,51 @@
+// Definition of hopper::launch_fwd, included only by the generated sm_90a instantiation units.
+#pragma once
+
+#include "hopper/fwd_kernel.cuh"
+#include "hopper/fwd_launch.h"
+#include "hopper/tensor_map.h"
+
+namespace flashcore::hopper {
+
+inline Status encode_maps(const detail::FwdParams& p, DType dt, int d, int rows_q, int rows_kv,
+                          Maps* m) {
+  TensorMapSpec spec[3];
+  fwd_map_specs(p, dt, d, rows_q, rows_kv, spec);
+  Status st = encode_tensor_map(spec[0], &m->q);
+  if (st.ok()) st = encode_tensor_map(spec[1], &m->k);
+  if (st.ok()) st = encode_tensor_map(spec[2], &m->v);
+  return st;
+}
+
+template <class Cfg, class Tag, class Mask>
+cudaError_t launch_with(const FwdArgs& a, int grid, cudaStream_t stream) {
+  auto kernel = fwd_kernel<Cfg, Tag, Mask>;
+  cudaError_t err =
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes);
+  if (err != cudaSuccess) return err;
+  kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(a);
+  return cudaGetLastError();
+}
+
+template <class Tag, int kHeadDim>
+cudaError_t launch_fwd(const detail::FwdParams& p, cudaStream_t stream) {
+  using Cfg = FwdConfig<kHeadDim>;
+  FwdArgs a{};
+  // select() checked every map rule on the host; failing here means the driver refused.
+  if (!encode_maps(p, detail::dtype_of<Tag>(), kHeadDim, Cfg::kBlockM, Cfg::kBlockN, &a.maps).ok())
+    return cudaErrorInvalidValue;
+  a.p = p;
+  const bool local = p.window_left >= 0 || p.window_right >= 0;
+  const int m_blocks = (p.seqlen_q + Cfg::kBlockM - 1) / Cfg::kBlockM;
+  a.sched = {m_blocks, p.num_heads_q, p.batch, local};
+  int device = 0, sms = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err == cudaSuccess)
+    err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  if (err != cudaSuccess) return err;
+  const int grid = a.sched.num_units() < sms ? a.sched.num_units() : sms;
+  return local ? launch_with<Cfg, Tag, detail::LocalMask>(a, grid, stream)
+               : launch_with<Cfg, Tag, detail::NoMask>(a, grid, stream);
+}
+
+}  // namespace flashcore::hopper

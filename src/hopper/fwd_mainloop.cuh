@@ -1,0 +1,308 @@
+// Mainloop of the Hopper forward kernel: the TMA producer and the consumer warpgroups'
+// S = Q K^T (SS wgmma), online softmax in registers, O += P V (RS wgmma).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "hopper/fwd_config.h"
+#include "hopper/fwd_scheduler.cuh"
+#include "hopper/sm90_ops.cuh"
+#include "hopper/smem_desc.h"
+
+namespace flashcore::hopper {
+
+// The CTA's mbarriers (layout kBarOff of FwdConfig). full: TMA landed (1 arrival + bytes);
+// empty: the consumers finished with the tile (every consumer thread arrives, so no warp can
+// be early). Q is empty after the tile's last S = Q K^T, or after the epilogue when O is
+// staged in it (FwdConfig::kSeparateO).
+template <class Cfg>
+struct Barriers {
+  uint64_t q_full, q_empty;
+  uint64_t k_full[Cfg::kStages], k_empty[Cfg::kStages];
+  uint64_t v_full[Cfg::kStages], v_empty[Cfg::kStages];
+
+  __device__ void init() {
+    mbar_init(&q_full, 1);
+    mbar_init(&q_empty, Cfg::kConsumerThreads);
+    for (int s = 0; s < Cfg::kStages; ++s) {
+      mbar_init(&k_full[s], 1);
+      mbar_init(&v_full[s], 1);
+      mbar_init(&k_empty[s], Cfg::kConsumerThreads);
+      mbar_init(&v_empty[s], Cfg::kConsumerThreads);
+    }
+  }
+};
+
+// Position in a ring of kStages buffers; the parity flips each lap (HOPPER-PRIMER 6).
+template <int kStages>
+struct RingState {
+  uint32_t index = 0;
+  __device__ int stage() const { return index % kStages; }
+  __device__ uint32_t parity() const { return (index / kStages) & 1; }
+};
+
+struct Maps {
+  CUtensorMap q, k, v;  // (B, S, H, D) views, boxes of 64 columns (bshd_tile_map)
+};
+
+// One thread issues every copy. Per tile: K(last), Q, V(last), then K, V of each lower block.
+// K and V have their own rings, so S = Q K^T of a block can start before its V lands.
+template <class Cfg, class Mask>
+__device__ void produce(const detail::FwdParams& p, const Maps* maps, const TileScheduler& sched,
+                        uint8_t* smem, Barriers<Cfg>& bar) {
+  constexpr int kBN = Cfg::kBlockN;
+  RingState<Cfg::kStages> ring;
+  uint32_t tile_count = 0;
+  const bool varlen = p.cu_seqlens_q != nullptr;
+  TileScheduler::Tile tile;
+  for (int u = blockIdx.x; u < sched.num_units(); u += gridDim.x) {
+#pragma unroll 1
+    for (int j = 0; j < sched.tiles_per_unit(); ++j) {
+      if (!sched.tile(u, j, &tile)) continue;
+      const TilePlan<Cfg, Mask> plan(p, tile);
+      if (!plan.has_keys()) continue;
+      const int bc = varlen ? 0 : plan.b;  // varlen maps are one packed "batch"
+      const int hk = plan.h / p.group;
+      for (int n = plan.n_end - 1; n >= plan.n_begin; --n, ++ring.index) {
+        const int s = ring.stage();
+        const int krow = plan.seq.k_row0 + n * kBN;
+        mbar_wait(&bar.k_empty[s], ring.parity() ^ 1);
+        mbar_arrive_expect_tx(&bar.k_full[s], Cfg::kKVBytes);
+        uint8_t* k_tile = smem + Cfg::kKOff + s * Cfg::kKVBytes;
+        for (int st = 0; st < Cfg::kStrips; ++st)
+          tma_load_4d(k_tile + st * Cfg::kKVStrip, &maps->k, 64 * st, hk, krow, bc, &bar.k_full[s]);
+        if (n == plan.n_end - 1) {
+          // The previous tile's epilogue staged O in the Q tile.
+          mbar_wait(&bar.q_empty, (tile_count & 1) ^ 1);
+          mbar_arrive_expect_tx(&bar.q_full, Cfg::kQBytes);
+          for (int st = 0; st < Cfg::kStrips; ++st)
+            tma_load_4d(smem + Cfg::kQOff + st * Cfg::kQStrip, &maps->q, 64 * st, plan.h,
+                        plan.seq.q_row0 + plan.m0, bc, &bar.q_full);
+        }
+        mbar_wait(&bar.v_empty[s], ring.parity() ^ 1);
+        mbar_arrive_expect_tx(&bar.v_full[s], Cfg::kKVBytes);
+        uint8_t* v_tile = smem + Cfg::kVOff + s * Cfg::kKVBytes;
+        for (int st = 0; st < Cfg::kStrips; ++st)
+          tma_load_4d(v_tile + st * Cfg::kKVStrip, &maps->v, 64 * st, hk, krow, bc, &bar.v_full[s]);
+      }
+      ++tile_count;
+    }
+  }
+}
+
+template <class Tag>
+__device__ __forceinline__ uint32_t pack2(float lo, float hi);
+template <>
+__device__ __forceinline__ uint32_t pack2<detail::Bf16>(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+template <>
+__device__ __forceinline__ uint32_t pack2<detail::Fp16>(float lo, float hi) {
+  __half2 v = __floats2half2_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+
+// Accumulator layout of m64nNk16 (HOPPER-PRIMER 4): value i of a thread sits in row
+// lane/4 + 8*((i>>1)&1) of its warp's 16 and column 8*(i>>2) + 2*(lane%4) + (i&1).
+__device__ __forceinline__ int acc_half(int i) { return (i >> 1) & 1; }
+__device__ __forceinline__ int acc_col(int i, int lane) {
+  return 8 * (i >> 2) + 2 * (lane & 3) + (i & 1);
+}
+
+// The RS A fragment of keys 16kk..16kk+15 is accumulator values 8kk..8kk+7 in order
+// (HOPPER-PRIMER 4): P goes from the S accumulators to the PV wgmma without shuffles.
+template <class Tag, int M>
+__device__ __forceinline__ void to_fragment(const float (&s)[M], uint32_t (&pf)[M / 8][4]) {
+#pragma unroll
+  for (int kk = 0; kk < M / 8; ++kk)
+#pragma unroll
+    for (int q = 0; q < 4; ++q) pf[kk][q] = pack2<Tag>(s[8 * kk + 2 * q], s[8 * kk + 2 * q + 1]);
+}
+
+// Consumer state and steps for one warpgroup's 64 query rows.
+template <class Cfg, class Tag>
+struct Consumer {
+  static constexpr int kD = Cfg::kHeadDim, kBN = Cfg::kBlockN;
+  static constexpr int kS = kBN / 2, kO = kD / 2, kKChunks = kBN / 16;
+
+  float o[kO];
+  float row_max[2], row_sum[2];  // running max in log2 units; per-thread partial sums
+  int lo[2], hi[2];              // visible keys of this thread's two rows
+
+  __device__ void start_tile() {
+#pragma unroll
+    for (int i = 0; i < kO; ++i) o[i] = 0.f;
+    row_max[0] = row_max[1] = -INFINITY;
+    row_sum[0] = row_sum[1] = 0.f;
+  }
+
+  // S = Q K^T: D/16 k-steps; within a 128-byte strip +32 bytes, across strips + strip size.
+  // Each batch opens with wgmma.fence after the last register writes (FA3's gemm does the
+  // same); without it ptxas injects its own arrive and serialises the wgmmas (C7519).
+  __device__ static void issue_qk(float (&s)[kS], uint64_t q_desc, uint64_t k_desc) {
+    fence_regs(s);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < kD / 16; ++kk) {
+      const uint32_t a = (kk / 4) * Cfg::kQStrip + (kk % 4) * 32;
+      const uint32_t b = (kk / 4) * Cfg::kKVStrip + (kk % 4) * 32;
+      WgmmaSS<kBN, Tag>::mma(s, q_desc + (a >> 4), k_desc + (b >> 4), kk > 0);
+    }
+    wgmma_commit();
+  }
+
+  // O += P V: V is the MN-major B operand; a k16 step is 16 keys = 2048 bytes.
+  __device__ void issue_pv(uint32_t (&pf)[kKChunks][4], uint64_t v_desc) {
+    fence_regs(o);
+    fence_regs(pf);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < kKChunks; ++kk)
+      WgmmaRS<kD, Tag>::mma(o, pf[kk], v_desc + ((kk * 2048) >> 4), 1);
+    wgmma_commit();
+  }
+
+  __device__ void mask(float (&s)[kS], int n0, int lane) const {
+#pragma unroll
+    for (int i = 0; i < kS; ++i) {
+      const int col = n0 + acc_col(i, lane), r = acc_half(i);
+      if (col < lo[r] || col >= hi[r]) s[i] = -INFINITY;
+    }
+  }
+
+  // Online softmax step in base 2: leaves P in s, returns in alpha the factor that rescales
+  // O (and has rescaled the sums) from the old running max to the new one.
+  __device__ void softmax(float (&s)[kS], float scale_log2, float (&alpha)[2]) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float mx = -INFINITY;
+#pragma unroll
+      for (int i = 2 * r; i < kS; i += 4) mx = fmaxf(mx, fmaxf(s[i], s[i + 1]));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float m_new = fmaxf(row_max[r], mx * scale_log2);
+      // A row with nothing visible yet keeps max -inf; subtract 0 so exp2 gives 0, not NaN.
+      const float m_use = m_new == -INFINITY ? 0.f : m_new;
+      alpha[r] = ex2(row_max[r] - m_use);
+      row_max[r] = m_new;
+      float sum = 0.f;
+#pragma unroll
+      for (int i = 2 * r; i < kS; i += 4) {
+        s[i] = ex2(fmaf(s[i], scale_log2, -m_use));
+        s[i + 1] = ex2(fmaf(s[i + 1], scale_log2, -m_use));
+        sum += s[i] + s[i + 1];
+      }
+      row_sum[r] = row_sum[r] * alpha[r] + sum;
+    }
+  }
+
+  __device__ void rescale(const float (&alpha)[2]) {
+#pragma unroll
+    for (int i = 0; i < kO; ++i) o[i] *= alpha[acc_half(i)];
+  }
+};
+
+// Ping-pong turns (HOPPER-PRIMER 8): a warpgroup issues its GEMMs only after the other one
+// has issued its own, so one's softmax runs while the other's GEMMs hold the tensor cores.
+template <bool kOn>
+struct SchedulerBarrier {
+  uint32_t mine, other;
+  __device__ void take() const {
+    if (kOn) named_sync(mine, 256);
+  }
+  __device__ void pass() const {
+    if (kOn) named_arrive(other, 256);
+  }
+};
+
+// One tile of one consumer warpgroup, FA3's intra-warpgroup order: S(j+1) = Q K(j+1)^T is
+// issued together with O += P(j) V(j), and the softmax of S(j+1) runs while the PV
+// wgmmas are in flight.
+template <class Cfg, class Tag, class Mask>
+__device__ void consume_tile(Consumer<Cfg, Tag>& c, const TilePlan<Cfg, Mask>& plan,
+                             const detail::FwdParams& p, uint8_t* smem, Barriers<Cfg>& bar,
+                             RingState<Cfg::kStages>& ring, int wg, int lane,
+                             const SchedulerBarrier<Cfg::kPingPong>& turn) {
+  using C = Consumer<Cfg, Tag>;
+  constexpr int kBN = Cfg::kBlockN;
+  const uint64_t q_desc =
+      wgmma_desc(smem_addr(smem + Cfg::kQOff) + wg * 64 * 128, 16, 1024, DescSwizzle::k128B);
+  auto k_desc = [&](int s) {
+    return wgmma_desc(smem_addr(smem + Cfg::kKOff + s * Cfg::kKVBytes), 16, 1024,
+                      DescSwizzle::k128B);
+  };
+  auto v_desc = [&](int s) {
+    return wgmma_desc(smem_addr(smem + Cfg::kVOff + s * Cfg::kKVBytes), Cfg::kKVStrip, 1024,
+                      DescSwizzle::k128B);
+  };
+  // Rows of this warpgroup; a block needs per-element masking unless all of it is visible.
+  const int r0 = plan.m0 + wg * 64, r_last = r0 + 63;
+  auto needs_mask = [&](int n) {
+    return !detail::tile_unmasked<Mask>(n * kBN, kBN, r0, r_last, plan.seq.sq, plan.seq.sk,
+                                        p.window_left, p.window_right);
+  };
+
+  float s[C::kS];
+  uint32_t pf[C::kKChunks][4];
+  float alpha[2];
+
+  int n = plan.n_end - 1;
+  int s_k = ring.stage();
+  uint32_t ph_k = ring.parity();
+  turn.take();
+  mbar_wait(&bar.k_full[s_k], ph_k);
+  C::issue_qk(s, q_desc, k_desc(s_k));
+  turn.pass();
+  // With O staged elsewhere, Q is free once the last S of the tile has been computed.
+  auto release_q_after = [&](int n_done) {
+    if (Cfg::kSeparateO && n_done == plan.n_begin) mbar_arrive(&bar.q_empty);
+  };
+  wgmma_wait<0>();
+  fence_regs(s);
+  mbar_arrive(&bar.k_empty[s_k]);
+  release_q_after(n);
+  if (needs_mask(n)) c.mask(s, n * kBN, lane);
+  c.softmax(s, p.scale_log2, alpha);
+  to_fragment<Tag>(s, pf);
+  int s_v = s_k;
+  uint32_t ph_v = ph_k;
+  ++ring.index;
+
+  for (--n; n >= plan.n_begin; --n, ++ring.index) {
+    s_k = ring.stage();
+    ph_k = ring.parity();
+    turn.take();
+    mbar_wait(&bar.k_full[s_k], ph_k);
+    C::issue_qk(s, q_desc, k_desc(s_k));
+    mbar_wait(&bar.v_full[s_v], ph_v);
+    c.issue_pv(pf, v_desc(s_v));
+    turn.pass();
+    wgmma_wait<1>();
+    fence_regs(s);
+    mbar_arrive(&bar.k_empty[s_k]);
+    release_q_after(n);
+    if (needs_mask(n)) c.mask(s, n * kBN, lane);
+    c.softmax(s, p.scale_log2, alpha);
+    wgmma_wait<0>();
+    fence_regs(c.o);
+    fence_regs(pf);
+    mbar_arrive(&bar.v_empty[s_v]);
+    c.rescale(alpha);
+    to_fragment<Tag>(s, pf);
+    s_v = s_k;
+    ph_v = ph_k;
+  }
+
+  turn.take();
+  mbar_wait(&bar.v_full[s_v], ph_v);
+  c.issue_pv(pf, v_desc(s_v));
+  turn.pass();
+  wgmma_wait<0>();
+  fence_regs(c.o);
+  fence_regs(pf);
+  mbar_arrive(&bar.v_empty[s_v]);
+}
+
+}  // namespace flashcore::hopper

@@ -5,6 +5,8 @@
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <random>
 #include <vector>
@@ -302,6 +304,34 @@ TEST(HopperPrimitives, WgmmaRegisterSharedMatchesCpuGemm) {
   check_rs<256, 80>();
 }
 
+// ---- exp2 on the FMA pipe -------------------------------------------------------------------
+
+__global__ void exp2_both(const float* x, float* poly, float* mufu, int n) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) poly[i] = ex2_poly(x[i]), mufu[i] = exp2f(x[i]);
+}
+
+TEST(HopperPrimitives, PolynomialExp2MatchesExp2) {
+  SKIP_WITHOUT_SM90();
+  std::vector<float> x;
+  for (float v = -140.f; v <= 0.f; v += 1.f / 64) x.push_back(v);
+  x.push_back(-INFINITY);
+  const int n = static_cast<int>(x.size());
+  Dev<float> dx(x), dp(n), dm(n);
+  exp2_both<<<(n + 255) / 256, 256>>>(dx.ptr, dp.ptr, dm.ptr, n);
+  CUDA_OK(cudaDeviceSynchronize());
+  const std::vector<float> p = dp.host(), m = dm.host();
+  double worst = 0;
+  for (int i = 0; i < n; ++i) {
+    if (x[i] >= -125.f) {
+      worst = std::max(worst, std::abs(double(p[i]) / m[i] - 1));
+    } else {  // underflow region: tiny and never negative, NaN or infinite
+      EXPECT_TRUE(p[i] >= 0.f && p[i] < 1e-37f) << "x = " << x[i] << ": " << p[i];
+    }
+  }
+  EXPECT_LT(worst, 1.1e-4);
+}
+
 // ---- setmaxnreg and the ping-pong barriers --------------------------------------------------
 
 __global__ void __launch_bounds__(384, 1) ping_pong(int* log, int rounds) {
@@ -315,9 +345,8 @@ __global__ void __launch_bounds__(384, 1) ping_pong(int* log, int rounds) {
   }
   regs_alloc<240>();
   const int c = wg - 1;
-  const SchedulerBarrier<true> turn{
-      static_cast<uint32_t>(c == 0 ? NamedBarrier::kSchedWg1 : NamedBarrier::kSchedWg2),
-      static_cast<uint32_t>(c == 0 ? NamedBarrier::kSchedWg2 : NamedBarrier::kSchedWg1)};
+  const SchedulerBarrier<true> turn{barrier_id(NamedBarrier::kSched, c),
+                                    barrier_id(NamedBarrier::kSched, 1 - c)};
   if (c == 1) turn.pass();
   for (int r = 0; r < rounds; ++r) {
     turn.take();

@@ -48,7 +48,8 @@ Status hopper_fits(const FwdProblem& f) {
       return not_supported(std::string("hopper: ") + t.name +
                            "_strides must be multiples of 8 elements (16 bytes)");
   }
-  const int64_t tiles = (p.seqlen_q + 127) / 128 * p.num_heads_q * p.batch;
+  constexpr int64_t kM = hopper::kTileRowsQ<D>;
+  const int64_t tiles = (p.seqlen_q + kM - 1) / kM * p.num_heads_q * p.batch;
   if (tiles > INT32_MAX) return not_supported("hopper: more than 2^31 - 1 tiles");
   hopper::TensorMapSpec spec[3];
   hopper::fwd_map_specs(make_fwd_params(f), p.dtype, D, hopper::kTileRowsQ<D>,

@@ -1,43 +1,68 @@
 // Tuning table and shared-memory layout of the Hopper forward kernel (docs/hopper-design.md).
-// One CTA per SM: warpgroup 0 produces (TMA), warpgroups 1 and 2 each own 64 query rows.
+// One CTA per SM: warpgroup 0 produces (TMA), each further (consumer) warpgroup owns 64 rows.
 #pragma once
 
 #include <cstdint>
 
 namespace flashcore::hopper {
 
-// Per head dim: key tile N, pipeline stages, and whether the two consumer warpgroups take
-// turns on the tensor cores (ping-pong). Registers per consumer thread at 240: O is D/2
-// floats, S and the next S N/2 each, P N/4: D256 takes N = 80 and no ping-pong (FA3's choice).
+// Softmax knobs (docs/perf-notes.md), overridable for tuning builds only:
+// kMaxSlack: the running max is raised only when a row's max grows by more than this (log2
+// units), FA4's trick; exact, since O, the sums and the LSE all use the stale max, and P stays
+// below 2^kMaxSlack. 0 raises it on every growth.
+// kPolyEvery: every kPolyEvery-th group of 8 columns of S takes exp2 from a polynomial on the
+// FMA pipe instead of MUFU (0: none), to split the exponentials between the two units.
+#ifndef FLASHCORE_HOPPER_MAX_SLACK
+#define FLASHCORE_HOPPER_MAX_SLACK 8
+#endif
+#ifndef FLASHCORE_HOPPER_POLY_EVERY
+#define FLASHCORE_HOPPER_POLY_EVERY 0
+#endif
+struct SoftmaxKnobs {
+  static constexpr float kMaxSlack = FLASHCORE_HOPPER_MAX_SLACK;
+  static constexpr int kPolyEvery = FLASHCORE_HOPPER_POLY_EVERY;
+};
+
+// Per head dim: consumer warpgroups (64 query rows each), key tile N, pipeline stages, and
+// whether the consumers take turns on the tensor cores (ping-pong, round robin). Registers per
+// consumer thread: O is D/2 floats, S N/2, P N/4. Two consumers get 240 each, three 160:
+// D64 with three (O 32 + S 64 + P 32) keeps more softmax in flight against the GEMMs; D256
+// takes N = 80 and no ping-pong (FA3's choice).
 template <int D>
 struct FwdTileRow;
+#ifndef FLASHCORE_HOPPER_D64_CONSUMERS
+#define FLASHCORE_HOPPER_D64_CONSUMERS 3
+#endif
 template <>
 struct FwdTileRow<64> {
-  static constexpr int kBlockN = 128, kStages = 2;
+  static constexpr int kConsumers = FLASHCORE_HOPPER_D64_CONSUMERS, kBlockN = 128, kStages = 2;
   static constexpr bool kPingPong = true;
 };
 template <>
 struct FwdTileRow<128> {
-  static constexpr int kBlockN = 128, kStages = 2;
+  static constexpr int kConsumers = 2, kBlockN = 128, kStages = 2;
   static constexpr bool kPingPong = true;
 };
 template <>
 struct FwdTileRow<256> {
-  static constexpr int kBlockN = 80, kStages = 2;
+  static constexpr int kConsumers = 2, kBlockN = 80, kStages = 2;
   static constexpr bool kPingPong = false;
 };
 
 template <int D>
 struct FwdConfig {
   static constexpr int kHeadDim = D;
-  static constexpr int kBlockM = 128;  // 2 consumer warpgroups x one m64 wgmma row block
+  static constexpr int kConsumers = FwdTileRow<D>::kConsumers;
+  static constexpr int kBlockM = 64 * kConsumers;  // one m64 wgmma row block per consumer
   static constexpr int kBlockN = FwdTileRow<D>::kBlockN;
   static constexpr int kStages = FwdTileRow<D>::kStages;
   static constexpr bool kPingPong = FwdTileRow<D>::kPingPong;
-  static constexpr int kThreads = 384;
-  static constexpr int kConsumerThreads = 256;
-  // setmaxnreg split: 24 + 2 x 240 = 504 = 3 x 168, the pool at entry (HOPPER-PRIMER 7).
-  static constexpr int kProducerRegs = 24, kConsumerRegs = 240;
+  static constexpr int kThreads = 128 * (1 + kConsumers);
+  static constexpr int kConsumerThreads = 128 * kConsumers;
+  // setmaxnreg split within the pool at entry, 65536 / kThreads per thread rounded down to 8
+  // (HOPPER-PRIMER 7): 24 + 2 x 240 = 3 x 168; 24 + 3 x 160 = 504 <= 4 x 128.
+  static constexpr int kProducerRegs = 24;
+  static constexpr int kConsumerRegs = kConsumers == 2 ? 240 : 160;
   static constexpr int kStrips = D / 64;  // 128-byte swizzle strips per row
 
   // Tiles are stored as TMA writes them: per 64-column strip, rows x 128 bytes, swizzled.
@@ -58,7 +83,8 @@ struct FwdConfig {
   // +1024: the dynamic smem base is rounded up to 1024 bytes in the kernel.
   static constexpr uint32_t kSmemBytes = kBarOff + kBarBytes + 1024;
 
-  static_assert(D % 64 == 0 && kBlockN % 16 == 0 && kBlockN <= 256);
+  static_assert(D % 64 == 0 && kBlockN % 16 == 0 && kBlockN <= 256 && kBlockM <= 256);
+  static_assert(kConsumers == 2 || kConsumers == 3);
   static_assert(kKVStrip % 1024 == 0, "strips must stay 1024-byte aligned for SW128");
   static_assert(kSmemBytes <= 227 * 1024, "over the sm_90 shared-memory opt-in limit");
 };

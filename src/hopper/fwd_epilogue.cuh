@@ -7,16 +7,11 @@
 
 namespace flashcore::hopper {
 
-template <class Cfg>
-__device__ __forceinline__ uint32_t epilogue_barrier(int wg) {
-  return static_cast<uint32_t>(wg == 0 ? NamedBarrier::kEpiWg1 : NamedBarrier::kEpiWg2);
-}
-
 template <class Cfg, class Tag, class Mask>
 __device__ void store_tile(Consumer<Cfg, Tag>& c, const TilePlan<Cfg, Mask>& plan,
                            const detail::FwdParams& p, uint8_t* smem, Barriers<Cfg>& bar, int wg,
                            int tid) {
-  constexpr int kD = Cfg::kHeadDim, kCPR = kD / 8;
+  constexpr int kD = Cfg::kHeadDim, kCPR = kD / 8, kRows = Cfg::kBlockM;
   const int warp = tid / 32, lane = tid % 32;
   float inv[2], lse[2];
 #pragma unroll
@@ -34,10 +29,10 @@ __device__ void store_tile(Consumer<Cfg, Tag>& c, const TilePlan<Cfg, Mask>& pla
 #pragma unroll
   for (int i = 0; i < Consumer<Cfg, Tag>::kO; i += 2) {
     const int r = acc_half(i);
-    *reinterpret_cast<uint32_t*>(q + sw128_offset(row_base + 8 * r, acc_col(i, lane), 128)) =
+    *reinterpret_cast<uint32_t*>(q + sw128_offset(row_base + 8 * r, acc_col(i, lane), kRows)) =
         pack2<Tag>(c.o[i] * inv[r], c.o[i + 1] * inv[r]);
   }
-  const uint32_t epi = epilogue_barrier<Cfg>(wg);
+  const uint32_t epi = barrier_id(NamedBarrier::kEpilogue, wg);
   named_sync(epi, 128);
 
   const int first = plan.m0 + 64 * wg;
@@ -47,7 +42,7 @@ __device__ void store_tile(Consumer<Cfg, Tag>& c, const TilePlan<Cfg, Mask>& pla
     const int row = idx / kCPR, ch = idx % kCPR;
     if (first + row < plan.seq.sq)
       *reinterpret_cast<uint4*>(og + int64_t(first + row) * p.o_seq + ch * 8) =
-          *reinterpret_cast<const uint4*>(q + sw128_offset(64 * wg + row, ch * 8, 128));
+          *reinterpret_cast<const uint4*>(q + sw128_offset(64 * wg + row, ch * 8, kRows));
   }
   if (p.lse != nullptr && (lane & 3) == 0) {
     float* lp = p.lse + plan.seq.lse_row0 + int64_t(plan.h) * plan.seq.lse_head_stride;

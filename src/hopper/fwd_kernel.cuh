@@ -44,10 +44,10 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) fwd_kernel(const __grid_cons
   regs_alloc<Cfg::kConsumerRegs>();
   const int cwg = wg - 1, tid = threadIdx.x % 128, warp = tid / 32, lane = tid % 32;
   const SchedulerBarrier<Cfg::kPingPong> turn{
-      static_cast<uint32_t>(cwg == 0 ? NamedBarrier::kSchedWg1 : NamedBarrier::kSchedWg2),
-      static_cast<uint32_t>(cwg == 0 ? NamedBarrier::kSchedWg2 : NamedBarrier::kSchedWg1)};
-  // Warpgroup 1 takes the first turn: warpgroup 2 hands it over once up front.
-  if (cwg == 1) turn.pass();
+      barrier_id(NamedBarrier::kSched, cwg),
+      barrier_id(NamedBarrier::kSched, (cwg + 1) % Cfg::kConsumers)};
+  // Consumer 0 takes the first turn: the last consumer hands it over once up front.
+  if (cwg == Cfg::kConsumers - 1) turn.pass();
 
   Consumer<Cfg, Tag> c;
   RingState<Cfg::kStages> ring;
@@ -77,7 +77,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) fwd_kernel(const __grid_cons
       ++tile_count;
     }
   }
-  // Warpgroup 2's opening hand-over left one arrival on warpgroup 1's barrier: take it.
+  // The opening hand-over left one arrival on consumer 0's barrier: take it.
   if (cwg == 0) turn.take();
 }
 

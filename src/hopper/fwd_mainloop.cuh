@@ -173,8 +173,9 @@ struct Consumer {
   }
 
   // Online softmax step in base 2: leaves P in s, returns in alpha the factor that rescales
-  // O (and has rescaled the sums) from the old running max to the new one.
+  // O (and has rescaled the sums) from the old running max to the new one (SoftmaxKnobs).
   __device__ void softmax(float (&s)[kS], float scale_log2, float (&alpha)[2]) {
+    constexpr int kPoly = SoftmaxKnobs::kPolyEvery;
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       float mx = -INFINITY;
@@ -182,30 +183,38 @@ struct Consumer {
       for (int i = 2 * r; i < kS; i += 4) mx = fmaxf(mx, fmaxf(s[i], s[i + 1]));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float m_new = fmaxf(row_max[r], mx * scale_log2);
+      const float m_new = mx * scale_log2;
+      // -inf + slack stays -inf: the first visible key always sets the max (alpha = 0).
+      const bool raise = m_new > row_max[r] + SoftmaxKnobs::kMaxSlack;
+      alpha[r] = raise ? ex2(row_max[r] - m_new) : 1.f;
+      row_max[r] = raise ? m_new : row_max[r];
       // A row with nothing visible yet keeps max -inf; subtract 0 so exp2 gives 0, not NaN.
-      const float m_use = m_new == -INFINITY ? 0.f : m_new;
-      alpha[r] = ex2(row_max[r] - m_use);
-      row_max[r] = m_new;
+      const float m_use = row_max[r] == -INFINITY ? 0.f : row_max[r];
       float sum = 0.f;
 #pragma unroll
       for (int i = 2 * r; i < kS; i += 4) {
-        s[i] = ex2(fmaf(s[i], scale_log2, -m_use));
-        s[i + 1] = ex2(fmaf(s[i + 1], scale_log2, -m_use));
+        const float x0 = fmaf(s[i], scale_log2, -m_use), x1 = fmaf(s[i + 1], scale_log2, -m_use);
+        const bool poly = kPoly > 0 && (i / 4) % (kPoly > 0 ? kPoly : 1) == kPoly - 1;
+        s[i] = poly ? ex2_poly(x0) : ex2(x0);
+        s[i + 1] = poly ? ex2_poly(x1) : ex2(x1);
         sum += s[i] + s[i + 1];
       }
       row_sum[r] = row_sum[r] * alpha[r] + sum;
     }
   }
 
+  // Skipped when no row of the warp raised its max (the common case with a max slack).
   __device__ void rescale(const float (&alpha)[2]) {
+    if (!__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) return;
 #pragma unroll
     for (int i = 0; i < kO; ++i) o[i] *= alpha[acc_half(i)];
   }
 };
 
-// Ping-pong turns (HOPPER-PRIMER 8): a warpgroup issues its GEMMs only after the other one
-// has issued its own, so one's softmax runs while the other's GEMMs hold the tensor cores.
+// Ping-pong turns (HOPPER-PRIMER 8), round robin over the consumers: a warpgroup issues its
+// GEMMs only after the previous one has issued its own, so the others' softmax runs while its
+// GEMMs hold the tensor cores. `other` is the next warpgroup's barrier; each barrier counts
+// its owner's sync and its predecessor's arrive (256 threads).
 template <bool kOn>
 struct SchedulerBarrier {
   uint32_t mine, other;

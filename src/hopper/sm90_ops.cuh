@@ -124,12 +124,15 @@ __device__ __forceinline__ void regs_alloc() {
 }
 
 // Hardware barrier ids: 0 is __syncthreads; CUTLASS-style libraries reserve 1..7.
+// Consumer warpgroup c (0..2) uses kSched + c (its ping-pong turn) and kEpilogue + c (its
+// 128 threads' epilogue).
 enum class NamedBarrier : uint32_t {
-  kSchedWg1 = 8,  // ping-pong turn of consumer warpgroup 1
-  kSchedWg2 = 9,  // ... of consumer warpgroup 2
-  kEpiWg1 = 10,   // epilogue of consumer warpgroup 1 (its 128 threads)
-  kEpiWg2 = 11,
+  kSched = 8,
+  kEpilogue = 11,
 };
+__device__ __forceinline__ uint32_t barrier_id(NamedBarrier base, int consumer) {
+  return static_cast<uint32_t>(base) + static_cast<uint32_t>(consumer);
+}
 
 __device__ __forceinline__ void named_sync(uint32_t id, uint32_t threads) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
@@ -150,6 +153,19 @@ __device__ __forceinline__ float ex2(float x) {
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
   return y;
+}
+
+// 2^x for x <= 0 on the FMA/ALU pipes (FA4's split of the exponentials): x = j + f with
+// j = round(x) (adding 1.5 * 2^23 rounds into the low mantissa bits), 2^f on [-0.5, 0.5] by a
+// degree-3 polynomial (relative error 1.0e-4, fitted for minimax relative error; under the
+// bf16/fp16 rounding of P), j added to the exponent field. The clamp at -126 keeps the
+// exponent field non-negative: -inf gives a denormal, flushed like ex2.approx.ftz does.
+__device__ __forceinline__ float ex2_poly(float x) {
+  x = fmaxf(x, -126.f);
+  const float t = x + 12582912.f;
+  const float f = x - (t - 12582912.f);
+  const float p = fmaf(fmaf(fmaf(0.05496438f, f, 0.24221113f), f, 0.6932921f), f, 1.f);
+  return __int_as_float(__float_as_int(p) + (__float_as_int(t) << 23));
 }
 
 }  // namespace flashcore::hopper

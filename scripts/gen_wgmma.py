@@ -5,7 +5,7 @@ from registers). PTX asm needs one operand per accumulator register, so these ar
 rather than written. Run it after changing SHAPES and commit the output."""
 import pathlib
 
-SS_N = (64, 80, 128)       # S = Q K^T: tile N (keys)
+SS_N = (64, 80, 128, 176, 192)  # S = Q K^T: tile N (keys)
 RS_N = (64, 128, 256)      # O += P V: head dim
 TYPES = (("detail::Fp16", "f16"), ("detail::Bf16", "bf16"))
 

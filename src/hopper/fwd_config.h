@@ -38,9 +38,12 @@ struct FwdTileRow<64> {
   static constexpr int kConsumers = FLASHCORE_HOPPER_D64_CONSUMERS, kBlockN = 128, kStages = 2;
   static constexpr bool kPingPong = true;
 };
+#ifndef FLASHCORE_HOPPER_D128_BLOCK_N
+#define FLASHCORE_HOPPER_D128_BLOCK_N 128
+#endif
 template <>
 struct FwdTileRow<128> {
-  static constexpr int kConsumers = 2, kBlockN = 128, kStages = 2;
+  static constexpr int kConsumers = 2, kBlockN = FLASHCORE_HOPPER_D128_BLOCK_N, kStages = 2;
   static constexpr bool kPingPong = true;
 };
 template <>

@@ -33,22 +33,30 @@ struct FwdTileRow;
 #ifndef FLASHCORE_HOPPER_D64_CONSUMERS
 #define FLASHCORE_HOPPER_D64_CONSUMERS 3
 #endif
+#ifndef FLASHCORE_HOPPER_D64_K_STAGES
+#define FLASHCORE_HOPPER_D64_K_STAGES 2
+#endif
 template <>
 struct FwdTileRow<64> {
-  static constexpr int kConsumers = FLASHCORE_HOPPER_D64_CONSUMERS, kBlockN = 128, kStages = 2;
+  static constexpr int kConsumers = FLASHCORE_HOPPER_D64_CONSUMERS, kBlockN = 128,
+                       kStagesK = FLASHCORE_HOPPER_D64_K_STAGES, kStagesV = 2;
   static constexpr bool kPingPong = true;
 };
 #ifndef FLASHCORE_HOPPER_D128_BLOCK_N
 #define FLASHCORE_HOPPER_D128_BLOCK_N 128
 #endif
+#ifndef FLASHCORE_HOPPER_D128_K_STAGES
+#define FLASHCORE_HOPPER_D128_K_STAGES 2
+#endif
 template <>
 struct FwdTileRow<128> {
-  static constexpr int kConsumers = 2, kBlockN = FLASHCORE_HOPPER_D128_BLOCK_N, kStages = 2;
+  static constexpr int kConsumers = 2, kBlockN = FLASHCORE_HOPPER_D128_BLOCK_N,
+                       kStagesK = FLASHCORE_HOPPER_D128_K_STAGES, kStagesV = 2;
   static constexpr bool kPingPong = true;
 };
 template <>
 struct FwdTileRow<256> {
-  static constexpr int kConsumers = 2, kBlockN = 80, kStages = 2;
+  static constexpr int kConsumers = 2, kBlockN = 80, kStagesK = 2, kStagesV = 2;
   static constexpr bool kPingPong = false;
 };
 
@@ -58,7 +66,9 @@ struct FwdConfig {
   static constexpr int kConsumers = FwdTileRow<D>::kConsumers;
   static constexpr int kBlockM = 64 * kConsumers;  // one m64 wgmma row block per consumer
   static constexpr int kBlockN = FwdTileRow<D>::kBlockN;
-  static constexpr int kStages = FwdTileRow<D>::kStages;
+  // K and V rings may differ in depth: K(j+1) is needed a step before V(j).
+  static constexpr int kStagesK = FwdTileRow<D>::kStagesK;
+  static constexpr int kStagesV = FwdTileRow<D>::kStagesV;
   static constexpr bool kPingPong = FwdTileRow<D>::kPingPong;
   static constexpr int kThreads = 128 * (1 + kConsumers);
   static constexpr int kConsumerThreads = 128 * kConsumers;
@@ -78,11 +88,11 @@ struct FwdConfig {
   // last P V and the epilogue; otherwise (D = 256) in the Q tile, released after the epilogue.
   static constexpr uint32_t kQOff = 0;
   static constexpr uint32_t kKOff = kQOff + kQBytes;
-  static constexpr uint32_t kVOff = kKOff + kStages * kKVBytes;
-  static constexpr uint32_t kOOff = kVOff + kStages * kKVBytes;
+  static constexpr uint32_t kVOff = kKOff + kStagesK * kKVBytes;
+  static constexpr uint32_t kOOff = kVOff + kStagesV * kKVBytes;
   static constexpr bool kSeparateO = kOOff + kQBytes + 2048 <= 227 * 1024;
   static constexpr uint32_t kBarOff = kSeparateO ? kOOff + kQBytes : kOOff;
-  static constexpr uint32_t kBarBytes = 8 * (2 + 4 * kStages);
+  static constexpr uint32_t kBarBytes = 8 * (2 + 2 * kStagesK + 2 * kStagesV);
   // +1024: the dynamic smem base is rounded up to 1024 bytes in the kernel.
   static constexpr uint32_t kSmemBytes = kBarOff + kBarBytes + 1024;
 

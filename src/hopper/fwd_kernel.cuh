@@ -50,7 +50,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) fwd_kernel(const __grid_cons
   if (cwg == Cfg::kConsumers - 1) turn.pass();
 
   Consumer<Cfg, Tag> c;
-  RingState<Cfg::kStages> ring;
+  uint32_t block = 0;  // K/V blocks consumed, counted as the producer loads them
   uint32_t tile_count = 0;
   TileScheduler::Tile tile;
   for (int u = blockIdx.x; u < a.sched.num_units(); u += gridDim.x) {
@@ -72,7 +72,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) fwd_kernel(const __grid_cons
       }
       c.start_tile();
       mbar_wait(&bar.q_full, tile_count & 1);
-      consume_tile(c, plan, a.p, smem, bar, ring, cwg, lane, turn);
+      consume_tile(c, plan, a.p, smem, bar, block, cwg, lane, turn);
       store_tile(c, plan, a.p, smem, bar, cwg, tid);
       ++tile_count;
     }

@@ -19,27 +19,31 @@ namespace flashcore::hopper {
 template <class Cfg>
 struct Barriers {
   uint64_t q_full, q_empty;
-  uint64_t k_full[Cfg::kStages], k_empty[Cfg::kStages];
-  uint64_t v_full[Cfg::kStages], v_empty[Cfg::kStages];
+  uint64_t k_full[Cfg::kStagesK], k_empty[Cfg::kStagesK];
+  uint64_t v_full[Cfg::kStagesV], v_empty[Cfg::kStagesV];
 
   __device__ void init() {
     mbar_init(&q_full, 1);
     mbar_init(&q_empty, Cfg::kConsumerThreads);
-    for (int s = 0; s < Cfg::kStages; ++s) {
+    for (int s = 0; s < Cfg::kStagesK; ++s) {
       mbar_init(&k_full[s], 1);
-      mbar_init(&v_full[s], 1);
       mbar_init(&k_empty[s], Cfg::kConsumerThreads);
+    }
+    for (int s = 0; s < Cfg::kStagesV; ++s) {
+      mbar_init(&v_full[s], 1);
       mbar_init(&v_empty[s], Cfg::kConsumerThreads);
     }
   }
 };
 
-// Position in a ring of kStages buffers; the parity flips each lap (HOPPER-PRIMER 6).
+// Slot of the index-th K/V block in a ring of kStages buffers; the parity flips each lap
+// (HOPPER-PRIMER 6). Producer and consumers count blocks the same way.
 template <int kStages>
-struct RingState {
-  uint32_t index = 0;
-  __device__ int stage() const { return index % kStages; }
-  __device__ uint32_t parity() const { return (index / kStages) & 1; }
+struct Slot {
+  int stage;
+  uint32_t parity;
+  __device__ explicit Slot(uint32_t index)
+      : stage(static_cast<int>(index % kStages)), parity((index / kStages) & 1) {}
 };
 
 struct Maps {
@@ -52,7 +56,7 @@ template <class Cfg, class Mask>
 __device__ void produce(const detail::FwdParams& p, const Maps* maps, const TileScheduler& sched,
                         uint8_t* smem, Barriers<Cfg>& bar) {
   constexpr int kBN = Cfg::kBlockN;
-  RingState<Cfg::kStages> ring;
+  uint32_t block = 0;  // K/V blocks loaded so far
   uint32_t tile_count = 0;
   const bool varlen = p.cu_seqlens_q != nullptr;
   TileScheduler::Tile tile;
@@ -64,27 +68,30 @@ __device__ void produce(const detail::FwdParams& p, const Maps* maps, const Tile
       if (!plan.has_keys()) continue;
       const int bc = varlen ? 0 : plan.b;  // varlen maps are one packed "batch"
       const int hk = plan.h / p.group;
-      for (int n = plan.n_end - 1; n >= plan.n_begin; --n, ++ring.index) {
-        const int s = ring.stage();
+      for (int n = plan.n_end - 1; n >= plan.n_begin; --n, ++block) {
+        const Slot<Cfg::kStagesK> ks(block);
+        const Slot<Cfg::kStagesV> vs(block);
         const int krow = plan.seq.k_row0 + n * kBN;
-        mbar_wait(&bar.k_empty[s], ring.parity() ^ 1);
-        mbar_arrive_expect_tx(&bar.k_full[s], Cfg::kKVBytes);
-        uint8_t* k_tile = smem + Cfg::kKOff + s * Cfg::kKVBytes;
+        mbar_wait(&bar.k_empty[ks.stage], ks.parity ^ 1);
+        mbar_arrive_expect_tx(&bar.k_full[ks.stage], Cfg::kKVBytes);
+        uint8_t* k_tile = smem + Cfg::kKOff + ks.stage * Cfg::kKVBytes;
         for (int st = 0; st < Cfg::kStrips; ++st)
-          tma_load_4d(k_tile + st * Cfg::kKVStrip, &maps->k, 64 * st, hk, krow, bc, &bar.k_full[s]);
+          tma_load_4d(k_tile + st * Cfg::kKVStrip, &maps->k, 64 * st, hk, krow, bc,
+                      &bar.k_full[ks.stage]);
         if (n == plan.n_end - 1) {
-          // The previous tile's epilogue staged O in the Q tile.
+          // The previous tile released Q (q_empty) after its last QK^T or its epilogue.
           mbar_wait(&bar.q_empty, (tile_count & 1) ^ 1);
           mbar_arrive_expect_tx(&bar.q_full, Cfg::kQBytes);
           for (int st = 0; st < Cfg::kStrips; ++st)
             tma_load_4d(smem + Cfg::kQOff + st * Cfg::kQStrip, &maps->q, 64 * st, plan.h,
                         plan.seq.q_row0 + plan.m0, bc, &bar.q_full);
         }
-        mbar_wait(&bar.v_empty[s], ring.parity() ^ 1);
-        mbar_arrive_expect_tx(&bar.v_full[s], Cfg::kKVBytes);
-        uint8_t* v_tile = smem + Cfg::kVOff + s * Cfg::kKVBytes;
+        mbar_wait(&bar.v_empty[vs.stage], vs.parity ^ 1);
+        mbar_arrive_expect_tx(&bar.v_full[vs.stage], Cfg::kKVBytes);
+        uint8_t* v_tile = smem + Cfg::kVOff + vs.stage * Cfg::kKVBytes;
         for (int st = 0; st < Cfg::kStrips; ++st)
-          tma_load_4d(v_tile + st * Cfg::kKVStrip, &maps->v, 64 * st, hk, krow, bc, &bar.v_full[s]);
+          tma_load_4d(v_tile + st * Cfg::kKVStrip, &maps->v, 64 * st, hk, krow, bc,
+                      &bar.v_full[vs.stage]);
       }
       ++tile_count;
     }
@@ -232,7 +239,7 @@ struct SchedulerBarrier {
 template <class Cfg, class Tag, class Mask>
 __device__ void consume_tile(Consumer<Cfg, Tag>& c, const TilePlan<Cfg, Mask>& plan,
                              const detail::FwdParams& p, uint8_t* smem, Barriers<Cfg>& bar,
-                             RingState<Cfg::kStages>& ring, int wg, int lane,
+                             uint32_t& block, int wg, int lane,
                              const SchedulerBarrier<Cfg::kPingPong>& turn) {
   using C = Consumer<Cfg, Tag>;
   constexpr int kBN = Cfg::kBlockN;
@@ -257,12 +264,12 @@ __device__ void consume_tile(Consumer<Cfg, Tag>& c, const TilePlan<Cfg, Mask>& p
   uint32_t pf[C::kKChunks][4];
   float alpha[2];
 
+  // block counts the K/V blocks consumed so far, as the producer counts them.
   int n = plan.n_end - 1;
-  int s_k = ring.stage();
-  uint32_t ph_k = ring.parity();
+  Slot<Cfg::kStagesK> ks(block);
   turn.take();
-  mbar_wait(&bar.k_full[s_k], ph_k);
-  C::issue_qk(s, q_desc, k_desc(s_k));
+  mbar_wait(&bar.k_full[ks.stage], ks.parity);
+  C::issue_qk(s, q_desc, k_desc(ks.stage));
   turn.pass();
   // With O staged elsewhere, Q is free once the last S of the tile has been computed.
   auto release_q_after = [&](int n_done) {
@@ -270,48 +277,45 @@ __device__ void consume_tile(Consumer<Cfg, Tag>& c, const TilePlan<Cfg, Mask>& p
   };
   wgmma_wait<0>();
   fence_regs(s);
-  mbar_arrive(&bar.k_empty[s_k]);
+  mbar_arrive(&bar.k_empty[ks.stage]);
   release_q_after(n);
   if (needs_mask(n)) c.mask(s, n * kBN, lane);
   c.softmax(s, p.scale_log2, alpha);
   to_fragment<Tag>(s, pf);
-  int s_v = s_k;
-  uint32_t ph_v = ph_k;
-  ++ring.index;
+  Slot<Cfg::kStagesV> vs(block);  // V of the block whose P is in pf
+  ++block;
 
-  for (--n; n >= plan.n_begin; --n, ++ring.index) {
-    s_k = ring.stage();
-    ph_k = ring.parity();
+  for (--n; n >= plan.n_begin; --n, ++block) {
+    ks = Slot<Cfg::kStagesK>(block);
     turn.take();
-    mbar_wait(&bar.k_full[s_k], ph_k);
-    C::issue_qk(s, q_desc, k_desc(s_k));
-    mbar_wait(&bar.v_full[s_v], ph_v);
-    c.issue_pv(pf, v_desc(s_v));
+    mbar_wait(&bar.k_full[ks.stage], ks.parity);
+    C::issue_qk(s, q_desc, k_desc(ks.stage));
+    mbar_wait(&bar.v_full[vs.stage], vs.parity);
+    c.issue_pv(pf, v_desc(vs.stage));
     turn.pass();
     wgmma_wait<1>();
     fence_regs(s);
-    mbar_arrive(&bar.k_empty[s_k]);
+    mbar_arrive(&bar.k_empty[ks.stage]);
     release_q_after(n);
     if (needs_mask(n)) c.mask(s, n * kBN, lane);
     c.softmax(s, p.scale_log2, alpha);
     wgmma_wait<0>();
     fence_regs(c.o);
     fence_regs(pf);
-    mbar_arrive(&bar.v_empty[s_v]);
+    mbar_arrive(&bar.v_empty[vs.stage]);
     c.rescale(alpha);
     to_fragment<Tag>(s, pf);
-    s_v = s_k;
-    ph_v = ph_k;
+    vs = Slot<Cfg::kStagesV>(block);
   }
 
   turn.take();
-  mbar_wait(&bar.v_full[s_v], ph_v);
-  c.issue_pv(pf, v_desc(s_v));
+  mbar_wait(&bar.v_full[vs.stage], vs.parity);
+  c.issue_pv(pf, v_desc(vs.stage));
   turn.pass();
   wgmma_wait<0>();
   fence_regs(c.o);
   fence_regs(pf);
-  mbar_arrive(&bar.v_empty[s_v]);
+  mbar_arrive(&bar.v_empty[vs.stage]);
 }
 
 }  // namespace flashcore::hopper

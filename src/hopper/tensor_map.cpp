@@ -75,15 +75,22 @@ Status encode_tensor_map(const TensorMapSpec& spec, CUtensorMap* map) {
   if (!st.ok()) return st;
   if ((reinterpret_cast<uintptr_t>(map) & 63u) != 0)
     return invalid("tensor map: destination must be 64-byte aligned");
-  void* fn = nullptr;
-  cudaDriverEntryPointQueryResult found{};
-  if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault,
-                                       &found) != cudaSuccess ||
-      found != cudaDriverEntryPointSuccess || fn == nullptr) {
-    cudaGetLastError();
+  // Looked up once per process: the lookup costs microseconds, and run() encodes three maps
+  // per call.
+  static void* const fn = [] {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault,
+                                         &found) != cudaSuccess ||
+        found != cudaDriverEntryPointSuccess) {
+      cudaGetLastError();
+      f = nullptr;
+    }
+    return f;
+  }();
+  if (fn == nullptr)
     return {StatusCode::kNotSupported,
             "tensor map: cuTensorMapEncodeTiled unavailable (no CUDA driver)"};
-  }
   CUtensorMapSwizzle sw = CU_TENSOR_MAP_SWIZZLE_NONE;
   swizzle_enum(spec.swizzle_bytes, &sw);
   const cuuint32_t elem_strides[5] = {1, 1, 1, 1, 1};

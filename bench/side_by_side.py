@@ -90,11 +90,14 @@ class Flashcore:
 
 
 def git_revision():
+    """FLASHCORE_GIT_REV when set (a copied tree may carry a stale .git), else git."""
+    if os.environ.get("FLASHCORE_GIT_REV"):
+        return os.environ["FLASHCORE_GIT_REV"]
     try:
         return subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], check=True,
                               capture_output=True, text=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        return os.environ.get("FLASHCORE_GIT_REV", "unknown")
+        return "unknown"
 
 
 def median_us(torch, fn, n_sets, warmup, iters):

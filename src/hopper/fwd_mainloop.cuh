@@ -50,8 +50,21 @@ struct Maps {
   CUtensorMap q, k, v;  // (B, S, H, D) views, boxes of 64 columns (bshd_tile_map)
 };
 
+// Waits until the consumers emptied a buffer, then loads a tile of `rows` rows into it, one
+// 64-column strip per copy, all completing on `full` (expect_tx counts the whole tile).
+template <class Cfg>
+__device__ __forceinline__ void load_tile(uint8_t* dst, uint32_t strip_bytes, uint32_t bytes,
+                                          const CUtensorMap* map, int head, int row, int batch,
+                                          uint64_t* empty, uint32_t empty_parity, uint64_t* full) {
+  mbar_wait(empty, empty_parity);
+  mbar_arrive_expect_tx(full, bytes);
+  for (int st = 0; st < Cfg::kStrips; ++st)
+    tma_load_4d(dst + st * strip_bytes, map, 64 * st, head, row, batch, full);
+}
+
 // One thread issues every copy. Per tile: K(last), Q, V(last), then K, V of each lower block.
-// K and V have their own rings, so S = Q K^T of a block can start before its V lands.
+// K and V have their own rings, so S = Q K^T of a block can start before its V lands. Empty
+// barriers are waited with the parity of the previous lap (a fresh barrier passes parity 1).
 template <class Cfg, class Mask>
 __device__ void produce(const detail::FwdParams& p, const Maps* maps, const TileScheduler& sched,
                         uint8_t* smem, Barriers<Cfg>& bar) {
@@ -72,26 +85,17 @@ __device__ void produce(const detail::FwdParams& p, const Maps* maps, const Tile
         const Slot<Cfg::kStagesK> ks(block);
         const Slot<Cfg::kStagesV> vs(block);
         const int krow = plan.seq.k_row0 + n * kBN;
-        mbar_wait(&bar.k_empty[ks.stage], ks.parity ^ 1);
-        mbar_arrive_expect_tx(&bar.k_full[ks.stage], Cfg::kKVBytes);
-        uint8_t* k_tile = smem + Cfg::kKOff + ks.stage * Cfg::kKVBytes;
-        for (int st = 0; st < Cfg::kStrips; ++st)
-          tma_load_4d(k_tile + st * Cfg::kKVStrip, &maps->k, 64 * st, hk, krow, bc,
-                      &bar.k_full[ks.stage]);
-        if (n == plan.n_end - 1) {
-          // The previous tile released Q (q_empty) after its last QK^T or its epilogue.
-          mbar_wait(&bar.q_empty, (tile_count & 1) ^ 1);
-          mbar_arrive_expect_tx(&bar.q_full, Cfg::kQBytes);
-          for (int st = 0; st < Cfg::kStrips; ++st)
-            tma_load_4d(smem + Cfg::kQOff + st * Cfg::kQStrip, &maps->q, 64 * st, plan.h,
-                        plan.seq.q_row0 + plan.m0, bc, &bar.q_full);
-        }
-        mbar_wait(&bar.v_empty[vs.stage], vs.parity ^ 1);
-        mbar_arrive_expect_tx(&bar.v_full[vs.stage], Cfg::kKVBytes);
-        uint8_t* v_tile = smem + Cfg::kVOff + vs.stage * Cfg::kKVBytes;
-        for (int st = 0; st < Cfg::kStrips; ++st)
-          tma_load_4d(v_tile + st * Cfg::kKVStrip, &maps->v, 64 * st, hk, krow, bc,
-                      &bar.v_full[vs.stage]);
+        load_tile<Cfg>(smem + Cfg::kKOff + ks.stage * Cfg::kKVBytes, Cfg::kKVStrip, Cfg::kKVBytes,
+                       &maps->k, hk, krow, bc, &bar.k_empty[ks.stage], ks.parity ^ 1,
+                       &bar.k_full[ks.stage]);
+        // The previous tile released Q (q_empty) after its last QK^T or its epilogue.
+        if (n == plan.n_end - 1)
+          load_tile<Cfg>(smem + Cfg::kQOff, Cfg::kQStrip, Cfg::kQBytes, &maps->q, plan.h,
+                         plan.seq.q_row0 + plan.m0, bc, &bar.q_empty, (tile_count & 1) ^ 1,
+                         &bar.q_full);
+        load_tile<Cfg>(smem + Cfg::kVOff + vs.stage * Cfg::kKVBytes, Cfg::kKVStrip, Cfg::kKVBytes,
+                       &maps->v, hk, krow, bc, &bar.v_empty[vs.stage], vs.parity ^ 1,
+                       &bar.v_full[vs.stage]);
       }
       ++tile_count;
     }

@@ -1,13 +1,17 @@
-// Host-side pieces of the Hopper path (label cpu): TMA tensor-map rules and encoding, wgmma
-// descriptor bits, the 128-byte swizzle. Device-side behaviour is the GPU suite's job.
+// Host-side pieces of the Hopper path (label cpu): TMA tensor-map rules and encoding, the
+// forward call's maps, wgmma descriptor bits, the 128-byte swizzle, the persistent schedule.
+// Device-side behaviour is the GPU suite's job.
 #include <gtest/gtest.h>
 
+#include <map>
 #include <set>
 #include <string>
+#include <tuple>
 
 #include "flashcore/flashcore.h"
 #include "hopper/smem_desc.h"
 #include "hopper/tensor_map.h"
+#include "hopper/tile_scheduler.h"
 
 namespace flashcore::hopper {
 namespace {
@@ -122,6 +126,55 @@ TEST(Sw128, IsABijectionOntoTheTile) {
       EXPECT_EQ(seen.size(), static_cast<size_t>(rows) * cols) << rows << "x" << cols;
     }
   }
+}
+
+// Every (batch, head, m-block) tile appears exactly once; paired units (causal/window) hold a
+// head's m-blocks i and n-1-i, so each costs n+1 key blocks under causal with square tiles.
+TEST(TileScheduler, CoversEveryTileOnceAndPairsBalance) {
+  for (bool paired : {false, true})
+    for (int nmb : {1, 2, 5, 6, 7, 128}) {
+      const TileScheduler sched{nmb, 3, 2, paired};
+      std::map<std::tuple<int, int, int>, int> seen;
+      for (int u = 0; u < sched.num_units(); ++u) {
+        int cost = 0, tiles = 0;
+        for (int j = 0; j < sched.tiles_per_unit(); ++j) {
+          TileScheduler::Tile t;
+          if (!sched.tile(u, j, &t)) continue;
+          ++seen[{t.b, t.h, t.m_block}];
+          cost += t.m_block + 1;
+          ++tiles;
+        }
+        ASSERT_GE(tiles, 1);
+        if (paired && tiles == 2) EXPECT_EQ(cost, nmb + 1) << "unit " << u << " of " << nmb;
+      }
+      EXPECT_EQ(seen.size(), size_t(2 * 3 * nmb)) << "paired " << paired << ", " << nmb;
+      for (const auto& [tile, n] : seen) EXPECT_EQ(n, 1);
+    }
+}
+
+// The forward call's maps: varlen tensors become one packed batch of total rows, and a dim of
+// extent 1 gets a stride TMA accepts even where the caller's is 0.
+TEST(FwdMapSpecs, VarlenIsOnePackedBatchAndEveryMapIsValid) {
+  detail::FwdParams p{};
+  p.q = p.k = p.v = g_buffer;
+  p.o = g_buffer;
+  p.q_batch = p.k_batch = p.v_batch = 0;  // unused by varlen
+  p.q_seq = 8 * 64, p.q_head = 64;
+  p.k_seq = p.v_seq = 64, p.k_head = p.v_head = 0;  // one kv head: stride unused
+  int32_t cu[3] = {0, 5, 9};
+  p.cu_seqlens_q = p.cu_seqlens_k = cu;
+  p.batch = 2, p.seqlen_q = 5, p.seqlen_k = 5, p.total_q = 9, p.total_k = 9;
+  p.num_heads_q = 8, p.group = 8;
+  TensorMapSpec spec[3];
+  fwd_map_specs(p, DType::kBFloat16, 64, 128, 128, spec);
+  for (const TensorMapSpec& m : spec) {
+    EXPECT_EQ(m.dims[3], 1u);  // one packed batch
+    EXPECT_EQ(m.dims[2], 9u);  // total rows
+    EXPECT_TRUE(check_tensor_map(m).ok()) << check_tensor_map(m).message;
+  }
+  EXPECT_EQ(spec[0].dims[1], 8u);
+  EXPECT_EQ(spec[1].dims[1], 1u);
+  EXPECT_EQ(spec[0].box[2], 128u);
 }
 
 }  // namespace

@@ -16,20 +16,18 @@ __device__ void store_tile(Consumer<Cfg, Tag>& c, const TilePlan<Cfg, Mask>& pla
   float inv[2], lse[2];
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
-    float l = c.row_sum[r];
-    l += __shfl_xor_sync(0xffffffffu, l, 1);
-    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    const float l = detail::quad_sum(c.row_sum[r]);
     inv[r] = l > 0.f ? 1.f / l : 0.f;
     lse[r] = l > 0.f ? (c.row_max[r] + __log2f(l)) * 0.6931471805599453f : -INFINITY;
   }
   // Staging tile: O's own, or the Q tile, which every wgmma of this warpgroup has finished
   // reading (wait_group 0) and which the producer refills only after q_empty.
-  uint8_t* q = smem + (Cfg::kSeparateO ? Cfg::kOOff : Cfg::kQOff);
+  uint8_t* stage = smem + (Cfg::kSeparateO ? Cfg::kOOff : Cfg::kQOff);
   const int row_base = 64 * wg + 16 * warp + lane / 4;
 #pragma unroll
   for (int i = 0; i < Consumer<Cfg, Tag>::kO; i += 2) {
     const int r = acc_half(i);
-    *reinterpret_cast<uint32_t*>(q + sw128_offset(row_base + 8 * r, acc_col(i, lane), kRows)) =
+    *reinterpret_cast<uint32_t*>(stage + sw128_offset(row_base + 8 * r, acc_col(i, lane), kRows)) =
         pack2<Tag>(c.o[i] * inv[r], c.o[i + 1] * inv[r]);
   }
   const uint32_t epi = barrier_id(NamedBarrier::kEpilogue, wg);
@@ -42,7 +40,7 @@ __device__ void store_tile(Consumer<Cfg, Tag>& c, const TilePlan<Cfg, Mask>& pla
     const int row = idx / kCPR, ch = idx % kCPR;
     if (first + row < plan.seq.sq)
       *reinterpret_cast<uint4*>(og + int64_t(first + row) * p.o_seq + ch * 8) =
-          *reinterpret_cast<const uint4*>(q + sw128_offset(64 * wg + row, ch * 8, kRows));
+          *reinterpret_cast<const uint4*>(stage + sw128_offset(64 * wg + row, ch * 8, kRows));
   }
   if (p.lse != nullptr && (lane & 3) == 0) {
     float* lp = p.lse + plan.seq.lse_row0 + int64_t(plan.h) * plan.seq.lse_head_stride;

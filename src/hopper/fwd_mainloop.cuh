@@ -2,9 +2,9 @@
 // S = Q K^T (SS wgmma), online softmax in registers, O += P V (RS wgmma).
 #pragma once
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
+#include <type_traits>
 
+#include "common/device_math.cuh"
 #include "hopper/fwd_config.h"
 #include "hopper/fwd_scheduler.cuh"
 #include "hopper/sm90_ops.cuh"
@@ -103,16 +103,9 @@ __device__ void produce(const detail::FwdParams& p, const Maps* maps, const Tile
 }
 
 template <class Tag>
-__device__ __forceinline__ uint32_t pack2(float lo, float hi);
-template <>
-__device__ __forceinline__ uint32_t pack2<detail::Bf16>(float lo, float hi) {
-  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<uint32_t*>(&v);
-}
-template <>
-__device__ __forceinline__ uint32_t pack2<detail::Fp16>(float lo, float hi) {
-  __half2 v = __floats2half2_rn(lo, hi);
-  return *reinterpret_cast<uint32_t*>(&v);
+__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
+  return std::is_same_v<Tag, detail::Bf16> ? detail::pack_bf16x2(lo, hi)
+                                           : detail::pack_f16x2(lo, hi);
 }
 
 // Accumulator layout of m64nNk16 (HOPPER-PRIMER 4): value i of a thread sits in row
@@ -187,13 +180,13 @@ struct Consumer {
   // O (and has rescaled the sums) from the old running max to the new one (SoftmaxKnobs).
   __device__ void softmax(float (&s)[kS], float scale_log2, float (&alpha)[2]) {
     constexpr int kPoly = SoftmaxKnobs::kPolyEvery;
+    constexpr int kPolyPeriod = kPoly > 0 ? kPoly : 1;  // keeps % defined when kPoly is 0
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       float mx = -INFINITY;
 #pragma unroll
       for (int i = 2 * r; i < kS; i += 4) mx = fmaxf(mx, fmaxf(s[i], s[i + 1]));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      mx = detail::quad_max(mx);
       const float m_new = mx * scale_log2;
       // -inf + slack stays -inf: the first visible key always sets the max (alpha = 0).
       const bool raise = m_new > row_max[r] + SoftmaxKnobs::kMaxSlack;
@@ -205,7 +198,7 @@ struct Consumer {
 #pragma unroll
       for (int i = 2 * r; i < kS; i += 4) {
         const float x0 = fmaf(s[i], scale_log2, -m_use), x1 = fmaf(s[i + 1], scale_log2, -m_use);
-        const bool poly = kPoly > 0 && (i / 4) % (kPoly > 0 ? kPoly : 1) == kPoly - 1;
+        const bool poly = kPoly > 0 && (i / 4) % kPolyPeriod == kPoly - 1;
         s[i] = poly ? ex2_poly(x0) : ex2(x0);
         s[i + 1] = poly ? ex2_poly(x1) : ex2(x1);
         sum += s[i] + s[i + 1];
@@ -275,16 +268,24 @@ __device__ void consume_tile(Consumer<Cfg, Tag>& c, const TilePlan<Cfg, Mask>& p
   mbar_wait(&bar.k_full[ks.stage], ks.parity);
   C::issue_qk(s, q_desc, k_desc(ks.stage));
   turn.pass();
-  // With O staged elsewhere, Q is free once the last S of the tile has been computed.
-  auto release_q_after = [&](int n_done) {
+  // PV done: O and P may be touched again, V's buffer goes back to the producer.
+  auto finish_pv = [&](int v_stage) {
+    wgmma_wait<0>();
+    fence_regs(c.o);
+    fence_regs(pf);
+    mbar_arrive(&bar.v_empty[v_stage]);
+  };
+  // S of block n computed (its wgmma group waited for): K's buffer goes back to the producer,
+  // and with O staged elsewhere so does Q after the tile's last block; then mask and softmax.
+  auto after_s = [&](int n_done) {
+    fence_regs(s);
+    mbar_arrive(&bar.k_empty[ks.stage]);
     if (Cfg::kSeparateO && n_done == plan.n_begin) mbar_arrive(&bar.q_empty);
+    if (needs_mask(n_done)) c.mask(s, n_done * kBN, lane);
+    c.softmax(s, p.scale_log2, alpha);
   };
   wgmma_wait<0>();
-  fence_regs(s);
-  mbar_arrive(&bar.k_empty[ks.stage]);
-  release_q_after(n);
-  if (needs_mask(n)) c.mask(s, n * kBN, lane);
-  c.softmax(s, p.scale_log2, alpha);
+  after_s(n);
   to_fragment<Tag>(s, pf);
   Slot<Cfg::kStagesV> vs(block);  // V of the block whose P is in pf
   ++block;
@@ -297,16 +298,9 @@ __device__ void consume_tile(Consumer<Cfg, Tag>& c, const TilePlan<Cfg, Mask>& p
     mbar_wait(&bar.v_full[vs.stage], vs.parity);
     c.issue_pv(pf, v_desc(vs.stage));
     turn.pass();
-    wgmma_wait<1>();
-    fence_regs(s);
-    mbar_arrive(&bar.k_empty[ks.stage]);
-    release_q_after(n);
-    if (needs_mask(n)) c.mask(s, n * kBN, lane);
-    c.softmax(s, p.scale_log2, alpha);
-    wgmma_wait<0>();
-    fence_regs(c.o);
-    fence_regs(pf);
-    mbar_arrive(&bar.v_empty[vs.stage]);
+    wgmma_wait<1>();  // this block's S; the P V just issued may still run
+    after_s(n);
+    finish_pv(vs.stage);
     c.rescale(alpha);
     to_fragment<Tag>(s, pf);
     vs = Slot<Cfg::kStagesV>(block);
@@ -316,10 +310,7 @@ __device__ void consume_tile(Consumer<Cfg, Tag>& c, const TilePlan<Cfg, Mask>& p
   mbar_wait(&bar.v_full[vs.stage], vs.parity);
   c.issue_pv(pf, v_desc(vs.stage));
   turn.pass();
-  wgmma_wait<0>();
-  fence_regs(c.o);
-  fence_regs(pf);
-  mbar_arrive(&bar.v_empty[vs.stage]);
+  finish_pv(vs.stage);
 }
 
 }  // namespace flashcore::hopper

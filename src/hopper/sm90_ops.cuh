@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <cuda/ptx>
 
+#include "common/device_math.cuh"
 #include "hopper/wgmma_ops.cuh"
 
 namespace flashcore::hopper {
@@ -149,11 +150,7 @@ __device__ __forceinline__ bool elect_one() {
   return pred != 0;
 }
 
-__device__ __forceinline__ float ex2(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-  return y;
-}
+using detail::ex2;
 
 // 2^x for x <= 0 on the FMA/ALU pipes (FA4's split of the exponentials): x = j + f with
 // j = round(x) (adding 1.5 * 2^23 rounds into the low mantissa bits), 2^f on [-0.5, 0.5] by a

@@ -5,11 +5,7 @@
 
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define FLASHCORE_HD __host__ __device__
-#else
-#define FLASHCORE_HD
-#endif
+#include "common/host_device.h"
 
 namespace flashcore::hopper {
 

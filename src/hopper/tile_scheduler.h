@@ -2,7 +2,7 @@
 // device): which (batch, head, m-block) tiles a work unit holds. Tested on the CPU.
 #pragma once
 
-#include "hopper/smem_desc.h"  // FLASHCORE_HD
+#include "common/host_device.h"
 
 namespace flashcore::hopper {
 

@@ -38,8 +38,7 @@ __device__ __forceinline__ void store_output(float (&o)[Cfg::kMTiles][Cfg::kDTil
 #pragma unroll
     for (int hr = 0; hr < 2; ++hr) {
       float l = row_sum[mt][hr];
-      l += __shfl_xor_sync(0xffffffffu, l, 1);
-      l += __shfl_xor_sync(0xffffffffu, l, 2);
+      l = detail::quad_sum(l);
       const float inv = l > 0.f ? 1.f / l : 0.f;  // a row that saw no key: O = 0
       const int r = warp_row0 + mt * 16 + g + 8 * hr;
       if (lse != nullptr && t4 == 0 && r < valid)

@@ -1,11 +1,13 @@
 // sm80+ warp-level primitives used by the portable kernels: cp.async (16 B, zero-fill),
-// ldmatrix (plain and transposed), mma.sync m16n8k16 with fp32 accumulators, ex2.approx.
+// ldmatrix (plain and transposed), mma.sync m16n8k16 with fp32 accumulators.
 #pragma once
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include <cstdint>
+
+#include "common/device_math.cuh"
 
 namespace flashcore::portable {
 
@@ -50,8 +52,7 @@ struct Mma<__nv_bfloat16> {
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
   }
   __device__ __forceinline__ static uint32_t pack(float lo, float hi) {
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<uint32_t*>(&v);
+    return detail::pack_bf16x2(lo, hi);
   }
 };
 
@@ -66,8 +67,7 @@ struct Mma<__half> {
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
   }
   __device__ __forceinline__ static uint32_t pack(float lo, float hi) {
-    __half2 v = __floats2half2_rn(lo, hi);
-    return *reinterpret_cast<uint32_t*>(&v);
+    return detail::pack_f16x2(lo, hi);
   }
 };
 
@@ -85,11 +85,6 @@ __device__ __forceinline__ uint32_t opaque(uint32_t x) {
   return y;
 }
 
-// 2^x on the MUFU unit; -inf gives +0, which the online softmax relies on for masked keys.
-__device__ __forceinline__ float ex2(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-  return y;
-}
+using detail::ex2;
 
 }  // namespace flashcore::portable

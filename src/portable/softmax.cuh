@@ -50,8 +50,7 @@ __device__ __forceinline__ void online_softmax(float (&s)[Cfg::kMTiles][Cfg::kNT
 #pragma unroll
       for (int nt = 0; nt < Cfg::kNTiles; ++nt)
         mx = fmaxf(mx, fmaxf(s[mt][nt][2 * hr], s[mt][nt][2 * hr + 1]));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      mx = detail::quad_max(mx);
       const float m_old = row_max[mt][hr];
       const float m_new = fmaxf(m_old, mx * scale_log2);
       // A row with nothing visible yet keeps max -inf; subtract 0 so exp2 gives 0, not NaN.

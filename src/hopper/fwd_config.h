@@ -70,6 +70,10 @@ struct FwdConfig {
   static constexpr int kStagesK = FwdTileRow<D>::kStagesK;
   static constexpr int kStagesV = FwdTileRow<D>::kStagesV;
   static constexpr bool kPingPong = FwdTileRow<D>::kPingPong;
+  // A warpgroup skips the key blocks none of its 64 rows sees (fwd_mainloop.cuh). Worth it
+  // where one warpgroup's rows can miss a whole block of the tile's causal diagonal (D64: 192
+  // rows, 128 keys); elsewhere the bookkeeping costs the D256 consumers a spill.
+  static constexpr bool kSkipInvisibleBlocks = kBlockM - 64 >= kBlockN;
   static constexpr int kThreads = 128 * (1 + kConsumers);
   static constexpr int kConsumerThreads = 128 * kConsumers;
   // setmaxnreg split within the pool at entry, 65536 / kThreads per thread rounded down to 8

@@ -230,6 +230,39 @@ struct SchedulerBarrier {
   }
 };
 
+// End (exclusive) of the key blocks that some row of warpgroup wg sees; plan.n_begin when none
+// does. Only the top is trimmed: below it the blocks are the tile's, masked per element.
+template <class Cfg, class Mask>
+__device__ __forceinline__ int warpgroup_block_end(const TilePlan<Cfg, Mask>& plan,
+                                                   const detail::FwdParams& p, int wg) {
+  if constexpr (!Cfg::kSkipInvisibleBlocks) return plan.n_end;
+  const int r0 = plan.m0 + 64 * wg;
+  if (r0 >= plan.seq.sq) return plan.n_begin;
+  const detail::RowRange k = detail::block_keys<Mask>(
+      r0, min(r0 + 63, plan.seq.sq - 1), plan.seq.sq, plan.seq.sk, p.window_left, p.window_right);
+  if (k.hi <= k.lo) return plan.n_begin;
+  return max(plan.n_begin, min(plan.n_end, (k.hi + Cfg::kBlockN - 1) / Cfg::kBlockN));
+}
+
+// A key block that no row of this warpgroup sees: no wgmma, no softmax, but the warpgroup
+// takes its turn (every consumer takes the same number per tile, or the round robin breaks)
+// and releases K, V (and Q after the tile's last block) like any other block. It waits for
+// each buffer to be full before arriving on its empty barrier, so the arrival cannot count
+// toward the previous lap of that barrier.
+template <class Cfg, class Mask, class Turn>
+__device__ __forceinline__ void skip_block(const TilePlan<Cfg, Mask>& plan, Barriers<Cfg>& bar,
+                                           uint32_t block, int n, const Turn& turn) {
+  const Slot<Cfg::kStagesK> ks(block);
+  const Slot<Cfg::kStagesV> vs(block);
+  turn.take();
+  mbar_wait(&bar.k_full[ks.stage], ks.parity);
+  turn.pass();
+  mbar_arrive(&bar.k_empty[ks.stage]);
+  if (Cfg::kSeparateO && n == plan.n_begin) mbar_arrive(&bar.q_empty);
+  mbar_wait(&bar.v_full[vs.stage], vs.parity);
+  mbar_arrive(&bar.v_empty[vs.stage]);
+}
+
 // One tile of one consumer warpgroup, FA3's intra-warpgroup order: S(j+1) = Q K(j+1)^T is
 // issued together with O += P(j) V(j), and the softmax of S(j+1) runs while the PV
 // wgmmas are in flight.
@@ -261,8 +294,20 @@ __device__ void consume_tile(Consumer<Cfg, Tag>& c, const TilePlan<Cfg, Mask>& p
   uint32_t pf[C::kKChunks][4];
   float alpha[2];
 
-  // block counts the K/V blocks consumed so far, as the producer counts them.
-  int n = plan.n_end - 1;
+  // block counts the K/V blocks consumed so far, as the producer counts them. Blocks at or
+  // above n_hi are invisible to every row of this warpgroup (above the causal diagonal of a
+  // 192-row tile, or rows past the sequence end): skipped, see skip_block.
+  const int n_hi = warpgroup_block_end(plan, p, wg);
+  if constexpr (Cfg::kSkipInvisibleBlocks) {
+#pragma unroll 1
+    for (int n = plan.n_end - 1; n >= n_hi; --n, ++block) skip_block(plan, bar, block, n, turn);
+    if (n_hi == plan.n_begin) {  // nothing visible: the turn a last P V would have taken
+      turn.take();
+      turn.pass();
+      return;
+    }
+  }
+  int n = n_hi - 1;
   Slot<Cfg::kStagesK> ks(block);
   turn.take();
   mbar_wait(&bar.k_full[ks.stage], ks.parity);

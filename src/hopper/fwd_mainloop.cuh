@@ -207,9 +207,11 @@ struct Consumer {
     }
   }
 
-  // Skipped when no row of the warp raised its max (the common case with a max slack).
+  // O needs rescaling only when some row of the warp raised its max (rare with a max slack).
+  __device__ static bool needs_rescale(const float (&alpha)[2]) {
+    return __any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f);
+  }
   __device__ void rescale(const float (&alpha)[2]) {
-    if (!__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) return;
 #pragma unroll
     for (int i = 0; i < kO; ++i) o[i] *= alpha[acc_half(i)];
   }
@@ -345,8 +347,16 @@ __device__ void consume_tile(Consumer<Cfg, Tag>& c, const TilePlan<Cfg, Mask>& p
     turn.pass();
     wgmma_wait<1>();  // this block's S; the P V just issued may still run
     after_s(n);
-    finish_pv(vs.stage);
-    c.rescale(alpha);
+    // The P V wait sits in both arms of the rescale branch on purpose: ptxas hoists a wgmma
+    // wait to the top of its basic block, which put it ahead of the softmax, so the
+    // exponentials ran after this warpgroup's P V instead of under it (perf-notes H11). The
+    // branch, taken on a warp vote after the softmax, keeps the wait behind them.
+    if (C::needs_rescale(alpha)) {
+      finish_pv(vs.stage);
+      c.rescale(alpha);
+    } else {
+      finish_pv(vs.stage);
+    }
     to_fragment<Tag>(s, pf);
     vs = Slot<Cfg::kStagesV>(block);
   }

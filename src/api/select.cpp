@@ -48,12 +48,11 @@ Status hopper_fits(const FwdProblem& f) {
       return not_supported(std::string("hopper: ") + t.name +
                            "_strides must be multiples of 8 elements (16 bytes)");
   }
-  constexpr int64_t kM = hopper::kTileRowsQ<D>;
-  const int64_t tiles = (p.seqlen_q + kM - 1) / kM * p.num_heads_q * p.batch;
+  const hopper::TileRows rows = hopper::tile_rows<D>(f.has_mask(), p.seqlen_q);
+  const int64_t tiles = (p.seqlen_q + rows.q - 1) / rows.q * p.num_heads_q * p.batch;
   if (tiles > INT32_MAX) return not_supported("hopper: more than 2^31 - 1 tiles");
   hopper::TensorMapSpec spec[3];
-  hopper::fwd_map_specs(make_fwd_params(f), p.dtype, D, hopper::kTileRowsQ<D>,
-                        hopper::kTileRowsKV<D>, spec);
+  hopper::fwd_map_specs(make_fwd_params(f), p.dtype, D, rows.q, rows.kv, spec);
   for (const hopper::TensorMapSpec& s : spec) {
     const Status st = hopper::check_tensor_map(s);
     if (!st.ok()) return not_supported("hopper: " + st.message);

@@ -27,9 +27,18 @@ struct SoftmaxKnobs {
 // whether the consumers take turns on the tensor cores (ping-pong, round robin). Registers per
 // consumer thread: O is D/2 floats, S N/2, P N/4. Two consumers get 240 each, three 160:
 // D64 with three (O 32 + S 64 + P 32) keeps more softmax in flight against the GEMMs; D256
-// takes N = 80 and no ping-pong (FA3's choice).
-template <int D>
+// takes N = 80 and no ping-pong (FA3's choice). A head dim may add a row for short causal and
+// window problems (kShort, picked by short_row_applies): D64's has four consumers of 112
+// registers and N = 64 (O 32 + S 32 + P 16), so a 1k sequence is four whole 256-row tiles and
+// a warpgroup skips diagonal blocks at 64-key grain (perf-notes H15).
+template <int D, bool kShort = false>
 struct FwdTileRow;
+template <int D>
+constexpr bool kHasShortRow = false;
+constexpr int kShortRowMaxSeqlenQ = 2048;
+constexpr bool short_row_applies(bool local_mask, int64_t seqlen_q) {
+  return local_mask && seqlen_q <= kShortRowMaxSeqlenQ;
+}
 #ifndef FLASHCORE_HOPPER_D64_CONSUMERS
 #define FLASHCORE_HOPPER_D64_CONSUMERS 3
 #endif
@@ -38,10 +47,18 @@ struct FwdTileRow;
 #endif
 template <>
 struct FwdTileRow<64> {
-  static constexpr int kConsumers = FLASHCORE_HOPPER_D64_CONSUMERS, kBlockN = 128,
+  static constexpr int kConsumers = FLASHCORE_HOPPER_D64_CONSUMERS,
+                       kBlockN = 128,
                        kStagesK = FLASHCORE_HOPPER_D64_K_STAGES, kStagesV = 2;
   static constexpr bool kPingPong = true;
 };
+template <>
+struct FwdTileRow<64, true> {
+  static constexpr int kConsumers = 4, kBlockN = 64, kStagesK = 2, kStagesV = 2;
+  static constexpr bool kPingPong = true;
+};
+template <>
+constexpr bool kHasShortRow<64> = true;
 #ifndef FLASHCORE_HOPPER_D128_BLOCK_N
 #define FLASHCORE_HOPPER_D128_BLOCK_N 128
 #endif
@@ -60,16 +77,17 @@ struct FwdTileRow<256> {
   static constexpr bool kPingPong = false;
 };
 
-template <int D>
+template <int D, bool kShort = false>
 struct FwdConfig {
+  using Row = FwdTileRow<D, kShort>;
   static constexpr int kHeadDim = D;
-  static constexpr int kConsumers = FwdTileRow<D>::kConsumers;
+  static constexpr int kConsumers = Row::kConsumers;
   static constexpr int kBlockM = 64 * kConsumers;  // one m64 wgmma row block per consumer
-  static constexpr int kBlockN = FwdTileRow<D>::kBlockN;
+  static constexpr int kBlockN = Row::kBlockN;
   // K and V rings may differ in depth: K(j+1) is needed a step before V(j).
-  static constexpr int kStagesK = FwdTileRow<D>::kStagesK;
-  static constexpr int kStagesV = FwdTileRow<D>::kStagesV;
-  static constexpr bool kPingPong = FwdTileRow<D>::kPingPong;
+  static constexpr int kStagesK = Row::kStagesK;
+  static constexpr int kStagesV = Row::kStagesV;
+  static constexpr bool kPingPong = Row::kPingPong;
   // A warpgroup skips the key blocks none of its 64 rows sees (fwd_mainloop.cuh). Worth it
   // where one warpgroup's rows can miss a whole block of the tile's causal diagonal (D64: 192
   // rows, 128 keys); elsewhere the bookkeeping costs the D256 consumers a spill.
@@ -77,9 +95,14 @@ struct FwdConfig {
   static constexpr int kThreads = 128 * (1 + kConsumers);
   static constexpr int kConsumerThreads = 128 * kConsumers;
   // setmaxnreg split within the pool at entry, 65536 / kThreads per thread rounded down to 8
-  // (HOPPER-PRIMER 7): 24 + 2 x 240 = 3 x 168; 24 + 3 x 160 = 504 <= 4 x 128.
+  // (HOPPER-PRIMER 7): 24 + 2 x 240 = 3 x 168; 24 + 3 x 160 = 504 <= 4 x 128;
+  // 24 + 4 x 112 <= 5 x 96.
   static constexpr int kProducerRegs = 24;
-  static constexpr int kConsumerRegs = kConsumers == 2 ? 240 : 160;
+  static constexpr int kEntryRegs = 65536 / kThreads / 8 * 8;
+  static constexpr int kConsumerRegs =
+      (kEntryRegs * kThreads - kProducerRegs * 128) / kConsumerThreads / 8 * 8 > 240
+          ? 240
+          : (kEntryRegs * kThreads - kProducerRegs * 128) / kConsumerThreads / 8 * 8;
   static constexpr int kStrips = D / 64;  // 128-byte swizzle strips per row
 
   // Tiles are stored as TMA writes them: per 64-column strip, rows x 128 bytes, swizzled.
@@ -101,7 +124,7 @@ struct FwdConfig {
   static constexpr uint32_t kSmemBytes = kBarOff + kBarBytes + 1024;
 
   static_assert(D % 64 == 0 && kBlockN % 16 == 0 && kBlockN <= 256 && kBlockM <= 256);
-  static_assert(kConsumers == 2 || kConsumers == 3);
+  static_assert(kConsumers >= 2 && kConsumers <= 4, "named barrier ids cover four consumers");
   static_assert(kKVStrip % 1024 == 0, "strips must stay 1024-byte aligned for SW128");
   static_assert(kSmemBytes <= 227 * 1024, "over the sm_90 shared-memory opt-in limit");
 };

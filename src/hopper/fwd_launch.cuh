@@ -27,25 +27,36 @@ cudaError_t launch_with(const FwdArgs& a, int grid, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
-template <class Tag, int kHeadDim>
-cudaError_t launch_fwd(const detail::FwdParams& p, cudaStream_t stream) {
-  using Cfg = FwdConfig<kHeadDim>;
+template <class Cfg, class Tag, class Mask>
+cudaError_t launch_cfg(const detail::FwdParams& p, cudaStream_t stream) {
   FwdArgs a{};
   // select() checked every map rule on the host; failing here means the driver refused.
-  if (!encode_maps(p, detail::dtype_of<Tag>(), kHeadDim, Cfg::kBlockM, Cfg::kBlockN, &a.maps).ok())
+  if (!encode_maps(p, detail::dtype_of<Tag>(), Cfg::kHeadDim, Cfg::kBlockM, Cfg::kBlockN, &a.maps)
+           .ok())
     return cudaErrorInvalidValue;
   a.p = p;
-  const bool local = p.window_left >= 0 || p.window_right >= 0;
   const int m_blocks = (p.seqlen_q + Cfg::kBlockM - 1) / Cfg::kBlockM;
-  a.sched = {m_blocks, p.num_heads_q, p.batch, local};
+  a.sched = {m_blocks, p.num_heads_q, p.batch, Mask::kLocal};
   int device = 0, sms = 0;
   cudaError_t err = cudaGetDevice(&device);
   if (err == cudaSuccess)
     err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
   if (err != cudaSuccess) return err;
   const int grid = a.sched.num_units() < sms ? a.sched.num_units() : sms;
-  return local ? launch_with<Cfg, Tag, detail::LocalMask>(a, grid, stream)
-               : launch_with<Cfg, Tag, detail::NoMask>(a, grid, stream);
+  return launch_with<Cfg, Tag, Mask>(a, grid, stream);
+}
+
+// The tile row: the head dim's short row where it applies (causal/window only, so only that
+// mask is instantiated for it), else its general row with the mask the params ask for.
+template <class Tag, int kHeadDim>
+cudaError_t launch_fwd(const detail::FwdParams& p, cudaStream_t stream) {
+  const bool local = p.window_left >= 0 || p.window_right >= 0;
+  if constexpr (kHasShortRow<kHeadDim>) {
+    if (short_row_applies(local, p.seqlen_q))
+      return launch_cfg<FwdConfig<kHeadDim, true>, Tag, detail::LocalMask>(p, stream);
+  }
+  return local ? launch_cfg<FwdConfig<kHeadDim>, Tag, detail::LocalMask>(p, stream)
+               : launch_cfg<FwdConfig<kHeadDim>, Tag, detail::NoMask>(p, stream);
 }
 
 }  // namespace flashcore::hopper

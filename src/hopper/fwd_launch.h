@@ -1,5 +1,6 @@
 // Host-side entry of the Hopper forward kernels: one launch function per compiled
-// (dtype, head_dim), compiled for sm_90a only; the mask policy is picked from the params.
+// (dtype, head_dim), compiled for sm_90a only; the tile row and the mask policy are picked
+// from the params.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -12,10 +13,18 @@ namespace flashcore::hopper {
 template <class Tag, int kHeadDim>
 cudaError_t launch_fwd(const detail::FwdParams& p, cudaStream_t stream);
 
-/// Rows of the Q tile and of a K/V tile: the TMA box heights select() checks the maps with.
+/// Rows of the Q tile and of a K/V tile of the tile row launch_fwd picks for a problem: the
+/// TMA box heights select() checks the maps with.
+struct TileRows {
+  int q, kv;
+};
 template <int kHeadDim>
-constexpr int kTileRowsQ = FwdConfig<kHeadDim>::kBlockM;
-template <int kHeadDim>
-constexpr int kTileRowsKV = FwdConfig<kHeadDim>::kBlockN;
+TileRows tile_rows(bool local_mask, int64_t seqlen_q) {
+  if constexpr (kHasShortRow<kHeadDim>) {
+    if (short_row_applies(local_mask, seqlen_q))
+      return {FwdConfig<kHeadDim, true>::kBlockM, FwdConfig<kHeadDim, true>::kBlockN};
+  }
+  return {FwdConfig<kHeadDim>::kBlockM, FwdConfig<kHeadDim>::kBlockN};
+}
 
 }  // namespace flashcore::hopper

@@ -125,11 +125,11 @@ __device__ __forceinline__ void regs_alloc() {
 }
 
 // Hardware barrier ids: 0 is __syncthreads; CUTLASS-style libraries reserve 1..7.
-// Consumer warpgroup c (0..2) uses kSched + c (its ping-pong turn) and kEpilogue + c (its
+// Consumer warpgroup c (0..3) uses kSched + c (its ping-pong turn) and kEpilogue + c (its
 // 128 threads' epilogue).
 enum class NamedBarrier : uint32_t {
   kSched = 8,
-  kEpilogue = 11,
+  kEpilogue = 12,
 };
 __device__ __forceinline__ uint32_t barrier_id(NamedBarrier base, int consumer) {
   return static_cast<uint32_t>(base) + static_cast<uint32_t>(consumer);

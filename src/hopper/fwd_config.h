@@ -95,9 +95,9 @@ struct FwdConfig {
   static constexpr int kThreads = 128 * (1 + kConsumers);
   static constexpr int kConsumerThreads = 128 * kConsumers;
   // setmaxnreg split within the pool at entry, 65536 / kThreads per thread rounded down to 8
-  // (HOPPER-PRIMER 7): 24 + 2 x 240 = 3 x 168; 24 + 3 x 160 = 504 <= 4 x 128;
-  // 24 + 4 x 112 <= 5 x 96.
-  static constexpr int kProducerRegs = 24;
+  // (HOPPER-PRIMER 7): 32 + 2 x 232 <= 3 x 168; 32 + 3 x 160 = 4 x 128; 32 + 4 x 112 = 5 x 96.
+  // The producer's 32 hold its tile walk and the K-ahead-of-V order without spilling.
+  static constexpr int kProducerRegs = 32;
   static constexpr int kEntryRegs = 65536 / kThreads / 8 * 8;
   static constexpr int kConsumerRegs =
       (kEntryRegs * kThreads - kProducerRegs * 128) / kConsumerThreads / 8 * 8 > 240

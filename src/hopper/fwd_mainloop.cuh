@@ -62,9 +62,11 @@ __device__ __forceinline__ void load_tile(uint8_t* dst, uint32_t strip_bytes, ui
     tma_load_4d(dst + st * strip_bytes, map, 64 * st, head, row, batch, full);
 }
 
-// One thread issues every copy. Per tile: K(last), Q, V(last), then K, V of each lower block.
-// K and V have their own rings, so S = Q K^T of a block can start before its V lands. Empty
-// barriers are waited with the parity of the previous lap (a fresh barrier passes parity 1).
+// One thread issues every copy. Per tile: K(last), Q, then each lower block's K ahead of the V
+// of the block above it, in the order the consumers need them (S of a block is issued with P V
+// of the block above), so waiting for a V slot never holds back the next K; the tile's lowest
+// V last. Empty barriers are waited with the parity of the previous lap (a fresh barrier
+// passes parity 1).
 template <class Cfg, class Mask>
 __device__ void produce(const detail::FwdParams& p, const Maps* maps, const TileScheduler& sched,
                         uint8_t* smem, Barriers<Cfg>& bar) {
@@ -81,22 +83,29 @@ __device__ void produce(const detail::FwdParams& p, const Maps* maps, const Tile
       if (!plan.has_keys()) continue;
       const int bc = varlen ? 0 : plan.b;  // varlen maps are one packed "batch"
       const int hk = plan.h / p.group;
+      int krow = plan.seq.k_row0 + plan.n_end * kBN;
       for (int n = plan.n_end - 1; n >= plan.n_begin; --n, ++block) {
+        krow -= kBN;
         const Slot<Cfg::kStagesK> ks(block);
-        const Slot<Cfg::kStagesV> vs(block);
-        const int krow = plan.seq.k_row0 + n * kBN;
         load_tile<Cfg>(smem + Cfg::kKOff + ks.stage * Cfg::kKVBytes, Cfg::kKVStrip, Cfg::kKVBytes,
                        &maps->k, hk, krow, bc, &bar.k_empty[ks.stage], ks.parity ^ 1,
                        &bar.k_full[ks.stage]);
         // The previous tile released Q (q_empty) after its last QK^T or its epilogue.
-        if (n == plan.n_end - 1)
+        if (n == plan.n_end - 1) {
           load_tile<Cfg>(smem + Cfg::kQOff, Cfg::kQStrip, Cfg::kQBytes, &maps->q, plan.h,
                          plan.seq.q_row0 + plan.m0, bc, &bar.q_empty, (tile_count & 1) ^ 1,
                          &bar.q_full);
-        load_tile<Cfg>(smem + Cfg::kVOff + vs.stage * Cfg::kKVBytes, Cfg::kKVStrip, Cfg::kKVBytes,
-                       &maps->v, hk, krow, bc, &bar.v_empty[vs.stage], vs.parity ^ 1,
-                       &bar.v_full[vs.stage]);
+        } else {  // V of the block above
+          const Slot<Cfg::kStagesV> vs(block - 1);
+          load_tile<Cfg>(smem + Cfg::kVOff + vs.stage * Cfg::kKVBytes, Cfg::kKVStrip,
+                         Cfg::kKVBytes, &maps->v, hk, krow + kBN, bc, &bar.v_empty[vs.stage],
+                         vs.parity ^ 1, &bar.v_full[vs.stage]);
+        }
       }
+      const Slot<Cfg::kStagesV> vs(block - 1);
+      load_tile<Cfg>(smem + Cfg::kVOff + vs.stage * Cfg::kKVBytes, Cfg::kKVStrip, Cfg::kKVBytes,
+                     &maps->v, hk, krow, bc, &bar.v_empty[vs.stage], vs.parity ^ 1,
+                     &bar.v_full[vs.stage]);
       ++tile_count;
     }
   }

@@ -9,6 +9,7 @@
 #include <tuple>
 
 #include "flashcore/flashcore.h"
+#include "hopper/fwd_launch.h"
 #include "hopper/smem_desc.h"
 #include "hopper/tensor_map.h"
 #include "hopper/tile_scheduler.h"
@@ -175,6 +176,23 @@ TEST(FwdMapSpecs, VarlenIsOnePackedBatchAndEveryMapIsValid) {
   EXPECT_EQ(spec[0].dims[1], 8u);
   EXPECT_EQ(spec[1].dims[1], 1u);
   EXPECT_EQ(spec[0].box[2], 128u);
+}
+
+// The tile row a problem runs with, whose TMA boxes select() checks: D64's short row for
+// causal/window problems up to kShortRowMaxSeqlenQ queries, the general row everywhere else.
+TEST(TileRows, ShortRowOnlyForShortLocalD64) {
+  using Short = FwdConfig<64, true>;
+  using General = FwdConfig<64>;
+  const int64_t max_q = kShortRowMaxSeqlenQ;
+  EXPECT_EQ(tile_rows<64>(true, 1).q, Short::kBlockM);
+  EXPECT_EQ(tile_rows<64>(true, max_q).q, Short::kBlockM);
+  EXPECT_EQ(tile_rows<64>(true, max_q).kv, Short::kBlockN);
+  EXPECT_EQ(tile_rows<64>(true, max_q + 1).q, General::kBlockM);
+  EXPECT_EQ(tile_rows<64>(false, 1024).q, General::kBlockM);
+  EXPECT_EQ(tile_rows<64>(false, 1024).kv, General::kBlockN);
+  EXPECT_EQ(tile_rows<128>(true, 1024).q, FwdConfig<128>::kBlockM);
+  EXPECT_EQ(tile_rows<256>(true, 1024).kv, FwdConfig<256>::kBlockN);
+  EXPECT_NE(Short::kBlockM, General::kBlockM);  // else the rule would not be observable here
 }
 
 }  // namespace

@@ -125,6 +125,8 @@ struct FwdConfig {
 
   static_assert(D % 64 == 0 && kBlockN % 16 == 0 && kBlockN <= 256 && kBlockM <= 256);
   static_assert(kConsumers >= 2 && kConsumers <= 4, "named barrier ids cover four consumers");
+  static_assert(kProducerRegs * 128 + kConsumerRegs * kConsumerThreads <= kEntryRegs * kThreads,
+                "setmaxnreg split over the registers allocated at entry");
   static_assert(kKVStrip % 1024 == 0, "strips must stay 1024-byte aligned for SW128");
   static_assert(kSmemBytes <= 227 * 1024, "over the sm_90 shared-memory opt-in limit");
 };

@@ -25,7 +25,7 @@ struct SoftmaxKnobs {
 
 // Per head dim: consumer warpgroups (64 query rows each), key tile N, pipeline stages, and
 // whether the consumers take turns on the tensor cores (ping-pong, round robin). Registers per
-// consumer thread: O is D/2 floats, S N/2, P N/4. Two consumers get 240 each, three 160:
+// consumer thread: O is D/2 floats, S N/2, P N/4. Two consumers get 232 each, three 160:
 // D64 with three (O 32 + S 64 + P 32) keeps more softmax in flight against the GEMMs; D256
 // takes N = 80 and no ping-pong (FA3's choice). A head dim may add a row for short causal and
 // window problems (kShort, picked by short_row_applies): D64's has four consumers of 112

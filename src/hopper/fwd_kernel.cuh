@@ -1,5 +1,6 @@
-// The Hopper forward kernel: persistent, warp-specialised (one TMA producer warpgroup, two
-// consumer warpgroups of 64 query rows each), TMA + wgmma, ping-pong between the consumers.
+// The Hopper forward kernel: persistent, warp-specialised (one TMA producer warpgroup, two to
+// four consumer warpgroups of 64 query rows each, per the tile row), TMA + wgmma, ping-pong
+// between the consumers.
 // Design and budgets: docs/hopper-design.md.
 #pragma once
 

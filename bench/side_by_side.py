@@ -3,10 +3,13 @@
 
 flashcore is called through its C ABI (libflashcore.so, ctypes) on (B, S, H, D) tensors; SDPA
 gets the (B, H, S, D) transposed view of the same tensors. Times are CUDA-event medians over
-iterations that rotate through a ring of input sets larger than twice the L2 cache.
+iterations that rotate through a ring of input sets larger than twice the L2 cache, taken in
+--rounds rounds that visit every backend in turn, so clock or thermal drift during a row
+reaches all of them alike.
 Needs PyTorch with CUDA; exits with code 2 without it.
 """
 import argparse
+import contextlib
 import ctypes
 import datetime
 import json
@@ -100,8 +103,9 @@ def git_revision():
         return "unknown"
 
 
-def median_us(torch, fn, n_sets, warmup, iters):
-    """CUDA-event median (µs) of fn(set_index) over iters calls, rotating through the ring."""
+def samples_us(torch, fn, n_sets, warmup, iters):
+    """CUDA-event times (µs) of fn(set_index) over iters calls after warmup calls, rotating
+    through the ring."""
     for i in range(warmup):
         fn(i % n_sets)
     ev = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
@@ -111,7 +115,27 @@ def median_us(torch, fn, n_sets, warmup, iters):
         fn((warmup + i) % n_sets)
         end.record()
     torch.cuda.synchronize()
-    return statistics.median(1e3 * s.elapsed_time(e) for s, e in ev)
+    return [1e3 * s.elapsed_time(e) for s, e in ev]
+
+
+def time_backends(torch, backends, sdpa_kernel, n_sets, args, errors):
+    """Median µs per backend over args.rounds rounds; in each round every backend still
+    standing times args.iters // args.rounds calls, so drift during a row reaches all of them
+    alike. backends: (name, SDPA backend or None, fn). A RuntimeError records the backend's
+    first error line in errors, and its time is None."""
+    samples = {name: [] for name, _, _ in backends}
+    per_round = max(1, args.iters // args.rounds)
+    for _ in range(args.rounds):
+        for name, be, fn in backends:
+            if name in errors:
+                continue
+            try:
+                with sdpa_kernel([be]) if be is not None else contextlib.nullcontext():
+                    samples[name] += samples_us(torch, fn, n_sets, args.warmup, per_round)
+            except RuntimeError as e:
+                errors[name] = str(e).splitlines()[0] if str(e) else "failed"
+    return {name: statistics.median(samples[name]) if samples[name] and name not in errors
+            else None for name, _, _ in backends}
 
 
 def short(s):
@@ -176,17 +200,13 @@ def bench_row(torch, fc, row, args):
 
     def run_fc(i):
         fc.run(ring[i]["fc"], stream)
-    out["us"]["flashcore"] = median_us(torch, run_fc, n_sets, args.warmup, args.iters)
-    for name, be in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("fa2", SDPBackend.FLASH_ATTENTION),
-                     ("efficient", SDPBackend.EFFICIENT_ATTENTION)):
-        def run_sdpa(i):
-            F.scaled_dot_product_attention(*ring[i]["sdpa"], is_causal=causal)
-        try:
-            with sdpa_kernel([be]):
-                out["us"][name] = median_us(torch, run_sdpa, n_sets, args.warmup, args.iters)
-        except RuntimeError as e:
-            out["us"][name] = None
-            out["errors"][name] = str(e).splitlines()[0] if str(e) else "failed"
+
+    def run_sdpa(i):  # the backend is the one the caller's sdpa_kernel context allows
+        F.scaled_dot_product_attention(*ring[i]["sdpa"], is_causal=causal)
+    backends = [("flashcore", None, run_fc), ("cudnn", SDPBackend.CUDNN_ATTENTION, run_sdpa),
+                ("fa2", SDPBackend.FLASH_ATTENTION, run_sdpa),
+                ("efficient", SDPBackend.EFFICIENT_ATTENTION, run_sdpa)]
+    out["us"] = time_backends(torch, backends, sdpa_kernel, n_sets, args, out["errors"])
     flops = 4.0 * b * h * s * s * d / (2 if causal else 1)
     out["tflops"] = {k: (flops / (t * 1e-6) / 1e12 if t else None) for k, t in out["us"].items()}
     tf = out["tflops"]
@@ -206,7 +226,9 @@ def main():
     ap.add_argument("--rows", choices=["prefill", "small", "all"], default="prefill")
     ap.add_argument("--filter", default="", help="only rows whose name contains this")
     ap.add_argument("--iters", type=int, default=30)
-    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=10, help="per backend and round")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="rounds over the backends; each times iters/rounds calls")
     ap.add_argument("--out", help="JSON path or folder (default bench/results/side_by_side_<device>_<date>.json)")
     args = ap.parse_args()
     try:
@@ -224,7 +246,8 @@ def main():
     today = datetime.date.today().isoformat()
     rows = [r for r in make_rows(args.rows) if args.filter in r["name"]]
     print(f"{device}; torch {torch.__version__}, cuDNN {torch.backends.cudnn.version()}, "
-          f"flashcore git {git_revision()}; warmup {args.warmup}, iters {args.iters}")
+          f"flashcore git {git_revision()}; {args.rounds} rounds of warmup {args.warmup}, "
+          f"iters {max(1, args.iters // args.rounds)} per backend")
     print("layout: flashcore takes (B,S,H,D) tensors; SDPA gets the (B,H,S,D) transposed view "
           "of the same tensors")
     print(f"{'name':<24} {'B':>3} {'H':>3} {'S':>6} {'D':>4} {'causal':>6} | {'flashcore':>9} "
@@ -260,8 +283,10 @@ def main():
                 cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
                 git_revision=git_revision(), library=os.path.abspath(args.lib),
                 layout="flashcore (B,S,H,D); SDPA the (B,H,S,D) transposed view of the same "
-                       "tensors", timing=f"CUDA events, median of {args.iters} after "
-                                         f"{args.warmup} warmup, inputs rotated over a ring "
+                       "tensors", timing=f"CUDA events, median over {args.rounds} rounds of "
+                                         f"{max(1, args.iters // args.rounds)} calls per backend "
+                                         f"(each after {args.warmup} warmup calls), backends "
+                                         f"interleaved per round, inputs rotated over a ring "
                                          f"> 2x L2", rows=results)
     with open(path, "w") as f:
         json.dump(meta, f, indent=1)

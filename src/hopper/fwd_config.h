@@ -28,7 +28,7 @@ struct SoftmaxKnobs {
 // consumer thread: O is D/2 floats, S N/2, P N/4. Two consumers get 232 each, three 160:
 // D64 with three (O 32 + S 64 + P 32) keeps more softmax in flight against the GEMMs; D256
 // takes N = 80 and no ping-pong (FA3's choice). A head dim may add a row for short causal and
-// window problems (kShort, picked by short_row_applies): D64's has four consumers of 112
+// window problems (kShort, picked by uses_short_row): D64's has four consumers of 112
 // registers and N = 64 (O 32 + S 32 + P 16), so a 1k sequence is four whole 256-row tiles and
 // a warpgroup skips diagonal blocks at 64-key grain (perf-notes H15).
 template <int D, bool kShort = false>
@@ -36,8 +36,11 @@ struct FwdTileRow;
 template <int D>
 constexpr bool kHasShortRow = false;
 constexpr int kShortRowMaxSeqlenQ = 2048;
-constexpr bool short_row_applies(bool local_mask, int64_t seqlen_q) {
-  return local_mask && seqlen_q <= kShortRowMaxSeqlenQ;
+// Whether a problem of head dim D runs on D's short row: the one rule launch_fwd launches by
+// and select() checks the TMA maps by (tile_rows).
+template <int D>
+constexpr bool uses_short_row(bool local_mask, int64_t seqlen_q) {
+  return kHasShortRow<D> && local_mask && seqlen_q <= kShortRowMaxSeqlenQ;
 }
 #ifndef FLASHCORE_HOPPER_D64_CONSUMERS
 #define FLASHCORE_HOPPER_D64_CONSUMERS 3
@@ -99,10 +102,9 @@ struct FwdConfig {
   // The producer's 32 hold its tile walk and the K-ahead-of-V order without spilling.
   static constexpr int kProducerRegs = 32;
   static constexpr int kEntryRegs = 65536 / kThreads / 8 * 8;
-  static constexpr int kConsumerRegs =
-      (kEntryRegs * kThreads - kProducerRegs * 128) / kConsumerThreads / 8 * 8 > 240
-          ? 240
-          : (kEntryRegs * kThreads - kProducerRegs * 128) / kConsumerThreads / 8 * 8;
+  static constexpr int kConsumerShare =
+      (kEntryRegs * kThreads - kProducerRegs * 128) / kConsumerThreads / 8 * 8;
+  static constexpr int kConsumerRegs = kConsumerShare > 240 ? 240 : kConsumerShare;
   static constexpr int kStrips = D / 64;  // 128-byte swizzle strips per row
 
   // Tiles are stored as TMA writes them: per 64-column strip, rows x 128 bytes, swizzled.

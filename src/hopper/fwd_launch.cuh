@@ -52,7 +52,7 @@ template <class Tag, int kHeadDim>
 cudaError_t launch_fwd(const detail::FwdParams& p, cudaStream_t stream) {
   const bool local = p.window_left >= 0 || p.window_right >= 0;
   if constexpr (kHasShortRow<kHeadDim>) {
-    if (short_row_applies(local, p.seqlen_q))
+    if (uses_short_row<kHeadDim>(local, p.seqlen_q))
       return launch_cfg<FwdConfig<kHeadDim, true>, Tag, detail::LocalMask>(p, stream);
   }
   return local ? launch_cfg<FwdConfig<kHeadDim>, Tag, detail::LocalMask>(p, stream)

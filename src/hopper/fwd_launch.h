@@ -21,7 +21,7 @@ struct TileRows {
 template <int kHeadDim>
 TileRows tile_rows(bool local_mask, int64_t seqlen_q) {
   if constexpr (kHasShortRow<kHeadDim>) {
-    if (short_row_applies(local_mask, seqlen_q))
+    if (uses_short_row<kHeadDim>(local_mask, seqlen_q))
       return {FwdConfig<kHeadDim, true>::kBlockM, FwdConfig<kHeadDim, true>::kBlockN};
   }
   return {FwdConfig<kHeadDim>::kBlockM, FwdConfig<kHeadDim>::kBlockN};

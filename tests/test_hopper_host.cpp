@@ -160,13 +160,13 @@ TEST(FwdMapSpecs, VarlenIsOnePackedBatchAndEveryMapIsValid) {
   p.q = p.k = p.v = g_buffer;
   p.o = g_buffer;
   p.q_batch = p.k_batch = p.v_batch = 0;  // unused by varlen
-  p.q_seq = 8 * 64, p.q_head = 64;
+  p.q_seq = p.o_seq = 8 * 64, p.q_head = p.o_head = 64;
   p.k_seq = p.v_seq = 64, p.k_head = p.v_head = 0;  // one kv head: stride unused
   int32_t cu[3] = {0, 5, 9};
   p.cu_seqlens_q = p.cu_seqlens_k = cu;
   p.batch = 2, p.seqlen_q = 5, p.seqlen_k = 5, p.total_q = 9, p.total_k = 9;
   p.num_heads_q = 8, p.group = 8;
-  TensorMapSpec spec[3];
+  TensorMapSpec spec[4];
   fwd_map_specs(p, DType::kBFloat16, 64, 128, 128, spec);
   for (const TensorMapSpec& m : spec) {
     EXPECT_EQ(m.dims[3], 1u);  // one packed batch
@@ -176,21 +176,27 @@ TEST(FwdMapSpecs, VarlenIsOnePackedBatchAndEveryMapIsValid) {
   EXPECT_EQ(spec[0].dims[1], 8u);
   EXPECT_EQ(spec[1].dims[1], 1u);
   EXPECT_EQ(spec[0].box[2], 128u);
+  EXPECT_EQ(spec[3].box[2], 64u);  // o: one warpgroup's rows per store
 }
 
-// The tile row a problem runs with, whose TMA boxes select() checks: D64's short row for
-// causal/window problems up to kShortRowMaxSeqlenQ queries, the general row everywhere else.
-TEST(TileRows, ShortRowOnlyForShortLocalD64) {
+// The tile row a problem runs with, whose TMA boxes select() checks: D64's short row up to
+// kShortRowMaxSeqlenQ queries with a causal/window mask and kShortRowMaxSeqlenQUnmasked
+// without, the general row everywhere else.
+TEST(TileRows, ShortRowOnlyForShortD64) {
   using Short = FwdConfig<64, true>;
   using General = FwdConfig<64>;
-  const int64_t max_q = kShortRowMaxSeqlenQ;
+  const int64_t max_q = kShortRowMaxSeqlenQ, max_q_unmasked = kShortRowMaxSeqlenQUnmasked;
   EXPECT_EQ(tile_rows<64>(true, 1).q, Short::kBlockM);
   EXPECT_EQ(tile_rows<64>(true, max_q).q, Short::kBlockM);
   EXPECT_EQ(tile_rows<64>(true, max_q).kv, Short::kBlockN);
   EXPECT_EQ(tile_rows<64>(true, max_q + 1).q, General::kBlockM);
-  EXPECT_EQ(tile_rows<64>(false, 1024).q, General::kBlockM);
-  EXPECT_EQ(tile_rows<64>(false, 1024).kv, General::kBlockN);
+  EXPECT_EQ(tile_rows<64>(false, 1).q, Short::kBlockM);
+  EXPECT_EQ(tile_rows<64>(false, max_q_unmasked).q, Short::kBlockM);
+  EXPECT_EQ(tile_rows<64>(false, max_q_unmasked).kv, Short::kBlockN);
+  EXPECT_EQ(tile_rows<64>(false, max_q_unmasked + 1).q, General::kBlockM);
+  EXPECT_EQ(tile_rows<64>(false, max_q_unmasked + 1).kv, General::kBlockN);
   EXPECT_EQ(tile_rows<128>(true, 1024).q, FwdConfig<128>::kBlockM);
+  EXPECT_EQ(tile_rows<128>(false, 512).q, FwdConfig<128>::kBlockM);
   EXPECT_EQ(tile_rows<256>(true, 1024).kv, FwdConfig<256>::kBlockN);
   EXPECT_NE(Short::kBlockM, General::kBlockM);  // else the rule would not be observable here
 }

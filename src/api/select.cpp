@@ -51,7 +51,7 @@ Status hopper_fits(const FwdProblem& f) {
   const hopper::TileRows rows = hopper::tile_rows<D>(f.has_mask(), p.seqlen_q);
   const int64_t tiles = (p.seqlen_q + rows.q - 1) / rows.q * p.num_heads_q * p.batch;
   if (tiles > INT32_MAX) return not_supported("hopper: more than 2^31 - 1 tiles");
-  hopper::TensorMapSpec spec[3];
+  hopper::TensorMapSpec spec[4];
   hopper::fwd_map_specs(make_fwd_params(f), p.dtype, D, rows.q, rows.kv, spec);
   for (const hopper::TensorMapSpec& s : spec) {
     const Status st = hopper::check_tensor_map(s);

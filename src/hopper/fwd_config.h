@@ -27,20 +27,24 @@ struct SoftmaxKnobs {
 // whether the consumers take turns on the tensor cores (ping-pong, round robin). Registers per
 // consumer thread: O is D/2 floats, S N/2, P N/4. Two consumers get 232 each, three 160:
 // D64 with three (O 32 + S 64 + P 32) keeps more softmax in flight against the GEMMs; D256
-// takes N = 80 and no ping-pong (FA3's choice). A head dim may add a row for short causal and
-// window problems (kShort, picked by uses_short_row): D64's has four consumers of 112
+// takes N = 80 and no ping-pong (FA3's choice). A head dim may add a row for short problems
+// (kShort, picked by uses_short_row): D64's has four consumers of 112
 // registers and N = 64 (O 32 + S 32 + P 16), so a 1k sequence is four whole 256-row tiles and
 // a warpgroup skips diagonal blocks at 64-key grain (perf-notes H15).
 template <int D, bool kShort = false>
 struct FwdTileRow;
 template <int D>
 constexpr bool kHasShortRow = false;
-constexpr int kShortRowMaxSeqlenQ = 2048;
+// Measured to pay up to these lengths (perf-notes H15, H18): causal/window problems, whose
+// diagonal blocks the short row skips at a finer grain, and unmasked ones, where it avoids
+// the general row's padded last tile (a 1k sequence is 5.33 tiles of 192 rows).
+constexpr int kShortRowMaxSeqlenQ = 2048, kShortRowMaxSeqlenQUnmasked = 1024;
 // Whether a problem of head dim D runs on D's short row: the one rule launch_fwd launches by
 // and select() checks the TMA maps by (tile_rows).
 template <int D>
 constexpr bool uses_short_row(bool local_mask, int64_t seqlen_q) {
-  return kHasShortRow<D> && local_mask && seqlen_q <= kShortRowMaxSeqlenQ;
+  return kHasShortRow<D> &&
+         seqlen_q <= (local_mask ? kShortRowMaxSeqlenQ : kShortRowMaxSeqlenQUnmasked);
 }
 #ifndef FLASHCORE_HOPPER_D64_CONSUMERS
 #define FLASHCORE_HOPPER_D64_CONSUMERS 3

@@ -1,6 +1,6 @@
 // Epilogue of the Hopper forward kernel: normalise O, stage it in the warpgroup's rows of the
-// O (or Q) tile, write it with 16-byte coalesced stores (row-checked, so varlen tails and
-// strided O need nothing special), write the log-sum-exp.
+// O (or Q) tile, write it with TMA stores (varlen: 16-byte row-checked stores), write the
+// log-sum-exp.
 #pragma once
 
 #include "hopper/fwd_mainloop.cuh"
@@ -9,8 +9,8 @@ namespace flashcore::hopper {
 
 template <class Cfg, class Tag, class Mask>
 __device__ void store_tile(Consumer<Cfg, Tag>& c, const TilePlan<Cfg, Mask>& plan,
-                           const detail::FwdParams& p, uint8_t* smem, Barriers<Cfg>& bar, int wg,
-                           int tid) {
+                           const detail::FwdParams& p, const Maps* maps, uint8_t* smem,
+                           Barriers<Cfg>& bar, int wg, int tid) {
   constexpr int kD = Cfg::kHeadDim, kCPR = kD / 8, kRows = Cfg::kBlockM;
   const int warp = tid / 32, lane = tid % 32;
   float inv[2], lse[2];
@@ -24,23 +24,47 @@ __device__ void store_tile(Consumer<Cfg, Tag>& c, const TilePlan<Cfg, Mask>& pla
   // reading (wait_group 0) and which the producer refills only after q_empty.
   uint8_t* stage = smem + (Cfg::kSeparateO ? Cfg::kOOff : Cfg::kQOff);
   const int row_base = 64 * wg + 16 * warp + lane / 4;
+  const uint32_t epi = barrier_id(NamedBarrier::kEpilogue, wg);
+  const bool tma = p.cu_seqlens_q == nullptr;
+  // O's own tile: the previous tile's TMA stores may still be reading these rows. Their issuing
+  // thread waited for nothing then, so it waits here, a whole tile later, before anyone writes.
+  if (Cfg::kSeparateO && tma) {
+    if (tid == 0) tma_store_wait_read();
+    named_sync(epi, 128);
+  }
 #pragma unroll
   for (int i = 0; i < Consumer<Cfg, Tag>::kO; i += 2) {
     const int r = acc_half(i);
     *reinterpret_cast<uint32_t*>(stage + sw128_offset(row_base + 8 * r, acc_col(i, lane), kRows)) =
         pack2<Tag>(c.o[i] * inv[r], c.o[i + 1] * inv[r]);
   }
-  const uint32_t epi = barrier_id(NamedBarrier::kEpilogue, wg);
-  named_sync(epi, 128);
-
   const int first = plan.m0 + 64 * wg;
-  uint16_t* og = static_cast<uint16_t*>(p.o) + plan.seq.o_off + int64_t(plan.h) * p.o_head;
+  if (tma) {
+    // One TMA store per 64-column strip of this warpgroup's rows, issued by one thread; TMA
+    // drops rows past seqlen_q. The staging writes above are generic-proxy writes: fenced for
+    // the async proxy first. In the Q tile the stores must have read the rows before the
+    // producer may refill it (q_empty below); O's own tile is waited for at the next tile.
+    fence_proxy_async_smem();
+    named_sync(epi, 128);
+    if (tid == 0) {
+      for (int st = 0; st < Cfg::kStrips; ++st)
+        tma_store_4d(&maps->o, 64 * st, plan.h, first, plan.b,
+                     stage + st * kRows * 128 + 64 * wg * 128);
+      tma_store_commit();
+      if (!Cfg::kSeparateO) tma_store_wait_read();
+    }
+  } else {
+    // Varlen: the rows past this sequence are the next sequence's, so 16-byte row-checked
+    // stores from every thread.
+    named_sync(epi, 128);
+    uint16_t* og = static_cast<uint16_t*>(p.o) + plan.seq.o_off + int64_t(plan.h) * p.o_head;
 #pragma unroll 4
-  for (int idx = tid; idx < 64 * kCPR; idx += 128) {
-    const int row = idx / kCPR, ch = idx % kCPR;
-    if (first + row < plan.seq.sq)
-      *reinterpret_cast<uint4*>(og + int64_t(first + row) * p.o_seq + ch * 8) =
-          *reinterpret_cast<const uint4*>(stage + sw128_offset(64 * wg + row, ch * 8, kRows));
+    for (int idx = tid; idx < 64 * kCPR; idx += 128) {
+      const int row = idx / kCPR, ch = idx % kCPR;
+      if (first + row < plan.seq.sq)
+        *reinterpret_cast<uint4*>(og + int64_t(first + row) * p.o_seq + ch * 8) =
+            *reinterpret_cast<const uint4*>(stage + sw128_offset(64 * wg + row, ch * 8, kRows));
+    }
   }
   if (p.lse != nullptr && (lane & 3) == 0) {
     float* lp = p.lse + plan.seq.lse_row0 + int64_t(plan.h) * plan.seq.lse_head_stride;
@@ -50,11 +74,16 @@ __device__ void store_tile(Consumer<Cfg, Tag>& c, const TilePlan<Cfg, Mask>& pla
       if (row < plan.seq.sq) lp[row] = lse[r];
     }
   }
-  // The next tile's staging writes (or, in the Q tile, the producer's TMA writes: the async
-  // proxy) must follow every thread's reads.
-  if (!Cfg::kSeparateO) fence_proxy_async_smem();
-  named_sync(epi, 128);
-  if (!Cfg::kSeparateO) mbar_arrive(&bar.q_empty);
+  // The producer's TMA writes into the Q tile (the async proxy) must follow the TMA stores'
+  // reads of it; in O's own tile the next tile's staging writes must follow every thread's
+  // 16-byte reads (varlen).
+  if (!Cfg::kSeparateO) {
+    fence_proxy_async_smem();
+    named_sync(epi, 128);
+    mbar_arrive(&bar.q_empty);
+  } else if (!tma) {
+    named_sync(epi, 128);
+  }
 }
 
 // A tile whose rows see no key: O = 0, LSE = -inf. Nothing was loaded for it.

@@ -37,6 +37,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) fwd_kernel(const __grid_cons
       tma_prefetch(&a.maps.q);
       tma_prefetch(&a.maps.k);
       tma_prefetch(&a.maps.v);
+      tma_prefetch(&a.maps.o);
       produce<Cfg, Mask>(a.p, &a.maps, a.sched, smem, bar);
     }
     return;
@@ -74,12 +75,14 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) fwd_kernel(const __grid_cons
       c.start_tile();
       mbar_wait(&bar.q_full, tile_count & 1);
       consume_tile(c, plan, a.p, smem, bar, block, cwg, lane, turn);
-      store_tile(c, plan, a.p, smem, bar, cwg, tid);
+      store_tile(c, plan, a.p, &a.maps, smem, bar, cwg, tid);
       ++tile_count;
     }
   }
   // The opening hand-over left one arrival on consumer 0's barrier: take it.
   if (cwg == 0) turn.take();
+  // The last tile's O stores must be complete before the CTA's shared memory goes away.
+  if (tid == 0) tma_store_wait_all();
 }
 
 }  // namespace flashcore::hopper

@@ -9,11 +9,12 @@ namespace flashcore::hopper {
 
 inline Status encode_maps(const detail::FwdParams& p, DType dt, int d, int rows_q, int rows_kv,
                           Maps* m) {
-  TensorMapSpec spec[3];
+  TensorMapSpec spec[4];
   fwd_map_specs(p, dt, d, rows_q, rows_kv, spec);
   Status st = encode_tensor_map(spec[0], &m->q);
   if (st.ok()) st = encode_tensor_map(spec[1], &m->k);
   if (st.ok()) st = encode_tensor_map(spec[2], &m->v);
+  if (st.ok()) st = encode_tensor_map(spec[3], &m->o);
   return st;
 }
 
@@ -46,14 +47,15 @@ cudaError_t launch_cfg(const detail::FwdParams& p, cudaStream_t stream) {
   return launch_with<Cfg, Tag, Mask>(a, grid, stream);
 }
 
-// The tile row: the head dim's short row where it applies (causal/window only, so only that
-// mask is instantiated for it), else its general row with the mask the params ask for.
+// The tile row: the head dim's short row where it applies, else its general row; either with
+// the mask the params ask for.
 template <class Tag, int kHeadDim>
 cudaError_t launch_fwd(const detail::FwdParams& p, cudaStream_t stream) {
   const bool local = p.window_left >= 0 || p.window_right >= 0;
   if constexpr (kHasShortRow<kHeadDim>) {
     if (uses_short_row<kHeadDim>(local, p.seqlen_q))
-      return launch_cfg<FwdConfig<kHeadDim, true>, Tag, detail::LocalMask>(p, stream);
+      return local ? launch_cfg<FwdConfig<kHeadDim, true>, Tag, detail::LocalMask>(p, stream)
+                   : launch_cfg<FwdConfig<kHeadDim, true>, Tag, detail::NoMask>(p, stream);
   }
   return local ? launch_cfg<FwdConfig<kHeadDim>, Tag, detail::LocalMask>(p, stream)
                : launch_cfg<FwdConfig<kHeadDim>, Tag, detail::NoMask>(p, stream);

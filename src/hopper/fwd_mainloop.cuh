@@ -47,7 +47,7 @@ struct Slot {
 };
 
 struct Maps {
-  CUtensorMap q, k, v;  // (B, S, H, D) views, boxes of 64 columns (bshd_tile_map)
+  CUtensorMap q, k, v, o;  // (B, S, H, D) views, boxes of 64 columns (bshd_tile_map)
 };
 
 // Waits until the consumers emptied a buffer, then loads a tile of `rows` rows into it, one

@@ -136,7 +136,7 @@ TensorMapSpec bshd_tile_map(const void* base, DType dtype, const Strides& s, int
 }
 
 void fwd_map_specs(const detail::FwdParams& p, DType dtype, int head_dim, uint32_t rows_q,
-                   uint32_t rows_kv, TensorMapSpec out[3]) {
+                   uint32_t rows_kv, TensorMapSpec out[4]) {
   const bool varlen = p.cu_seqlens_q != nullptr;
   const int64_t batch = varlen ? 1 : p.batch;
   const int64_t sq = varlen ? p.total_q : p.seqlen_q, sk = varlen ? p.total_k : p.seqlen_k;
@@ -153,6 +153,8 @@ void fwd_map_specs(const detail::FwdParams& p, DType dtype, int head_dim, uint32
                          head_dim, rows_kv);
   out[2] = bshd_tile_map(p.v, dtype, strides(p.v_batch, p.v_seq, p.v_head, sk, hk), batch, sk, hk,
                          head_dim, rows_kv);
+  out[3] = bshd_tile_map(p.o, dtype, strides(p.o_batch, p.o_seq, p.o_head, sq, p.num_heads_q),
+                         batch, sq, p.num_heads_q, head_dim, 64);
 }
 
 }  // namespace flashcore::hopper

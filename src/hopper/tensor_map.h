@@ -39,10 +39,11 @@ Status encode_tensor_map(const TensorMapSpec& spec, CUtensorMap* map);
 TensorMapSpec bshd_tile_map(const void* base, DType dtype, const Strides& s, int64_t batch,
                             int64_t seqlen, int64_t heads, int64_t head_dim, uint32_t box_rows);
 
-/// The maps of q, k, v (in that order) for a forward call: boxes of rows_q / rows_kv rows.
+/// The maps of q, k, v, o (in that order) for a forward call: boxes of rows_q / rows_kv rows
+/// for q / k, v, and of 64 rows (one consumer warpgroup's) for o.
 /// Varlen tensors are one packed "batch" of total_q / total_k rows; a dim of extent 1 gets a
 /// stride TMA accepts (a multiple of 16 bytes), since it is never stepped.
 void fwd_map_specs(const detail::FwdParams& p, DType dtype, int head_dim, uint32_t rows_q,
-                   uint32_t rows_kv, TensorMapSpec out[3]);
+                   uint32_t rows_kv, TensorMapSpec out[4]);
 
 }  // namespace flashcore::hopper

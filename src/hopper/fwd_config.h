@@ -116,15 +116,24 @@ struct FwdConfig {
   static constexpr uint32_t kKVBytes = kBlockN * D * 2;
   static constexpr uint32_t kQStrip = kBlockM * 128, kKVStrip = kBlockN * 128;
   // Layout (each tile 1024-byte aligned): Q | K stages | V stages | [O] | mbarriers.
-  // The epilogue stages O (each warpgroup its own 64 rows) in a tile of its own where it fits,
-  // so the Q tile is released after the last S = Q K^T and the next tile's Q loads under the
-  // last P V and the epilogue; otherwise (D = 256) in the Q tile, released after the epilogue.
+  // The epilogue stages O (64-row x 64-column boxes, one per warpgroup and strip) for TMA
+  // stores in a tile of its own where one fits (D64, D128); otherwise (D256) in the V buffer
+  // of the tile's last key block, which the consumers then release after the epilogue, in as
+  // many passes as that buffer needs (perf-notes H20). Either way the Q tile is released after
+  // the last S = Q K^T, so the next tile's Q loads under the last P V and the epilogue.
   static constexpr uint32_t kQOff = 0;
   static constexpr uint32_t kKOff = kQOff + kQBytes;
   static constexpr uint32_t kVOff = kKOff + kStagesK * kKVBytes;
   static constexpr uint32_t kOOff = kVOff + kStagesV * kKVBytes;
-  static constexpr bool kSeparateO = kOOff + kQBytes + 2048 <= 227 * 1024;
-  static constexpr uint32_t kBarOff = kSeparateO ? kOOff + kQBytes : kOOff;
+  static constexpr bool kOInV = kOOff + kQBytes + 2048 > 227 * 1024;
+  static constexpr int kOBoxBytes = 64 * 128;
+  static constexpr int kOStripsPerPass =
+      kOInV ? (int(kKVBytes) / (kConsumers * kOBoxBytes) < kStrips
+                   ? int(kKVBytes) / (kConsumers * kOBoxBytes)
+                   : kStrips)
+            : kStrips;
+  static constexpr int kOPasses = kStrips / (kOStripsPerPass > 0 ? kOStripsPerPass : 1);
+  static constexpr uint32_t kBarOff = kOInV ? kOOff : kOOff + kQBytes;
   static constexpr uint32_t kBarBytes = 8 * (2 + 2 * kStagesK + 2 * kStagesV);
   // +1024: the dynamic smem base is rounded up to 1024 bytes in the kernel.
   static constexpr uint32_t kSmemBytes = kBarOff + kBarBytes + 1024;
@@ -135,6 +144,10 @@ struct FwdConfig {
                 "setmaxnreg split over the registers allocated at entry");
   static_assert(kKVStrip % 1024 == 0, "strips must stay 1024-byte aligned for SW128");
   static_assert(kSmemBytes <= 227 * 1024, "over the sm_90 shared-memory opt-in limit");
+  static_assert(kOStripsPerPass > 0 && kStrips % kOStripsPerPass == 0,
+                "O's staging passes must cover the strips evenly");
+  static_assert(!(kOInV && kSkipInvisibleBlocks),
+                "a warpgroup that skips its last blocks has no V buffer to stage O in");
 };
 
 }  // namespace flashcore::hopper

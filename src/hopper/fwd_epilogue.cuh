@@ -1,17 +1,22 @@
-// Epilogue of the Hopper forward kernel: normalise O, stage it in the warpgroup's rows of the
-// O (or Q) tile, write it with TMA stores (varlen: 16-byte row-checked stores), write the
-// log-sum-exp.
+// Epilogue of the Hopper forward kernel: normalise O, stage it in shared memory, write it with
+// TMA stores (varlen: 16-byte row-checked stores, since a tile's tail rows belong to the next
+// sequence), write the log-sum-exp. The staging area is O's own tile where one fits, else the
+// last key block's V buffer, which the mainloop has not released (FwdConfig::kOInV); either
+// way the Q tile was released after the tile's last S = Q K^T.
 #pragma once
 
 #include "hopper/fwd_mainloop.cuh"
 
 namespace flashcore::hopper {
 
+// Staging layout: per warpgroup, per 64-column strip, one 64-row x 128-byte box (8 KB, 128-byte
+// swizzle, as the O map's TMA box). O's own tile holds all strips of every warpgroup at once;
+// a V buffer holds kOStripsPerPass strips of each, so O goes out in kOPasses passes.
 template <class Cfg, class Tag, class Mask>
 __device__ void store_tile(Consumer<Cfg, Tag>& c, const TilePlan<Cfg, Mask>& plan,
                            const detail::FwdParams& p, const Maps* maps, uint8_t* smem,
-                           Barriers<Cfg>& bar, int wg, int tid) {
-  constexpr int kD = Cfg::kHeadDim, kCPR = kD / 8, kRows = Cfg::kBlockM;
+                           Barriers<Cfg>& bar, int v_stage, int wg, int tid) {
+  constexpr int kSPP = Cfg::kOStripsPerPass, kValuesPerPass = 32 * kSPP;
   const int warp = tid / 32, lane = tid % 32;
   float inv[2], lse[2];
 #pragma unroll
@@ -20,69 +25,76 @@ __device__ void store_tile(Consumer<Cfg, Tag>& c, const TilePlan<Cfg, Mask>& pla
     inv[r] = l > 0.f ? 1.f / l : 0.f;
     lse[r] = l > 0.f ? (c.row_max[r] + __log2f(l)) * 0.6931471805599453f : -INFINITY;
   }
-  // Staging tile: O's own, or the Q tile, which every wgmma of this warpgroup has finished
-  // reading (wait_group 0) and which the producer refills only after q_empty.
-  uint8_t* stage = smem + (Cfg::kSeparateO ? Cfg::kOOff : Cfg::kQOff);
-  const int row_base = 64 * wg + 16 * warp + lane / 4;
+  uint8_t* stage = smem + (Cfg::kOInV ? Cfg::kVOff + v_stage * Cfg::kKVBytes : Cfg::kOOff) +
+                   wg * kSPP * 8192;
+  const int row = 16 * warp + lane / 4;  // of value 0, within the warpgroup's 64 rows
+  const int first = plan.m0 + 64 * wg;
   const uint32_t epi = barrier_id(NamedBarrier::kEpilogue, wg);
   const bool tma = p.cu_seqlens_q == nullptr;
-  // O's own tile: the previous tile's TMA stores may still be reading these rows. Their issuing
-  // thread waited for nothing then, so it waits here, a whole tile later, before anyone writes.
-  if (Cfg::kSeparateO && tma) {
+  // The V buffer: every consumer warpgroup's last P V reads all of it, so no warpgroup
+  // overwrites it before all have finished theirs. O's own tile: the previous tile's TMA
+  // stores may still be reading it. Their issuing thread waited for nothing then, so it waits
+  // here, a whole tile later, before anyone writes.
+  if (Cfg::kOInV) {
+    named_sync(static_cast<uint32_t>(NamedBarrier::kConsumers), Cfg::kConsumerThreads);
+  } else if (tma) {
     if (tid == 0) tma_store_wait_read();
     named_sync(epi, 128);
   }
 #pragma unroll
-  for (int i = 0; i < Consumer<Cfg, Tag>::kO; i += 2) {
-    const int r = acc_half(i);
-    *reinterpret_cast<uint32_t*>(stage + sw128_offset(row_base + 8 * r, acc_col(i, lane), kRows)) =
-        pack2<Tag>(c.o[i] * inv[r], c.o[i + 1] * inv[r]);
-  }
-  const int first = plan.m0 + 64 * wg;
-  if (tma) {
-    // One TMA store per 64-column strip of this warpgroup's rows, issued by one thread; TMA
-    // drops rows past seqlen_q. The staging writes above are generic-proxy writes: fenced for
-    // the async proxy first. In the Q tile the stores must have read the rows before the
-    // producer may refill it (q_empty below); O's own tile is waited for at the next tile.
-    fence_proxy_async_smem();
-    named_sync(epi, 128);
-    if (tid == 0) {
-      for (int st = 0; st < Cfg::kStrips; ++st)
-        tma_store_4d(&maps->o, 64 * st, plan.h, first, plan.b,
-                     stage + st * kRows * 128 + 64 * wg * 128);
-      tma_store_commit();
-      if (!Cfg::kSeparateO) tma_store_wait_read();
+  for (int pass = 0; pass < Cfg::kOPasses; ++pass) {
+    if (pass > 0) {  // the previous pass's reads of the staging area are done
+      if (tma && tid == 0) tma_store_wait_read();
+      named_sync(epi, 128);
     }
-  } else {
-    // Varlen: the rows past this sequence are the next sequence's, so 16-byte row-checked
-    // stores from every thread.
-    named_sync(epi, 128);
-    uint16_t* og = static_cast<uint16_t*>(p.o) + plan.seq.o_off + int64_t(plan.h) * p.o_head;
+    // Values 32s..32s+31 of a thread are its columns of strip s (acc_col).
+#pragma unroll
+    for (int i = pass * kValuesPerPass; i < (pass + 1) * kValuesPerPass; i += 2) {
+      const int r = acc_half(i);
+      *reinterpret_cast<uint32_t*>(
+          stage + sw128_offset(row + 8 * r, acc_col(i, lane) - 64 * kSPP * pass, 64)) =
+          pack2<Tag>(c.o[i] * inv[r], c.o[i + 1] * inv[r]);
+    }
+    if (tma) {
+      // Generic-proxy writes, read by the async proxy: fenced first. TMA drops the rows past
+      // seqlen_q.
+      fence_proxy_async_smem();
+      named_sync(epi, 128);
+      if (tid == 0) {
+        for (int st = 0; st < kSPP; ++st)
+          tma_store_4d(&maps->o, 64 * (kSPP * pass + st), plan.h, first, plan.b,
+                       stage + st * 8192);
+        tma_store_commit();
+      }
+    } else {
+      named_sync(epi, 128);
+      uint16_t* og = static_cast<uint16_t*>(p.o) + plan.seq.o_off + int64_t(plan.h) * p.o_head +
+                     64 * kSPP * pass;
+      constexpr int kChunks = 8 * kSPP;  // 16-byte chunks per row and pass
 #pragma unroll 4
-    for (int idx = tid; idx < 64 * kCPR; idx += 128) {
-      const int row = idx / kCPR, ch = idx % kCPR;
-      if (first + row < plan.seq.sq)
-        *reinterpret_cast<uint4*>(og + int64_t(first + row) * p.o_seq + ch * 8) =
-            *reinterpret_cast<const uint4*>(stage + sw128_offset(64 * wg + row, ch * 8, kRows));
+      for (int idx = tid; idx < 64 * kChunks; idx += 128) {
+        const int rr = idx / kChunks, ch = idx % kChunks;
+        if (first + rr < plan.seq.sq)
+          *reinterpret_cast<uint4*>(og + int64_t(first + rr) * p.o_seq + ch * 8) =
+              *reinterpret_cast<const uint4*>(stage + sw128_offset(rr, ch * 8, 64));
+      }
     }
   }
   if (p.lse != nullptr && (lane & 3) == 0) {
     float* lp = p.lse + plan.seq.lse_row0 + int64_t(plan.h) * plan.seq.lse_head_stride;
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const int row = plan.m0 + row_base + 8 * r;
-      if (row < plan.seq.sq) lp[row] = lse[r];
-    }
+    for (int r = 0; r < 2; ++r)
+      if (first + row + 8 * r < plan.seq.sq) lp[first + row + 8 * r] = lse[r];
   }
-  // The producer's TMA writes into the Q tile (the async proxy) must follow the TMA stores'
-  // reads of it; in O's own tile the next tile's staging writes must follow every thread's
-  // 16-byte reads (varlen).
-  if (!Cfg::kSeparateO) {
+  if (Cfg::kOInV) {
+    // The V buffer goes back to the producer once every read of it is done; its TMA writes
+    // (async proxy) must follow this warpgroup's generic staging writes and reads.
+    if (tma && tid == 0) tma_store_wait_read();
     fence_proxy_async_smem();
     named_sync(epi, 128);
-    mbar_arrive(&bar.q_empty);
+    mbar_arrive(&bar.v_empty[v_stage]);
   } else if (!tma) {
-    named_sync(epi, 128);
+    named_sync(epi, 128);  // the next tile's staging writes follow every thread's reads
   }
 }
 

@@ -74,8 +74,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) fwd_kernel(const __grid_cons
       }
       c.start_tile();
       mbar_wait(&bar.q_full, tile_count & 1);
-      consume_tile(c, plan, a.p, smem, bar, block, cwg, lane, turn);
-      store_tile(c, plan, a.p, &a.maps, smem, bar, cwg, tid);
+      const int v_stage = consume_tile(c, plan, a.p, smem, bar, block, cwg, lane, turn);
+      store_tile(c, plan, a.p, &a.maps, smem, bar, v_stage, cwg, tid);
       ++tile_count;
     }
   }

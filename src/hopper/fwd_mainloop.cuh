@@ -14,8 +14,8 @@ namespace flashcore::hopper {
 
 // The CTA's mbarriers (layout kBarOff of FwdConfig). full: TMA landed (1 arrival + bytes);
 // empty: the consumers finished with the tile (every consumer thread arrives, so no warp can
-// be early). Q is empty after the tile's last S = Q K^T, or after the epilogue when O is
-// staged in it (FwdConfig::kSeparateO).
+// be early). Q is empty after the tile's last S = Q K^T; the last key block's V, where O is
+// staged in it (FwdConfig::kOInV), after the epilogue.
 template <class Cfg>
 struct Barriers {
   uint64_t q_full, q_empty;
@@ -269,16 +269,17 @@ __device__ __forceinline__ void skip_block(const TilePlan<Cfg, Mask>& plan, Barr
   mbar_wait(&bar.k_full[ks.stage], ks.parity);
   turn.pass();
   mbar_arrive(&bar.k_empty[ks.stage]);
-  if (Cfg::kSeparateO && n == plan.n_begin) mbar_arrive(&bar.q_empty);
+  if (n == plan.n_begin) mbar_arrive(&bar.q_empty);
   mbar_wait(&bar.v_full[vs.stage], vs.parity);
   mbar_arrive(&bar.v_empty[vs.stage]);
 }
 
 // One tile of one consumer warpgroup, FA3's intra-warpgroup order: S(j+1) = Q K(j+1)^T is
 // issued together with O += P(j) V(j), and the softmax of S(j+1) runs while the PV
-// wgmmas are in flight.
+// wgmmas are in flight. Returns the V stage of the tile's last block, which stays held where
+// the epilogue stages O in it (FwdConfig::kOInV).
 template <class Cfg, class Tag, class Mask>
-__device__ void consume_tile(Consumer<Cfg, Tag>& c, const TilePlan<Cfg, Mask>& plan,
+__device__ int consume_tile(Consumer<Cfg, Tag>& c, const TilePlan<Cfg, Mask>& plan,
                              const detail::FwdParams& p, uint8_t* smem, Barriers<Cfg>& bar,
                              uint32_t& block, int wg, int lane,
                              const SchedulerBarrier<Cfg::kPingPong>& turn) {
@@ -315,7 +316,7 @@ __device__ void consume_tile(Consumer<Cfg, Tag>& c, const TilePlan<Cfg, Mask>& p
     if (n_hi == plan.n_begin) {  // nothing visible: the turn a last P V would have taken
       turn.take();
       turn.pass();
-      return;
+      return -1;
     }
   }
   int n = n_hi - 1;
@@ -324,19 +325,20 @@ __device__ void consume_tile(Consumer<Cfg, Tag>& c, const TilePlan<Cfg, Mask>& p
   mbar_wait(&bar.k_full[ks.stage], ks.parity);
   C::issue_qk(s, q_desc, k_desc(ks.stage));
   turn.pass();
-  // PV done: O and P may be touched again, V's buffer goes back to the producer.
-  auto finish_pv = [&](int v_stage) {
+  // PV done: O and P may be touched again, V's buffer goes back to the producer (unless it
+  // is the last block's and O will be staged in it).
+  auto finish_pv = [&](int v_stage, bool release = true) {
     wgmma_wait<0>();
     fence_regs(c.o);
     fence_regs(pf);
-    mbar_arrive(&bar.v_empty[v_stage]);
+    if (release) mbar_arrive(&bar.v_empty[v_stage]);
   };
   // S of block n computed (its wgmma group waited for): K's buffer goes back to the producer,
-  // and with O staged elsewhere so does Q after the tile's last block; then mask and softmax.
+  // and so does Q after the tile's last block; then mask and softmax.
   auto after_s = [&](int n_done) {
     fence_regs(s);
     mbar_arrive(&bar.k_empty[ks.stage]);
-    if (Cfg::kSeparateO && n_done == plan.n_begin) mbar_arrive(&bar.q_empty);
+    if (n_done == plan.n_begin) mbar_arrive(&bar.q_empty);
     if (needs_mask(n_done)) c.mask(s, n_done * kBN, lane);
     c.softmax(s, p.scale_log2, alpha);
   };
@@ -374,7 +376,8 @@ __device__ void consume_tile(Consumer<Cfg, Tag>& c, const TilePlan<Cfg, Mask>& p
   mbar_wait(&bar.v_full[vs.stage], vs.parity);
   c.issue_pv(pf, v_desc(vs.stage));
   turn.pass();
-  finish_pv(vs.stage);
+  finish_pv(vs.stage, !Cfg::kOInV);
+  return vs.stage;
 }
 
 }  // namespace flashcore::hopper

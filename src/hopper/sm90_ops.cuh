@@ -124,10 +124,11 @@ __device__ __forceinline__ void regs_alloc() {
   asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
 }
 
-// Hardware barrier ids: 0 is __syncthreads; CUTLASS-style libraries reserve 1..7.
-// Consumer warpgroup c (0..3) uses kSched + c (its ping-pong turn) and kEpilogue + c (its
-// 128 threads' epilogue).
+// Hardware barrier ids: 0 is __syncthreads. Consumer warpgroup c (0..3) uses kSched + c (its
+// ping-pong turn) and kEpilogue + c (its 128 threads' epilogue); kConsumers joins every
+// consumer thread.
 enum class NamedBarrier : uint32_t {
+  kConsumers = 7,
   kSched = 8,
   kEpilogue = 12,
 };

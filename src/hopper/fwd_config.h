@@ -30,7 +30,8 @@ struct SoftmaxKnobs {
 // takes N = 80 and no ping-pong (FA3's choice). A head dim may add a row for short problems
 // (kShort, picked by uses_short_row): D64's has four consumers of 112
 // registers and N = 64 (O 32 + S 32 + P 16), so a 1k sequence is four whole 256-row tiles and
-// a warpgroup skips diagonal blocks at 64-key grain (perf-notes H15).
+// a warpgroup skips diagonal blocks at 64-key grain (perf-notes H15). Its 8 KB blocks take
+// four stages (H22); D128 three V stages (H21).
 template <int D, bool kShort = false>
 struct FwdTileRow;
 template <int D>
@@ -52,16 +53,24 @@ constexpr bool uses_short_row(bool local_mask, int64_t seqlen_q) {
 #ifndef FLASHCORE_HOPPER_D64_K_STAGES
 #define FLASHCORE_HOPPER_D64_K_STAGES 2
 #endif
+#ifndef FLASHCORE_HOPPER_D64_V_STAGES
+#define FLASHCORE_HOPPER_D64_V_STAGES 2
+#endif
 template <>
 struct FwdTileRow<64> {
   static constexpr int kConsumers = FLASHCORE_HOPPER_D64_CONSUMERS,
                        kBlockN = 128,
-                       kStagesK = FLASHCORE_HOPPER_D64_K_STAGES, kStagesV = 2;
+                       kStagesK = FLASHCORE_HOPPER_D64_K_STAGES,
+                       kStagesV = FLASHCORE_HOPPER_D64_V_STAGES;
   static constexpr bool kPingPong = true;
 };
+#ifndef FLASHCORE_HOPPER_SHORT_STAGES
+#define FLASHCORE_HOPPER_SHORT_STAGES 4
+#endif
 template <>
 struct FwdTileRow<64, true> {
-  static constexpr int kConsumers = 4, kBlockN = 64, kStagesK = 2, kStagesV = 2;
+  static constexpr int kConsumers = 4, kBlockN = 64, kStagesK = FLASHCORE_HOPPER_SHORT_STAGES,
+                       kStagesV = FLASHCORE_HOPPER_SHORT_STAGES;
   static constexpr bool kPingPong = true;
 };
 template <>
@@ -72,10 +81,14 @@ constexpr bool kHasShortRow<64> = true;
 #ifndef FLASHCORE_HOPPER_D128_K_STAGES
 #define FLASHCORE_HOPPER_D128_K_STAGES 2
 #endif
+#ifndef FLASHCORE_HOPPER_D128_V_STAGES
+#define FLASHCORE_HOPPER_D128_V_STAGES 3
+#endif
 template <>
 struct FwdTileRow<128> {
   static constexpr int kConsumers = 2, kBlockN = FLASHCORE_HOPPER_D128_BLOCK_N,
-                       kStagesK = FLASHCORE_HOPPER_D128_K_STAGES, kStagesV = 2;
+                       kStagesK = FLASHCORE_HOPPER_D128_K_STAGES,
+                       kStagesV = FLASHCORE_HOPPER_D128_V_STAGES;
   static constexpr bool kPingPong = true;
 };
 template <>

@@ -179,6 +179,18 @@ TEST(FwdMapSpecs, VarlenIsOnePackedBatchAndEveryMapIsValid) {
   EXPECT_EQ(spec[3].box[2], 64u);  // o: one warpgroup's rows per store
 }
 
+// The mask changes only the ring depth, and only of a row that declares a local depth (the
+// short row); select() reserves the largest configuration's shared memory.
+TEST(FwdConfig, LocalDepthOnlyWhereDeclared) {
+  EXPECT_EQ((FwdConfig<64, true, true>::kStagesK), (FwdTileRow<64, true>::kStagesLocal));
+  EXPECT_EQ((FwdConfig<64, true, false>::kStagesK), (FwdTileRow<64, true>::kStagesK));
+  EXPECT_EQ((FwdConfig<128, false, true>::kSmemBytes), FwdConfig<128>::kSmemBytes);
+  EXPECT_EQ((FwdConfig<64, true, true>::kBlockM), (FwdConfig<64, true>::kBlockM));
+  EXPECT_GE(max_smem_bytes<64>(), int(FwdConfig<64, true, true>::kSmemBytes));
+  EXPECT_GE(max_smem_bytes<64>(), int(FwdConfig<64>::kSmemBytes));
+  EXPECT_EQ(max_smem_bytes<256>(), int(FwdConfig<256>::kSmemBytes));
+}
+
 // The tile row a problem runs with, whose TMA boxes select() checks: D64's short row up to
 // kShortRowMaxSeqlenQ queries with a causal/window mask and kShortRowMaxSeqlenQUnmasked
 // without, the general row everywhere else.

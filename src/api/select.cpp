@@ -80,7 +80,7 @@ struct Entry {
         "hopper.fwd.",                    \
         dtype_of<Tag>(),                  \
         D,                                \
-        hopper::FwdConfig<D>::kSmemBytes, \
+        hopper::max_smem_bytes<D>(),      \
         9,                                \
         9,                                \
         &hopper_fits<D>,                  \

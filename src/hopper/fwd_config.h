@@ -31,9 +31,13 @@ struct SoftmaxKnobs {
 // (kShort, picked by uses_short_row): D64's has four consumers of 112
 // registers and N = 64 (O 32 + S 32 + P 16), so a 1k sequence is four whole 256-row tiles and
 // a warpgroup skips diagonal blocks at 64-key grain (perf-notes H15). Its 8 KB blocks take
-// four stages (H22); D128 three V stages (H21).
+// four stages, six under causal/window masks (kStagesLocal, H22, H24); D128 three V stages
+// (H21).
 template <int D, bool kShort = false>
 struct FwdTileRow;
+struct RowDefaults {
+  static constexpr int kStagesLocal = 0;  // > 0: K and V depth under causal/window masks
+};
 template <int D>
 constexpr bool kHasShortRow = false;
 // Measured to pay up to these lengths (perf-notes H15, H18): causal/window problems, whose
@@ -57,7 +61,7 @@ constexpr bool uses_short_row(bool local_mask, int64_t seqlen_q) {
 #define FLASHCORE_HOPPER_D64_V_STAGES 2
 #endif
 template <>
-struct FwdTileRow<64> {
+struct FwdTileRow<64> : RowDefaults {
   static constexpr int kConsumers = FLASHCORE_HOPPER_D64_CONSUMERS,
                        kBlockN = 128,
                        kStagesK = FLASHCORE_HOPPER_D64_K_STAGES,
@@ -67,10 +71,14 @@ struct FwdTileRow<64> {
 #ifndef FLASHCORE_HOPPER_SHORT_STAGES
 #define FLASHCORE_HOPPER_SHORT_STAGES 4
 #endif
+#ifndef FLASHCORE_HOPPER_SHORT_STAGES_LOCAL
+#define FLASHCORE_HOPPER_SHORT_STAGES_LOCAL 6
+#endif
 template <>
 struct FwdTileRow<64, true> {
   static constexpr int kConsumers = 4, kBlockN = 64, kStagesK = FLASHCORE_HOPPER_SHORT_STAGES,
-                       kStagesV = FLASHCORE_HOPPER_SHORT_STAGES;
+                       kStagesV = FLASHCORE_HOPPER_SHORT_STAGES,
+                       kStagesLocal = FLASHCORE_HOPPER_SHORT_STAGES_LOCAL;
   static constexpr bool kPingPong = true;
 };
 template <>
@@ -85,19 +93,21 @@ constexpr bool kHasShortRow<64> = true;
 #define FLASHCORE_HOPPER_D128_V_STAGES 3
 #endif
 template <>
-struct FwdTileRow<128> {
+struct FwdTileRow<128> : RowDefaults {
   static constexpr int kConsumers = 2, kBlockN = FLASHCORE_HOPPER_D128_BLOCK_N,
                        kStagesK = FLASHCORE_HOPPER_D128_K_STAGES,
                        kStagesV = FLASHCORE_HOPPER_D128_V_STAGES;
   static constexpr bool kPingPong = true;
 };
 template <>
-struct FwdTileRow<256> {
+struct FwdTileRow<256> : RowDefaults {
   static constexpr int kConsumers = 2, kBlockN = 80, kStagesK = 2, kStagesV = 2;
   static constexpr bool kPingPong = false;
 };
 
-template <int D, bool kShort = false>
+// kLocal: the kernel's mask is causal/window; it changes only the ring depth of a row that
+// declares kStagesLocal.
+template <int D, bool kShort = false, bool kLocal = false>
 struct FwdConfig {
   using Row = FwdTileRow<D, kShort>;
   static constexpr int kHeadDim = D;
@@ -105,8 +115,8 @@ struct FwdConfig {
   static constexpr int kBlockM = 64 * kConsumers;  // one m64 wgmma row block per consumer
   static constexpr int kBlockN = Row::kBlockN;
   // K and V rings may differ in depth: K(j+1) is needed a step before V(j).
-  static constexpr int kStagesK = Row::kStagesK;
-  static constexpr int kStagesV = Row::kStagesV;
+  static constexpr int kStagesK = kLocal && Row::kStagesLocal > 0 ? Row::kStagesLocal : Row::kStagesK;
+  static constexpr int kStagesV = kLocal && Row::kStagesLocal > 0 ? Row::kStagesLocal : Row::kStagesV;
   static constexpr bool kPingPong = Row::kPingPong;
   // A warpgroup skips the key blocks none of its 64 rows sees (fwd_mainloop.cuh). Worth it
   // where one warpgroup's rows can miss a whole block of the tile's causal diagonal (D64: 192

@@ -54,10 +54,11 @@ cudaError_t launch_fwd(const detail::FwdParams& p, cudaStream_t stream) {
   const bool local = p.window_left >= 0 || p.window_right >= 0;
   if constexpr (kHasShortRow<kHeadDim>) {
     if (uses_short_row<kHeadDim>(local, p.seqlen_q))
-      return local ? launch_cfg<FwdConfig<kHeadDim, true>, Tag, detail::LocalMask>(p, stream)
-                   : launch_cfg<FwdConfig<kHeadDim, true>, Tag, detail::NoMask>(p, stream);
+      return local
+                 ? launch_cfg<FwdConfig<kHeadDim, true, true>, Tag, detail::LocalMask>(p, stream)
+                 : launch_cfg<FwdConfig<kHeadDim, true>, Tag, detail::NoMask>(p, stream);
   }
-  return local ? launch_cfg<FwdConfig<kHeadDim>, Tag, detail::LocalMask>(p, stream)
+  return local ? launch_cfg<FwdConfig<kHeadDim, false, true>, Tag, detail::LocalMask>(p, stream)
                : launch_cfg<FwdConfig<kHeadDim>, Tag, detail::NoMask>(p, stream);
 }
 

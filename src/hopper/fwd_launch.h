@@ -27,4 +27,18 @@ TileRows tile_rows(bool local_mask, int64_t seqlen_q) {
   return {FwdConfig<kHeadDim>::kBlockM, FwdConfig<kHeadDim>::kBlockN};
 }
 
+// Shared memory of the largest configuration launch_fwd may pick for kHeadDim.
+template <int kHeadDim>
+constexpr int max_smem_bytes() {
+  int m = FwdConfig<kHeadDim>::kSmemBytes;
+  if (int(FwdConfig<kHeadDim, false, true>::kSmemBytes) > m)
+    m = FwdConfig<kHeadDim, false, true>::kSmemBytes;
+  if constexpr (kHasShortRow<kHeadDim>) {
+    if (int(FwdConfig<kHeadDim, true>::kSmemBytes) > m) m = FwdConfig<kHeadDim, true>::kSmemBytes;
+    if (int(FwdConfig<kHeadDim, true, true>::kSmemBytes) > m)
+      m = FwdConfig<kHeadDim, true, true>::kSmemBytes;
+  }
+  return m;
+}
+
 }  // namespace flashcore::hopper

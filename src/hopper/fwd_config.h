@@ -115,8 +115,9 @@ struct FwdConfig {
   static constexpr int kBlockM = 64 * kConsumers;  // one m64 wgmma row block per consumer
   static constexpr int kBlockN = Row::kBlockN;
   // K and V rings may differ in depth: K(j+1) is needed a step before V(j).
-  static constexpr int kStagesK = kLocal && Row::kStagesLocal > 0 ? Row::kStagesLocal : Row::kStagesK;
-  static constexpr int kStagesV = kLocal && Row::kStagesLocal > 0 ? Row::kStagesLocal : Row::kStagesV;
+  static constexpr bool kLocalDepth = kLocal && Row::kStagesLocal > 0;
+  static constexpr int kStagesK = kLocalDepth ? Row::kStagesLocal : Row::kStagesK;
+  static constexpr int kStagesV = kLocalDepth ? Row::kStagesLocal : Row::kStagesV;
   static constexpr bool kPingPong = Row::kPingPong;
   // A warpgroup skips the key blocks none of its 64 rows sees (fwd_mainloop.cuh). Worth it
   // where one warpgroup's rows can miss a whole block of the tile's causal diagonal (D64: 192

@@ -3,6 +3,9 @@
 // Device-side behaviour is the GPU suite's job.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <vector>
+
 #include <map>
 #include <set>
 #include <string>
@@ -177,6 +180,34 @@ TEST(FwdMapSpecs, VarlenIsOnePackedBatchAndEveryMapIsValid) {
   EXPECT_EQ(spec[1].dims[1], 1u);
   EXPECT_EQ(spec[0].box[2], 128u);
   EXPECT_EQ(spec[3].box[2], 64u);  // o: one warpgroup's rows per store
+}
+
+// O's staging boxes (fwd_epilogue.cuh): within one pass every (warpgroup, strip) box is
+// 1024-byte aligned for the 128-byte swizzle, lies inside its staging area (O's own tile or a V
+// buffer) and overlaps no other; the passes cover every strip.
+template <class Cfg>
+void ExpectStagingBoxesFit() {
+  const int area = Cfg::kOInV ? int(Cfg::kKVBytes) : int(Cfg::kQBytes);
+  EXPECT_EQ(Cfg::kOPasses * Cfg::kOStripsPerPass, Cfg::kStrips);
+  std::vector<int> starts;
+  for (int w = 0; w < Cfg::kConsumers; ++w)
+    for (int st = 0; st < Cfg::kOStripsPerPass; ++st)
+      starts.push_back(w * Cfg::kOBoxWgStride + st * Cfg::kOBoxStripStride);
+  std::sort(starts.begin(), starts.end());
+  for (size_t i = 0; i < starts.size(); ++i) {
+    EXPECT_EQ(starts[i] % 1024, 0);
+    EXPECT_LE(starts[i] + Cfg::kOBoxBytes, area);
+    if (i > 0) EXPECT_GE(starts[i], starts[i - 1] + Cfg::kOBoxBytes);
+  }
+}
+TEST(FwdConfig, StagingBoxesFitTheirArea) {
+  ExpectStagingBoxesFit<FwdConfig<64>>();
+  ExpectStagingBoxesFit<FwdConfig<64, true>>();
+  ExpectStagingBoxesFit<FwdConfig<64, true, true>>();
+  ExpectStagingBoxesFit<FwdConfig<128>>();
+  ExpectStagingBoxesFit<FwdConfig<256>>();
+  EXPECT_TRUE(FwdConfig<256>::kOInV);  // else D256 would not exercise the passes
+  EXPECT_EQ(FwdConfig<256>::kOPasses, 2);
 }
 
 // The mask changes only the ring depth, and only of a row that declares a local depth (the

@@ -157,6 +157,11 @@ struct FwdConfig {
                    : kStrips)
             : kStrips;
   static constexpr int kOPasses = kStrips / (kOStripsPerPass > 0 ? kOStripsPerPass : 1);
+  // Staging box of warpgroup w and strip s (of a pass): base + w * kOBoxWgStride +
+  // s * kOBoxStripStride; the strip stride is the one sw128_offset(row, col, 64) implies.
+  static constexpr int kOBoxWgStride = kOStripsPerPass * kOBoxBytes;
+  static constexpr int kOBoxStripStride = kOBoxBytes;
+  static_assert(kOBoxStripStride == 64 * 128, "sw128_offset with 64 rows lays strips 8 KB apart");
   static constexpr uint32_t kBarOff = kOInV ? kOOff : kOOff + kQBytes;
   static constexpr uint32_t kBarBytes = 8 * (2 + 2 * kStagesK + 2 * kStagesV);
   // +1024: the dynamic smem base is rounded up to 1024 bytes in the kernel.

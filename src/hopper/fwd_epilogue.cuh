@@ -26,7 +26,7 @@ __device__ void store_tile(Consumer<Cfg, Tag>& c, const TilePlan<Cfg, Mask>& pla
     lse[r] = l > 0.f ? (c.row_max[r] + __log2f(l)) * 0.6931471805599453f : -INFINITY;
   }
   uint8_t* stage = smem + (Cfg::kOInV ? Cfg::kVOff + v_stage * Cfg::kKVBytes : Cfg::kOOff) +
-                   wg * kSPP * 8192;
+                   wg * Cfg::kOBoxWgStride;
   const int row = 16 * warp + lane / 4;  // of value 0, within the warpgroup's 64 rows
   const int first = plan.m0 + 64 * wg;
   const uint32_t epi = barrier_id(NamedBarrier::kEpilogue, wg);
@@ -63,7 +63,7 @@ __device__ void store_tile(Consumer<Cfg, Tag>& c, const TilePlan<Cfg, Mask>& pla
       if (tid == 0) {
         for (int st = 0; st < kSPP; ++st)
           tma_store_4d(&maps->o, 64 * (kSPP * pass + st), plan.h, first, plan.b,
-                       stage + st * 8192);
+                       stage + st * Cfg::kOBoxStripStride);
         tma_store_commit();
       }
     } else {

@@ -2,6 +2,7 @@
 // One CTA per SM: warpgroup 0 produces (TMA), each further (consumer) warpgroup owns 64 rows.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 
 namespace flashcore::hopper {
@@ -152,10 +153,7 @@ struct FwdConfig {
   static constexpr bool kOInV = kOOff + kQBytes + 2048 > 227 * 1024;
   static constexpr int kOBoxBytes = 64 * 128;
   static constexpr int kOStripsPerPass =
-      kOInV ? (int(kKVBytes) / (kConsumers * kOBoxBytes) < kStrips
-                   ? int(kKVBytes) / (kConsumers * kOBoxBytes)
-                   : kStrips)
-            : kStrips;
+      kOInV ? std::min(int(kKVBytes) / (kConsumers * kOBoxBytes), kStrips) : kStrips;
   static constexpr int kOPasses = kStrips / (kOStripsPerPass > 0 ? kOStripsPerPass : 1);
   // Staging box of warpgroup w and strip s (of a pass): base + w * kOBoxWgStride +
   // s * kOBoxStripStride; the strip stride is the one sw128_offset(row, col, 64) implies.

@@ -3,6 +3,8 @@
 // from the params.
 #pragma once
 
+#include <algorithm>
+
 #include <cuda_runtime.h>
 
 #include "common/fwd_params.h"
@@ -30,15 +32,12 @@ TileRows tile_rows(bool local_mask, int64_t seqlen_q) {
 // Shared memory of the largest configuration launch_fwd may pick for kHeadDim.
 template <int kHeadDim>
 constexpr int max_smem_bytes() {
-  int m = FwdConfig<kHeadDim>::kSmemBytes;
-  if (int(FwdConfig<kHeadDim, false, true>::kSmemBytes) > m)
-    m = FwdConfig<kHeadDim, false, true>::kSmemBytes;
-  if constexpr (kHasShortRow<kHeadDim>) {
-    if (int(FwdConfig<kHeadDim, true>::kSmemBytes) > m) m = FwdConfig<kHeadDim, true>::kSmemBytes;
-    if (int(FwdConfig<kHeadDim, true, true>::kSmemBytes) > m)
-      m = FwdConfig<kHeadDim, true, true>::kSmemBytes;
-  }
-  return m;
+  uint32_t m =
+      std::max(FwdConfig<kHeadDim>::kSmemBytes, FwdConfig<kHeadDim, false, true>::kSmemBytes);
+  if constexpr (kHasShortRow<kHeadDim>)
+    m = std::max({m, FwdConfig<kHeadDim, true>::kSmemBytes,
+                  FwdConfig<kHeadDim, true, true>::kSmemBytes});
+  return int(m);
 }
 
 }  // namespace flashcore::hopper

@@ -48,7 +48,7 @@ class FwdArgs(ctypes.Structure):
                 ("window_left", ctypes.c_int64), ("window_right", ctypes.c_int64),
                 ("backend", ctypes.c_int32), ("device", ctypes.c_int32),
                 ("family", ctypes.c_int32), ("total_q", ctypes.c_int64),
-                ("total_k", ctypes.c_int64)]
+                ("total_k", ctypes.c_int64), ("workspace", ctypes.c_void_p)]
 
 
 class Flashcore:
@@ -57,6 +57,8 @@ class Flashcore:
         self.lib.flashcore_fwd_args_size.restype = ctypes.c_size_t
         self.lib.flashcore_fwd.argtypes = [ctypes.POINTER(FwdArgs), ctypes.c_void_p,
                                            ctypes.c_char_p, ctypes.c_size_t]
+        self.lib.flashcore_workspace_size.argtypes = [ctypes.POINTER(FwdArgs)]
+        self.lib.flashcore_workspace_size.restype = ctypes.c_int64
         self.lib.flashcore_query_kernel.argtypes = [ctypes.POINTER(FwdArgs), ctypes.c_char_p,
                                                     ctypes.c_size_t, ctypes.c_char_p,
                                                     ctypes.c_size_t]
@@ -87,6 +89,9 @@ class Flashcore:
         name = ctypes.create_string_buffer(256)
         self.check(self.lib.flashcore_query_kernel(ctypes.byref(a), name, 256, self.err, 1024))
         return name.value.decode()
+
+    def workspace_size(self, a):
+        return self.lib.flashcore_workspace_size(ctypes.byref(a))
 
     def run(self, a, stream):
         self.check(self.lib.flashcore_fwd(ctypes.byref(a), stream, self.err, 1024))
@@ -169,8 +174,14 @@ def bench_row(torch, fc, row, args):
         o = torch.empty_like(q)
         ring.append(dict(fc=Flashcore.args(q, k, v, o, causal, dev), o=o, keep=(q, k, v),
                          sdpa=tuple(t.transpose(1, 2) for t in (q, k, v))))
+    # One zero-filled workspace serves every call of the row (one stream; flashcore.h).
+    ws_bytes = fc.workspace_size(ring[0]["fc"])
+    workspace = torch.zeros(max(ws_bytes, 1), dtype=torch.uint8, device="cuda")
+    for r in ring:
+        r["fc"].workspace = workspace.data_ptr() if ws_bytes else None
     stream = ctypes.c_void_p(torch.cuda.current_stream().cuda_stream)
-    out = dict(row, ring_sets=n_sets, kernel=fc.kernel(ring[0]["fc"]), us={}, errors={})
+    out = dict(row, ring_sets=n_sets, kernel=fc.kernel(ring[0]["fc"]), workspace_bytes=ws_bytes,
+               us={}, errors={})
 
     # Correctness before timing: flashcore (output poisoned with NaN) against FA2, else math.
     ring[0]["o"].fill_(float("nan"))

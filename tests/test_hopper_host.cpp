@@ -4,12 +4,11 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
-#include <vector>
-
 #include <map>
 #include <set>
 #include <string>
 #include <tuple>
+#include <vector>
 
 #include "flashcore/flashcore.h"
 #include "hopper/fwd_launch.h"
@@ -154,6 +153,67 @@ TEST(TileScheduler, CoversEveryTileOnceAndPairsBalance) {
       EXPECT_EQ(seen.size(), size_t(2 * 3 * nmb)) << "paired " << paired << ", " << nmb;
       for (const auto& [tile, n] : seen) EXPECT_EQ(n, 1);
     }
+}
+
+// The split tail: every key block of every tail tile is in exactly one piece, a tile's pieces
+// tile it in key order, and the slots the merge reads are the ones the pieces wrote, each
+// written once.
+TEST(TileScheduler, SplitTailPiecesTileEveryTailTileOnce) {
+  struct Shape {
+    int units, blocks, ctas;
+  };
+  for (const Shape sh : {Shape{2048, 8, 132}, Shape{2048, 128, 132}, Shape{64, 8, 132},
+                         Shape{17, 8, 132}, Shape{200, 33, 114}, Shape{131, 2, 132},
+                         Shape{5, 27, 132}, Shape{1, 132, 132}}) {
+    TileScheduler s{sh.units, 1, 1, false};
+    s.split_tiles = sh.units % sh.ctas;
+    s.blocks = sh.blocks;
+    s.ctas = sh.ctas;
+    ASSERT_GE(int64_t(s.split_tiles) * s.blocks, s.ctas) << "every range must be non-empty";
+    std::vector<std::vector<TileScheduler::Piece>> by_tile(s.split_tiles);
+    std::vector<int> slot_writes(s.num_slots(), 0);
+    for (int c = 0; c < s.ctas; ++c) {
+      TileScheduler::Piece p0, p1;
+      ASSERT_TRUE(s.piece(c, 0, &p0)) << "CTA " << c;
+      int covered = p0.hi - p0.lo;
+      by_tile[p0.k].push_back(p0);
+      ++slot_writes[p0.slot];
+      if (s.piece(c, 1, &p1)) {
+        EXPECT_EQ(p1.k, p0.k + 1);
+        EXPECT_EQ(p0.hi, s.blocks) << "piece 0 runs to its tile's end when a piece 1 follows";
+        EXPECT_EQ(p1.lo, 0);
+        covered += p1.hi - p1.lo;
+        by_tile[p1.k].push_back(p1);
+        ++slot_writes[p1.slot];
+      }
+      EXPECT_EQ(covered, s.split_start(c + 1) - s.split_start(c));
+      EXPECT_LE(covered, s.blocks);
+    }
+    for (int k = 0; k < s.split_tiles; ++k) {
+      auto& ps = by_tile[k];
+      ASSERT_EQ(int(ps.size()), s.pieces(k)) << "tile " << k;
+      std::sort(ps.begin(), ps.end(), [](auto& a, auto& b) { return a.lo < b.lo; });
+      int next = 0;
+      for (int j = 0; j < int(ps.size()); ++j) {
+        EXPECT_EQ(ps[j].lo, next) << "tile " << k << " piece " << j;
+        EXPECT_LT(ps[j].lo, ps[j].hi);
+        EXPECT_EQ(ps[j].slot, s.piece_slot(k, j)) << "tile " << k << " piece " << j;
+        next = ps[j].hi;
+      }
+      EXPECT_EQ(next, s.blocks) << "tile " << k;
+    }
+    for (int n : slot_writes) EXPECT_LE(n, 1);
+  }
+}
+
+// One workspace serves problems of every shape on a device: the counter area (which must stay
+// zero between calls) does not move with the problem, so no problem's slots overlap it.
+TEST(TileScheduler, SplitCounterAreaDependsOnTheDeviceOnly) {
+  TileScheduler few{64, 1, 1, false}, many{200, 1, 1, false};
+  few.split_tiles = 64, few.blocks = 8, few.ctas = 132;
+  many.split_tiles = 68, many.blocks = 128, many.ctas = 132;
+  EXPECT_EQ(split_counter_bytes(few), split_counter_bytes(many));
+  EXPECT_GE(split_counter_bytes(many), int64_t(many.ctas) * 4) << "a counter per possible tile";
 }
 
 // The forward call's maps: varlen tensors become one packed batch of total rows, and a dim of

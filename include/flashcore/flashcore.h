@@ -97,11 +97,18 @@ struct Plan {
 /// Validates and plans without running anything. Safe to call anywhere.
 Plan query(const AttentionParams& params);
 
-/// Bytes of device workspace run() needs for these params (0 today for the forward pass).
+/// Bytes of device workspace run() can use for these params (also Plan::workspace_bytes); 0
+/// when it uses none. Today: the Hopper kernels' split tail, which deals the last round of
+/// tiles of an unmasked fixed-length problem out over every SM in pieces along the keys.
 int64_t workspace_size(const AttentionParams& params);
 
 /// Runs attention. stream is a cudaStream_t (nullptr: the legacy default stream) and is ignored
 /// by the CPU reference, which runs synchronously on host memory.
+/// workspace is optional: null, or workspace_size(params) bytes of device memory on the call's
+/// device, zero-filled before its first use. Every call leaves it zero-filled where it counts,
+/// so one buffer (sized for the largest problem) serves any number of calls in one stream;
+/// calls that may run concurrently need separate buffers. Without it the result is the same
+/// up to rounding, and some shapes run slower.
 Status run(const AttentionParams& params, void* workspace = nullptr, void* stream = nullptr);
 
 /// Number of usable CUDA devices; 0 when there is no GPU or driver (never an error).

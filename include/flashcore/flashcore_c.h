@@ -45,6 +45,8 @@ typedef struct flashcore_fwd_args {
   int32_t family;  /* 0 = auto, 1 = Hopper kernels, 2 = portable kernels */
   int64_t total_q; /* varlen, optional: rows of packed q and k/v (0: unknown) */
   int64_t total_k;
+  void* workspace; /* optional: flashcore_workspace_size bytes of zero-filled device memory
+                    * (see flashcore::run), or NULL */
 } flashcore_fwd_args;
 
 /* sizeof(flashcore_fwd_args) as compiled into the library, for FFI mirrors to check. */
@@ -55,6 +57,9 @@ FLASHCORE_C_API size_t flashcore_fwd_args_size(void);
  * err_buf is not NULL and err_len > 0. */
 FLASHCORE_C_API int flashcore_fwd(const flashcore_fwd_args* args, void* stream, char* err_buf,
                                   size_t err_len);
+
+/* Bytes of workspace flashcore_fwd can use for args (0: none, or args not valid). */
+FLASHCORE_C_API int64_t flashcore_workspace_size(const flashcore_fwd_args* args);
 
 /* Validates and plans without running: on success copies the kernel name flashcore_fwd would
  * launch into name_buf (truncated, NUL-terminated). Same return value and err_buf as above. */

@@ -104,6 +104,7 @@ Decision decide(const AttentionParams& p) {
   detail::KernelChoice choice = detail::select_fwd(detail::resolve(p), d.device);
   plan.status = choice.status;
   plan.kernel = choice.name;
+  plan.workspace_bytes = choice.workspace_bytes;
   d.launch = choice.launch;
   return d;
 }
@@ -112,20 +113,30 @@ Decision decide(const AttentionParams& p) {
 
 Plan query(const AttentionParams& params) { return decide(params).plan; }
 
-int64_t workspace_size(const AttentionParams&) { return 0; }
+int64_t workspace_size(const AttentionParams& params) {
+  const Plan plan = query(params);
+  return plan.status.ok() ? plan.workspace_bytes : 0;
+}
 
-Status run(const AttentionParams& params, void*, void* stream) {
+Status run(const AttentionParams& params, void* workspace, void* stream) {
   const Decision d = decide(params);
   if (!d.plan.status.ok()) return d.plan.status;
   const detail::FwdProblem f = detail::resolve(params);
   if (d.plan.backend == Backend::kReference) return ref::forward(f);
   if (params.batch == 0 || params.seqlen_q == 0) return {};  // nothing to compute or write
 
+  if (d.plan.workspace_bytes == 0) {
+    workspace = nullptr;
+  } else if (workspace != nullptr && detail::pointer_device(workspace) != d.device) {
+    return invalid("workspace: must be device memory on device " + std::to_string(d.device));
+  }
+
   int prev = -1;
   if (cudaGetDevice(&prev) != cudaSuccess) prev = -1;
   if (prev != d.device && cudaSetDevice(d.device) != cudaSuccess)
     return {StatusCode::kCudaError, "cudaSetDevice(" + std::to_string(d.device) + ") failed"};
-  const cudaError_t err = d.launch(detail::make_fwd_params(f), static_cast<cudaStream_t>(stream));
+  const cudaError_t err =
+      d.launch(detail::make_fwd_params(f), workspace, static_cast<cudaStream_t>(stream));
   if (prev >= 0 && prev != d.device) cudaSetDevice(prev);
   if (err != cudaSuccess)
     return {StatusCode::kCudaError,

@@ -80,7 +80,16 @@ FLASHCORE_C_API size_t flashcore_fwd_args_size(void) { return sizeof(flashcore_f
 FLASHCORE_C_API int flashcore_fwd(const flashcore_fwd_args* args, void* stream, char* err_buf,
                                   size_t err_len) {
   return guarded(args, err_buf, err_len,
-                 [&](const AttentionParams& p) { return flashcore::run(p, nullptr, stream); });
+                 [&](const AttentionParams& p) { return flashcore::run(p, args->workspace, stream); });
+}
+
+FLASHCORE_C_API int64_t flashcore_workspace_size(const flashcore_fwd_args* args) {
+  if (args == nullptr) return 0;
+  try {
+    return flashcore::workspace_size(to_params(*args));
+  } catch (...) {
+    return 0;
+  }
 }
 
 FLASHCORE_C_API int flashcore_query_kernel(const flashcore_fwd_args* args, char* name_buf,

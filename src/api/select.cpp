@@ -63,6 +63,20 @@ Status hopper_fits(const FwdProblem& f) {
 // The portable kernels take every problem that reaches the table.
 Status always_fits(const FwdProblem&) { return {}; }
 
+template <int D>
+int64_t hopper_workspace(const FwdProblem& f, int device) {
+  int sms = 0;
+  if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) return 0;
+  return hopper::workspace_bytes<D>(make_fwd_params(f), sms);
+}
+int64_t no_workspace(const FwdProblem&, int) { return 0; }
+
+// The portable kernels take no workspace.
+template <class Tag, int D>
+cudaError_t portable_launch(const FwdParams& p, void*, cudaStream_t stream) {
+  return portable::launch_fwd<Tag, D>(p, stream);
+}
+
 struct Entry {
   KernelFamily family;
   const char* prefix;
@@ -71,6 +85,7 @@ struct Entry {
   int smem_bytes;
   int min_sm_major, max_sm_major;
   Status (*fits)(const FwdProblem&);
+  int64_t (*workspace)(const FwdProblem&, int device);
   FwdLaunch launch;
 };
 
@@ -84,6 +99,7 @@ struct Entry {
         9,                                \
         9,                                \
         &hopper_fits<D>,                  \
+        &hopper_workspace<D>,             \
         &hopper::launch_fwd<Tag, D>},
 #define FLASHCORE_PORTABLE_ENTRY(Tag, D) \
   Entry{KernelFamily::kPortable,         \
@@ -94,7 +110,8 @@ struct Entry {
         8,                               \
         99,                              \
         &always_fits,                    \
-        &portable::launch_fwd<Tag, D>},
+        &no_workspace,                   \
+        &portable_launch<Tag, D>},
 const Entry kFwd[] = {FLASHCORE_HOPPER_MANIFEST(FLASHCORE_HOPPER_ENTRY)
                           FLASHCORE_PORTABLE_MANIFEST(FLASHCORE_PORTABLE_ENTRY)};
 #undef FLASHCORE_HOPPER_ENTRY
@@ -152,6 +169,7 @@ KernelChoice select_fwd(const FwdProblem& f, int device) {
     c.name = std::string(e.prefix) + to_string(f.p.dtype) + ".d" + std::to_string(e.head_dim) +
              mask_suffix(f);
     c.launch = e.launch;
+    c.workspace_bytes = e.workspace(f, device);
     return c;
   }
   c.status = not_supported(reason);

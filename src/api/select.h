@@ -12,12 +12,14 @@
 
 namespace flashcore::detail {
 
-using FwdLaunch = cudaError_t (*)(const FwdParams&, cudaStream_t);
+// workspace: null or workspace_bytes of zero-filled device memory (flashcore.h).
+using FwdLaunch = cudaError_t (*)(const FwdParams&, void* workspace, cudaStream_t);
 
 struct KernelChoice {
   Status status;  // ok, or why no kernel serves the problem
   std::string name;
   FwdLaunch launch = nullptr;
+  int64_t workspace_bytes = 0;  // what launch uses when given a workspace
 };
 
 /// Picks the forward kernel for a validated problem on `device`.

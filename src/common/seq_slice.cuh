@@ -15,9 +15,11 @@ struct SeqSlice {
   int q_row0, k_row0;  // token index of row 0 along the seq dim (varlen: cu_seqlens[b])
 };
 
-__device__ __forceinline__ SeqSlice seq_slice(const FwdParams& p, int b) {
+// fixed_lengths: the caller knows p has no cu_seqlens (lets the compiler drop the varlen arm).
+__device__ __forceinline__ SeqSlice seq_slice(const FwdParams& p, int b,
+                                              bool fixed_lengths = false) {
   SeqSlice s;
-  if (p.cu_seqlens_q != nullptr) {
+  if (!fixed_lengths && p.cu_seqlens_q != nullptr) {
     const int q0 = p.cu_seqlens_q[b], k0 = p.cu_seqlens_k[b];
     // The host cannot check device-resident cu_seqlens without a sync: clamp each length to
     // [0, max] so a bad list can never address memory outside [cu[b], cu[b] + max).

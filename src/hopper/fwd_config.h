@@ -19,6 +19,15 @@ namespace flashcore::hopper {
 #ifndef FLASHCORE_HOPPER_POLY_EVERY
 #define FLASHCORE_HOPPER_POLY_EVERY 0
 #endif
+// Split tail (tile_scheduler.h): taken when a CTA's share of the tail, plus this many blocks of
+// time for its extra tile boundary, the partial write and the merge, is at most a whole
+// tile's blocks. 4 keeps D128 1k (share 4.1 of 8 blocks) whole: split, it lost 1-2 %
+// (perf-notes H26). Overridable for tuning builds only.
+#ifndef FLASHCORE_HOPPER_SPLIT_OVERHEAD
+#define FLASHCORE_HOPPER_SPLIT_OVERHEAD 4
+#endif
+constexpr int kSplitOverheadBlocks = FLASHCORE_HOPPER_SPLIT_OVERHEAD;
+
 struct SoftmaxKnobs {
   static constexpr float kMaxSlack = FLASHCORE_HOPPER_MAX_SLACK;
   static constexpr int kPolyEvery = FLASHCORE_HOPPER_POLY_EVERY;
@@ -38,6 +47,10 @@ template <int D, bool kShort = false>
 struct FwdTileRow;
 struct RowDefaults {
   static constexpr int kStagesLocal = 0;  // > 0: K and V depth under causal/window masks
+  // Whether unmasked problems may split their last round of tiles (tile_scheduler.h). Only
+  // D128 so far: with the split path compiled in, the D64 and D256 consumers spill 1 and 7
+  // registers around it (outside the hot loops, but the build allows no spill).
+  static constexpr bool kSplitTail = false;
 };
 template <int D>
 constexpr bool kHasShortRow = false;
@@ -76,7 +89,7 @@ struct FwdTileRow<64> : RowDefaults {
 #define FLASHCORE_HOPPER_SHORT_STAGES_LOCAL 6
 #endif
 template <>
-struct FwdTileRow<64, true> {
+struct FwdTileRow<64, true> : RowDefaults {
   static constexpr int kConsumers = 4, kBlockN = 64, kStagesK = FLASHCORE_HOPPER_SHORT_STAGES,
                        kStagesV = FLASHCORE_HOPPER_SHORT_STAGES,
                        kStagesLocal = FLASHCORE_HOPPER_SHORT_STAGES_LOCAL;
@@ -98,7 +111,7 @@ struct FwdTileRow<128> : RowDefaults {
   static constexpr int kConsumers = 2, kBlockN = FLASHCORE_HOPPER_D128_BLOCK_N,
                        kStagesK = FLASHCORE_HOPPER_D128_K_STAGES,
                        kStagesV = FLASHCORE_HOPPER_D128_V_STAGES;
-  static constexpr bool kPingPong = true;
+  static constexpr bool kPingPong = true, kSplitTail = true;
 };
 template <>
 struct FwdTileRow<256> : RowDefaults {
@@ -106,8 +119,8 @@ struct FwdTileRow<256> : RowDefaults {
   static constexpr bool kPingPong = false;
 };
 
-// kLocal: the kernel's mask is causal/window; it changes only the ring depth of a row that
-// declares kStagesLocal.
+// kLocal: the kernel's mask is causal/window; it changes the ring depth of a row that
+// declares kStagesLocal, and turns the split tail off.
 template <int D, bool kShort = false, bool kLocal = false>
 struct FwdConfig {
   using Row = FwdTileRow<D, kShort>;
@@ -120,6 +133,8 @@ struct FwdConfig {
   static constexpr int kStagesK = kLocalDepth ? Row::kStagesLocal : Row::kStagesK;
   static constexpr int kStagesV = kLocalDepth ? Row::kStagesLocal : Row::kStagesV;
   static constexpr bool kPingPong = Row::kPingPong;
+  // Only unmasked kernels split (masked ones pair their tiles instead).
+  static constexpr bool kSplitTail = Row::kSplitTail && !kLocal;
   // A warpgroup skips the key blocks none of its 64 rows sees (fwd_mainloop.cuh). Worth it
   // where one warpgroup's rows can miss a whole block of the tile's causal diagonal (D64: 192
   // rows, 128 keys); elsewhere the bookkeeping costs the D256 consumers a spill.
@@ -135,6 +150,9 @@ struct FwdConfig {
       (kEntryRegs * kThreads - kProducerRegs * 128) / kConsumerThreads / 8 * 8;
   static constexpr int kConsumerRegs = kConsumerShare > 240 ? 240 : kConsumerShare;
   static constexpr int kStrips = D / 64;  // 128-byte swizzle strips per row
+  // A split-tail piece's partial result (fwd_split.cuh): per consumer thread, its D / 2 values
+  // of O and its two rows' max and sum.
+  static constexpr int64_t kSplitSlotFloats = int64_t(kConsumers) * 128 * (D / 2 + 4);
 
   // Tiles are stored as TMA writes them: per 64-column strip, rows x 128 bytes, swizzled.
   static constexpr uint32_t kQBytes = kBlockM * D * 2;

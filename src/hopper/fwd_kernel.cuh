@@ -6,6 +6,7 @@
 
 #include "hopper/fwd_epilogue.cuh"
 #include "hopper/fwd_mainloop.cuh"
+#include "hopper/fwd_split.cuh"
 
 namespace flashcore::hopper {
 
@@ -13,6 +14,7 @@ struct FwdArgs {
   Maps maps;  // first: CUtensorMap is 64-byte aligned
   detail::FwdParams p;
   TileScheduler sched;
+  SplitWorkspace split;  // used only when sched.split_tiles > 0
 };
 
 template <class Cfg, class Tag, class Mask>
@@ -54,31 +56,46 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) fwd_kernel(const __grid_cons
   Consumer<Cfg, Tag> c;
   uint32_t block = 0;  // K/V blocks consumed, counted as the producer loads them
   uint32_t tile_count = 0;
-  TileScheduler::Tile tile;
-  for (int u = blockIdx.x; u < a.sched.num_units(); u += gridDim.x) {
-#pragma unroll 1
-    for (int j = 0; j < a.sched.tiles_per_unit(); ++j) {
-      if (!a.sched.tile(u, j, &tile)) continue;
-      const TilePlan<Cfg, Mask> plan(a.p, tile);
-      if (!plan.has_keys()) {
-        if (plan.has_rows()) store_empty_tile(plan, a.p, cwg, tid);
-        continue;
-      }
+  // The mainloop of one tile or piece.
+  auto compute = [&](const TilePlan<Cfg, Mask>& plan, int& v_stage) {
 #pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        const detail::RowRange rr =
-            Mask::row(plan.m0 + 64 * cwg + 16 * warp + lane / 4 + 8 * r, plan.seq.sq, plan.seq.sk,
-                      a.p.window_left, a.p.window_right);
-        c.lo[r] = rr.lo;
-        c.hi[r] = rr.hi;
-      }
-      c.start_tile();
-      mbar_wait(&bar.q_full, tile_count & 1);
-      const int v_stage = consume_tile(c, plan, a.p, smem, bar, block, cwg, lane, turn);
-      store_tile(c, plan, a.p, &a.maps, smem, bar, v_stage, cwg, tid);
-      ++tile_count;
+    for (int r = 0; r < 2; ++r) {
+      const detail::RowRange rr =
+          Mask::row(plan.m0 + 64 * cwg + 16 * warp + lane / 4 + 8 * r, plan.seq.sq, plan.seq.sk,
+                    a.p.window_left, a.p.window_right);
+      c.lo[r] = rr.lo;
+      c.hi[r] = rr.hi;
     }
-  }
+    c.start_tile();
+    mbar_wait(&bar.q_full, tile_count & 1);
+    v_stage = consume_tile(c, plan, a.p, smem, bar, block, cwg, lane, turn);
+    ++tile_count;
+  };
+  for_each_tile<Cfg>(
+      a.sched,
+      [&](TileScheduler::Tile t) {
+        const TilePlan<Cfg, Mask> plan(a.p, t);
+        if (!plan.has_keys()) {
+          if (plan.has_rows()) store_empty_tile(plan, a.p, cwg, tid);
+          return;
+        }
+        int v_stage;
+        compute(plan, v_stage);
+        store_tile(c, plan, a.p, &a.maps, smem, bar, v_stage, cwg, tid);
+      },
+      [&](TileScheduler::Tile t, const TileScheduler::Piece& piece, int i) {
+        TilePlan<Cfg, Mask> plan(a.p, t, true);  // unmasked, fixed lengths: it has keys
+        plan.clip(piece);
+        int v_stage;
+        compute(plan, v_stage);
+        // The piece's tile and slot again, from what stayed live: holding the piece through
+        // the mainloop spilled the D64 and D256 consumers.
+        const int k = a.sched.tail_index(plan.b, plan.h, plan.m0 / Cfg::kBlockM);
+        if (merge_split(c, a.split, a.sched, k, a.sched.slot(blockIdx.x, i, k), cwg, tid))
+          store_tile(c, plan, a.p, &a.maps, smem, bar, v_stage, cwg, tid);
+        else if (Cfg::kOInV)
+          mbar_arrive(&bar.v_empty[v_stage]);  // no O to stage: the last V goes back now
+      });
   // The opening hand-over left one arrival on consumer 0's barrier: take it.
   if (cwg == 0) turn.take();
   // The last tile's O stores must be complete before the CTA's shared memory goes away.

@@ -29,37 +29,44 @@ cudaError_t launch_with(const FwdArgs& a, int grid, cudaStream_t stream) {
 }
 
 template <class Cfg, class Tag, class Mask>
-cudaError_t launch_cfg(const detail::FwdParams& p, cudaStream_t stream) {
+cudaError_t launch_cfg(const detail::FwdParams& p, void* workspace, cudaStream_t stream) {
   FwdArgs a{};
   // select() checked every map rule on the host; failing here means the driver refused.
   if (!encode_maps(p, detail::dtype_of<Tag>(), Cfg::kHeadDim, Cfg::kBlockM, Cfg::kBlockN, &a.maps)
            .ok())
     return cudaErrorInvalidValue;
   a.p = p;
-  const int m_blocks = (p.seqlen_q + Cfg::kBlockM - 1) / Cfg::kBlockM;
-  a.sched = {m_blocks, p.num_heads_q, p.batch, Mask::kLocal};
   int device = 0, sms = 0;
   cudaError_t err = cudaGetDevice(&device);
   if (err == cudaSuccess)
     err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
   if (err != cudaSuccess) return err;
-  const int grid = a.sched.num_units() < sms ? a.sched.num_units() : sms;
+  a.sched = make_schedule<Cfg>(p, Mask::kLocal, sms, workspace != nullptr);
+  if (a.sched.split_tiles > 0) {
+    a.split.counters = static_cast<int*>(workspace);
+    a.split.slots = reinterpret_cast<float*>(static_cast<uint8_t*>(workspace) +
+                                             split_counter_bytes(a.sched));
+  }
+  // A split tail deals its pieces to every SM, even when there are fewer tiles than SMs.
+  const int units = a.sched.num_units();
+  const int grid = a.sched.split_tiles > 0 ? a.sched.ctas : units < sms ? units : sms;
   return launch_with<Cfg, Tag, Mask>(a, grid, stream);
 }
 
 // The tile row: the head dim's short row where it applies, else its general row; either with
 // the mask the params ask for.
 template <class Tag, int kHeadDim>
-cudaError_t launch_fwd(const detail::FwdParams& p, cudaStream_t stream) {
+cudaError_t launch_fwd(const detail::FwdParams& p, void* ws, cudaStream_t stream) {
   const bool local = p.window_left >= 0 || p.window_right >= 0;
   if constexpr (kHasShortRow<kHeadDim>) {
     if (uses_short_row<kHeadDim>(local, p.seqlen_q))
-      return local
-                 ? launch_cfg<FwdConfig<kHeadDim, true, true>, Tag, detail::LocalMask>(p, stream)
-                 : launch_cfg<FwdConfig<kHeadDim, true>, Tag, detail::NoMask>(p, stream);
+      return local ? launch_cfg<FwdConfig<kHeadDim, true, true>, Tag, detail::LocalMask>(p, ws,
+                                                                                         stream)
+                   : launch_cfg<FwdConfig<kHeadDim, true>, Tag, detail::NoMask>(p, ws, stream);
   }
-  return local ? launch_cfg<FwdConfig<kHeadDim, false, true>, Tag, detail::LocalMask>(p, stream)
-               : launch_cfg<FwdConfig<kHeadDim>, Tag, detail::NoMask>(p, stream);
+  return local
+             ? launch_cfg<FwdConfig<kHeadDim, false, true>, Tag, detail::LocalMask>(p, ws, stream)
+             : launch_cfg<FwdConfig<kHeadDim>, Tag, detail::NoMask>(p, ws, stream);
 }
 
 }  // namespace flashcore::hopper

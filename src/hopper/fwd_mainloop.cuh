@@ -74,41 +74,42 @@ __device__ void produce(const detail::FwdParams& p, const Maps* maps, const Tile
   uint32_t block = 0;  // K/V blocks loaded so far
   uint32_t tile_count = 0;
   const bool varlen = p.cu_seqlens_q != nullptr;
-  TileScheduler::Tile tile;
-  for (int u = blockIdx.x; u < sched.num_units(); u += gridDim.x) {
-#pragma unroll 1
-    for (int j = 0; j < sched.tiles_per_unit(); ++j) {
-      if (!sched.tile(u, j, &tile)) continue;
-      const TilePlan<Cfg, Mask> plan(p, tile);
-      if (!plan.has_keys()) continue;
-      const int bc = varlen ? 0 : plan.b;  // varlen maps are one packed "batch"
-      const int hk = plan.h / p.group;
-      int krow = plan.seq.k_row0 + plan.n_end * kBN;
-      for (int n = plan.n_end - 1; n >= plan.n_begin; --n, ++block) {
-        krow -= kBN;
-        const Slot<Cfg::kStagesK> ks(block);
-        load_tile<Cfg>(smem + Cfg::kKOff + ks.stage * Cfg::kKVBytes, Cfg::kKVStrip, Cfg::kKVBytes,
-                       &maps->k, hk, krow, bc, &bar.k_empty[ks.stage], ks.parity ^ 1,
-                       &bar.k_full[ks.stage]);
-        // The previous tile released Q (q_empty) after its last QK^T or its epilogue.
-        if (n == plan.n_end - 1) {
-          load_tile<Cfg>(smem + Cfg::kQOff, Cfg::kQStrip, Cfg::kQBytes, &maps->q, plan.h,
-                         plan.seq.q_row0 + plan.m0, bc, &bar.q_empty, (tile_count & 1) ^ 1,
-                         &bar.q_full);
-        } else {  // V of the block above
-          const Slot<Cfg::kStagesV> vs(block - 1);
-          load_tile<Cfg>(smem + Cfg::kVOff + vs.stage * Cfg::kKVBytes, Cfg::kKVStrip,
-                         Cfg::kKVBytes, &maps->v, hk, krow + kBN, bc, &bar.v_empty[vs.stage],
-                         vs.parity ^ 1, &bar.v_full[vs.stage]);
-        }
+  auto load = [&](const TilePlan<Cfg, Mask>& plan) {
+    if (!plan.has_keys()) return;
+    const int bc = varlen ? 0 : plan.b;  // varlen maps are one packed "batch"
+    const int hk = plan.h / p.group;
+    int krow = plan.seq.k_row0 + plan.n_end * kBN;
+    for (int n = plan.n_end - 1; n >= plan.n_begin; --n, ++block) {
+      krow -= kBN;
+      const Slot<Cfg::kStagesK> ks(block);
+      load_tile<Cfg>(smem + Cfg::kKOff + ks.stage * Cfg::kKVBytes, Cfg::kKVStrip, Cfg::kKVBytes,
+                     &maps->k, hk, krow, bc, &bar.k_empty[ks.stage], ks.parity ^ 1,
+                     &bar.k_full[ks.stage]);
+      // The previous tile released Q (q_empty) after its last QK^T or its epilogue.
+      if (n == plan.n_end - 1) {
+        load_tile<Cfg>(smem + Cfg::kQOff, Cfg::kQStrip, Cfg::kQBytes, &maps->q, plan.h,
+                       plan.seq.q_row0 + plan.m0, bc, &bar.q_empty, (tile_count & 1) ^ 1,
+                       &bar.q_full);
+      } else {  // V of the block above
+        const Slot<Cfg::kStagesV> vs(block - 1);
+        load_tile<Cfg>(smem + Cfg::kVOff + vs.stage * Cfg::kKVBytes, Cfg::kKVStrip,
+                       Cfg::kKVBytes, &maps->v, hk, krow + kBN, bc, &bar.v_empty[vs.stage],
+                       vs.parity ^ 1, &bar.v_full[vs.stage]);
       }
-      const Slot<Cfg::kStagesV> vs(block - 1);
-      load_tile<Cfg>(smem + Cfg::kVOff + vs.stage * Cfg::kKVBytes, Cfg::kKVStrip, Cfg::kKVBytes,
-                     &maps->v, hk, krow, bc, &bar.v_empty[vs.stage], vs.parity ^ 1,
-                     &bar.v_full[vs.stage]);
-      ++tile_count;
     }
-  }
+    const Slot<Cfg::kStagesV> vs(block - 1);
+    load_tile<Cfg>(smem + Cfg::kVOff + vs.stage * Cfg::kKVBytes, Cfg::kKVStrip, Cfg::kKVBytes,
+                   &maps->v, hk, krow, bc, &bar.v_empty[vs.stage], vs.parity ^ 1,
+                   &bar.v_full[vs.stage]);
+    ++tile_count;
+  };
+  for_each_tile<Cfg>(
+      sched, [&](TileScheduler::Tile t) { load(TilePlan<Cfg, Mask>(p, t)); },
+      [&](TileScheduler::Tile t, const TileScheduler::Piece& piece, int) {
+        TilePlan<Cfg, Mask> plan(p, t, true);
+        plan.clip(piece);
+        load(plan);
+      });
 }
 
 template <class Tag>

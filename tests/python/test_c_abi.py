@@ -72,6 +72,7 @@ def test_matches_numpy(fc, causal, backend):
     o = np.full(shape_q, 0x7FC0, dtype=np.uint16)  # NaN: unwritten outputs fail
     a = args_for(q, k, v, o, causal, backend)
     assert fc.kernel(a) == "reference"
+    assert fc.workspace_size(a) == 0  # the CPU reference takes no workspace
     fc.run(a, None)
     want = reference(*(from_bf16(t).astype(np.float64) for t in (q, k, v)), causal)
     got = from_bf16(o)

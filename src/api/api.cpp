@@ -9,7 +9,9 @@
 #include "api/validate.h"
 #include "common/fwd_params.h"
 #include "common/fwd_problem.h"
+#include "common/kv_problem.h"
 #include "flashcore/flashcore.h"
+#include "flashcore/kvcache.h"
 #include "reference/reference.h"
 
 namespace flashcore {
@@ -142,6 +144,71 @@ Status run(const AttentionParams& params, void* workspace, void* stream) {
     return {StatusCode::kCudaError,
             std::string("kernel launch failed: ") + cudaGetErrorString(err)};
   return {};
+}
+
+namespace {
+
+// Every pointer of a KV-cache call: all host memory for the reference, all on the call's device
+// for the CUDA backend.
+struct KvPointers {
+  NamedPtr ptrs[12];
+};
+KvPointers kv_pointers(const KvCacheParams& p) {
+  return {{{"q", p.q},
+           {"o", p.o},
+           {"lse", p.lse},
+           {"k_cache", p.k_cache},
+           {"v_cache", p.v_cache},
+           {"block_table", p.block_table},
+           {"cache_seqlens", p.cache_seqlens},
+           {"k_new", p.k_new},
+           {"v_new", p.v_new},
+           {"error_flag", p.error_flag},
+           {"rotary.cos", p.rotary.cos},
+           {"rotary.sin", p.rotary.sin}}};
+}
+
+Plan decide_kv(const KvCacheParams& p) {
+  Plan plan;
+  plan.status = detail::validate_kv_args(p);
+  if (!plan.status.ok()) return plan;
+  const int ndev = detail::device_count();
+  Backend backend = p.backend;
+  if (backend == Backend::kAuto)
+    backend = (ndev > 0 && p.q && detail::memory_kind(p.q) == detail::MemoryKind::kDevice)
+                  ? Backend::kCuda
+                  : Backend::kReference;
+  plan.backend = backend;
+  const KvPointers kp = kv_pointers(p);
+  if (backend == Backend::kReference) {
+    for (const NamedPtr& np : kp.ptrs)
+      if (np.ptr && detail::memory_kind(np.ptr) == detail::MemoryKind::kDevice) {
+        plan.status = invalid(std::string(np.name) +
+                              ": is device memory, but the CPU reference backend needs host memory");
+        return plan;
+      }
+    plan.kernel = "reference";
+    return plan;
+  }
+  plan.status = {StatusCode::kNotSupported,
+                 "backend: no CUDA kernel for KV-cache attention yet; Backend::kReference runs it "
+                 "on host memory"};
+  return plan;
+}
+
+}  // namespace
+
+Plan query(const KvCacheParams& params) { return decide_kv(params); }
+
+int64_t workspace_size(const KvCacheParams& params) {
+  const Plan plan = decide_kv(params);
+  return plan.status.ok() ? plan.workspace_bytes : 0;
+}
+
+Status run(const KvCacheParams& params, void*, void*) {
+  const Plan plan = decide_kv(params);
+  if (!plan.status.ok()) return plan.status;
+  return ref::kvcache(detail::resolve(params));
 }
 
 int cuda_device_count() { return detail::device_count(); }

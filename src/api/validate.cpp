@@ -46,17 +46,16 @@ Status check_tensor(const char* name, const void* ptr, const Strides& s, bool ne
 
 // Writes to o must not alias each other, or threads race on the same element. With the dims
 // of size > 1 sorted by stride, each stride must reach past everything nested inside it.
-Status check_output_disjoint(const AttentionParams& p, bool varlen) {
+Status check_output_disjoint(const Strides& s, int64_t heads, int64_t seqlen, int64_t batch,
+                             int64_t head_dim) {
   struct Dim {
     int64_t size, stride;
     const char* name;
-  } dims[3] = {{p.num_heads_q, p.o_strides.head, "head"},
-               {p.seqlen_q, p.o_strides.seq, "seq"},
-               {varlen ? 1 : p.batch, p.o_strides.batch, "batch"}};
+  } dims[3] = {{heads, s.head, "head"}, {seqlen, s.seq, "seq"}, {batch, s.batch, "batch"}};
   for (int i = 0; i < 3; ++i)  // insertion sort by stride, three elements
     for (int j = i; j > 0 && dims[j].stride < dims[j - 1].stride; --j)
       std::swap(dims[j], dims[j - 1]);
-  int64_t extent = p.head_dim;
+  int64_t extent = head_dim;
   for (const Dim& d : dims) {
     if (d.size <= 1) continue;
     if (d.stride < extent)
@@ -67,43 +66,66 @@ Status check_output_disjoint(const AttentionParams& p, bool varlen) {
   return {};
 }
 
+// The rules both entry points share: enums, head counts, head dim, scale, windows, device.
+struct Common {
+  DType dtype;
+  Backend backend;
+  KernelFamily family;
+  int64_t num_heads_q, num_heads_kv, head_dim;
+  float softmax_scale;
+  int64_t window_left, window_right;
+  int device;
+};
+Status check_common(const Common& c) {
+  if (c.dtype != DType::kFloat16 && c.dtype != DType::kBFloat16)
+    return invalid("dtype: must be kFloat16 or kBFloat16 (got " + str(static_cast<int>(c.dtype)) +
+                   ")");
+  if (c.backend != Backend::kAuto && c.backend != Backend::kReference &&
+      c.backend != Backend::kCuda)
+    return invalid("backend: unknown value " + str(static_cast<int>(c.backend)));
+  if (c.family != KernelFamily::kAuto && c.family != KernelFamily::kHopper &&
+      c.family != KernelFamily::kPortable)
+    return invalid("family: unknown value " + str(static_cast<int>(c.family)));
+  if (c.num_heads_q < 1)
+    return invalid("num_heads_q: must be >= 1 (got " + str(c.num_heads_q) + ")");
+  if (c.num_heads_kv < 1)
+    return invalid("num_heads_kv: must be >= 1 (got " + str(c.num_heads_kv) + ")");
+  if (c.num_heads_q % c.num_heads_kv != 0)
+    return invalid("num_heads_q: must be a multiple of num_heads_kv (got " + str(c.num_heads_q) +
+                   " and " + str(c.num_heads_kv) + ")");
+  if (c.head_dim != 64 && c.head_dim != 128 && c.head_dim != 256)
+    return invalid("head_dim: must be 64, 128 or 256 (got " + str(c.head_dim) + ")");
+  if (!std::isfinite(c.softmax_scale) || c.softmax_scale < 0.0f)
+    return invalid(
+        "softmax_scale: must be finite and >= 0, where 0 selects 1/sqrt(head_dim) (got " +
+        str(c.softmax_scale) + ")");
+  if (c.window_left < -1)
+    return invalid("window_left: must be >= -1, where -1 means unbounded (got " +
+                   str(c.window_left) + ")");
+  if (c.window_right < -1)
+    return invalid("window_right: must be >= -1, where -1 means unbounded (got " +
+                   str(c.window_right) + ")");
+  if (c.device < -1) return invalid("device: must be >= -1 (got " + str(c.device) + ")");
+  return {};
+}
+
+Status check_aligned4(const char* name, const void* ptr) {
+  if (reinterpret_cast<uintptr_t>(ptr) & 3u)
+    return invalid(std::string(name) + ": pointer must be 4-byte aligned");
+  return {};
+}
+
 }  // namespace
 
 Status validate_args(const AttentionParams& p) {
-  if (p.dtype != DType::kFloat16 && p.dtype != DType::kBFloat16)
-    return invalid("dtype: must be kFloat16 or kBFloat16 (got " + str(static_cast<int>(p.dtype)) +
-                   ")");
-  if (p.backend != Backend::kAuto && p.backend != Backend::kReference &&
-      p.backend != Backend::kCuda)
-    return invalid("backend: unknown value " + str(static_cast<int>(p.backend)));
-  if (p.family != KernelFamily::kAuto && p.family != KernelFamily::kHopper &&
-      p.family != KernelFamily::kPortable)
-    return invalid("family: unknown value " + str(static_cast<int>(p.family)));
+  Status s = check_common({p.dtype, p.backend, p.family, p.num_heads_q, p.num_heads_kv,
+                           p.head_dim, p.softmax_scale, p.window_left, p.window_right, p.device});
+  if (!s.ok()) return s;
   if (p.batch < 0) return invalid("batch: must be >= 0 (got " + str(p.batch) + ")");
   if (p.seqlen_q < 0) return invalid("seqlen_q: must be >= 0 (got " + str(p.seqlen_q) + ")");
   if (p.seqlen_k < 0) return invalid("seqlen_k: must be >= 0 (got " + str(p.seqlen_k) + ")");
   if (p.seqlen_q > INT32_MAX || p.seqlen_k > INT32_MAX)
     return invalid("seqlen_q/seqlen_k: must be < 2^31");
-  if (p.num_heads_q < 1)
-    return invalid("num_heads_q: must be >= 1 (got " + str(p.num_heads_q) + ")");
-  if (p.num_heads_kv < 1)
-    return invalid("num_heads_kv: must be >= 1 (got " + str(p.num_heads_kv) + ")");
-  if (p.num_heads_q % p.num_heads_kv != 0)
-    return invalid("num_heads_q: must be a multiple of num_heads_kv (got " + str(p.num_heads_q) +
-                   " and " + str(p.num_heads_kv) + ")");
-  if (p.head_dim != 64 && p.head_dim != 128 && p.head_dim != 256)
-    return invalid("head_dim: must be 64, 128 or 256 (got " + str(p.head_dim) + ")");
-  if (!std::isfinite(p.softmax_scale) || p.softmax_scale < 0.0f)
-    return invalid(
-        "softmax_scale: must be finite and >= 0, where 0 selects 1/sqrt(head_dim) (got " +
-        str(p.softmax_scale) + ")");
-  if (p.window_left < -1)
-    return invalid("window_left: must be >= -1, where -1 means unbounded (got " +
-                   str(p.window_left) + ")");
-  if (p.window_right < -1)
-    return invalid("window_right: must be >= -1, where -1 means unbounded (got " +
-                   str(p.window_right) + ")");
-  if (p.device < -1) return invalid("device: must be >= -1 (got " + str(p.device) + ")");
 
   const bool varlen_q = p.cu_seqlens_q != nullptr;
   const bool varlen_k = p.cu_seqlens_k != nullptr;
@@ -125,12 +147,14 @@ Status validate_args(const AttentionParams& p) {
   // A tensor with no elements may be null; otherwise it must exist.
   const bool any_q = p.batch > 0 && p.seqlen_q > 0;
   const bool any_k = p.batch > 0 && p.seqlen_k > 0;
-  Status s;
   if (!(s = check_tensor("q", p.q, p.q_strides, any_q, varlen_q)).ok()) return s;
   if (!(s = check_tensor("k", p.k, p.k_strides, any_k, varlen_q)).ok()) return s;
   if (!(s = check_tensor("v", p.v, p.v_strides, any_k, varlen_q)).ok()) return s;
   if (!(s = check_tensor("o", p.o, p.o_strides, any_q, varlen_q)).ok()) return s;
-  if (any_q && !(s = check_output_disjoint(p, varlen_q)).ok()) return s;
+  if (any_q && !(s = check_output_disjoint(p.o_strides, p.num_heads_q, p.seqlen_q,
+                                           varlen_q ? 1 : p.batch, p.head_dim))
+                    .ok())
+    return s;
   if (p.lse != nullptr && (reinterpret_cast<uintptr_t>(p.lse) & 3u))
     return invalid("lse: pointer must be 4-byte aligned");
   return {};
@@ -165,6 +189,88 @@ Status validate_cu_seqlens_host(const AttentionParams& p) {
     if (l.total > 0 && l.cu[p.batch] > l.total)
       return invalid(std::string(l.name) + ": last entry " + str(l.cu[p.batch]) + " exceeds " +
                      l.total_name + " = " + str(l.total));
+  return {};
+}
+
+}  // namespace flashcore::detail
+
+namespace flashcore::detail {
+
+Status validate_kv_args(const KvCacheParams& p) {
+  Status s = check_common({p.dtype, p.backend, p.family, p.num_heads_q, p.num_heads_kv,
+                           p.head_dim, p.softmax_scale, p.window_left, p.window_right, p.device});
+  if (!s.ok()) return s;
+  if (p.batch < 0) return invalid("batch: must be >= 0 (got " + str(p.batch) + ")");
+  if (p.seqlen_q < 0) return invalid("seqlen_q: must be >= 0 (got " + str(p.seqlen_q) + ")");
+  if (p.seqlen_q > INT32_MAX) return invalid("seqlen_q: must be < 2^31");
+
+  const bool paged = p.block_table != nullptr;
+  if (paged) {
+    if (p.cache_capacity != 0)
+      return invalid("cache_capacity: contiguous caches only; a paged cache holds "
+                     "max_pages_per_seq * page_size rows (got " + str(p.cache_capacity) + ")");
+    if (p.page_size < 1) return invalid("page_size: must be >= 1 (got " + str(p.page_size) + ")");
+    if (p.num_pages < 1) return invalid("num_pages: must be >= 1 (got " + str(p.num_pages) + ")");
+    if (p.max_pages_per_seq < 1)
+      return invalid("max_pages_per_seq: must be >= 1 (got " + str(p.max_pages_per_seq) + ")");
+    if (p.block_table_stride < p.max_pages_per_seq)
+      return invalid("block_table_stride: must be >= max_pages_per_seq (got " +
+                     str(p.block_table_stride) + " < " + str(p.max_pages_per_seq) + ")");
+    if (p.max_pages_per_seq * p.page_size > INT32_MAX || p.num_pages > INT32_MAX)
+      return invalid("max_pages_per_seq * page_size and num_pages: must be < 2^31");
+    if (!(s = check_aligned4("block_table", p.block_table)).ok()) return s;
+  } else {
+    if (p.page_size != 0 || p.num_pages != 0 || p.max_pages_per_seq != 0 ||
+        p.block_table_stride != 0)
+      return invalid("page_size/num_pages/max_pages_per_seq/block_table_stride: only meaningful "
+                     "with block_table; must be 0");
+    if (p.cache_capacity < 0 || p.cache_capacity > INT32_MAX)
+      return invalid("cache_capacity: must be in [0, 2^31) (got " + str(p.cache_capacity) + ")");
+  }
+
+  const bool append = p.k_new != nullptr;
+  if (append != (p.v_new != nullptr))
+    return invalid(std::string(append ? "v_new" : "k_new") +
+                   ": k_new and v_new must be given together");
+  if (p.error_flag == nullptr)
+    return invalid("error_flag: must not be null (cache overflows are reported through it)");
+  if (!(s = check_aligned4("error_flag", p.error_flag)).ok()) return s;
+
+  const bool any = p.batch > 0;
+  const bool any_q = any && p.seqlen_q > 0;
+  if (any && p.cache_seqlens == nullptr) return invalid("cache_seqlens: must not be null");
+  if (any && !(s = check_aligned4("cache_seqlens", p.cache_seqlens)).ok()) return s;
+  if (!(s = check_tensor("q", p.q, p.q_strides, any_q, false)).ok()) return s;
+  if (!(s = check_tensor("o", p.o, p.o_strides, any_q, false)).ok()) return s;
+  if (!(s = check_tensor("k_cache", p.k_cache, p.k_cache_strides, any, false)).ok()) return s;
+  if (!(s = check_tensor("v_cache", p.v_cache, p.v_cache_strides, any, false)).ok()) return s;
+  if (append) {
+    if (!(s = check_tensor("k_new", p.k_new, p.k_new_strides, any_q, false)).ok()) return s;
+    if (!(s = check_tensor("v_new", p.v_new, p.v_new_strides, any_q, false)).ok()) return s;
+  }
+  if (any_q &&
+      !(s = check_output_disjoint(p.o_strides, p.num_heads_q, p.seqlen_q, p.batch, p.head_dim))
+           .ok())
+    return s;
+  if (p.lse != nullptr && !(s = check_aligned4("lse", p.lse)).ok()) return s;
+
+  const Rotary& r = p.rotary;
+  if (r.rotary_dim == 0) {
+    if (r.cos != nullptr || r.sin != nullptr || r.max_position != 0)
+      return invalid("rotary.cos/sin/max_position: given, but rotary.rotary_dim is 0");
+  } else {
+    if (r.rotary_dim < 0 || r.rotary_dim % 2 != 0 || r.rotary_dim > p.head_dim)
+      return invalid("rotary.rotary_dim: must be even and in [0, head_dim] (got " +
+                     str(r.rotary_dim) + ")");
+    if (r.cos == nullptr || r.sin == nullptr)
+      return invalid(std::string(r.cos == nullptr ? "rotary.cos" : "rotary.sin") +
+                     ": must not be null when rotary.rotary_dim > 0");
+    if (r.max_position < 1 || r.max_position > INT32_MAX)
+      return invalid("rotary.max_position: must be in [1, 2^31) (got " + str(r.max_position) +
+                     ")");
+    if ((reinterpret_cast<uintptr_t>(r.cos) | reinterpret_cast<uintptr_t>(r.sin)) & 1u)
+      return invalid("rotary.cos/sin: pointers must be 2-byte aligned");
+  }
   return {};
 }
 

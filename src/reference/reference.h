@@ -3,6 +3,7 @@
 #pragma once
 
 #include "common/fwd_problem.h"
+#include "common/kv_problem.h"
 #include "flashcore/flashcore.h"
 
 namespace flashcore::ref {
@@ -18,5 +19,11 @@ struct Options {
 /// Computes o (and lse when given) for an already validated problem whose tensors are in host
 /// memory. cu_seqlens, when present, are host arrays.
 Status forward(const detail::FwdProblem& f, const Options& opt = {});
+
+/// The KV-cache call on host memory (kvcache.h): checks each entry's cache_seqlens, block
+/// table and rotary positions (OR-ing KvCacheError bits into *error_flag and poisoning that
+/// entry's output), rotates q and k_new, appends k_new/v_new to the cache, then runs forward()
+/// over each entry's cache rows as one packed variable-length problem.
+Status kvcache(const detail::KvProblem& f, const Options& opt = {});
 
 }  // namespace flashcore::ref

@@ -97,8 +97,9 @@ Plan query(const KvCacheParams& params);
 /// Bytes of device workspace run() needs (split-KV partial results); 0 when none.
 int64_t workspace_size(const KvCacheParams& params);
 
-/// Runs attention against the cache; writes k_new/v_new into it first. workspace: as
-/// workspace_size says (null when it says 0).
+/// Runs attention against the cache; writes k_new/v_new into it first. workspace is optional:
+/// null, or workspace_size(params) bytes of zero-filled device memory (each call leaves it so;
+/// one buffer per stream), which lets a short batch split the cache over all SMs.
 Status run(const KvCacheParams& params, void* workspace = nullptr, void* stream = nullptr);
 
 }  // namespace flashcore

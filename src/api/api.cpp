@@ -168,10 +168,17 @@ KvPointers kv_pointers(const KvCacheParams& p) {
            {"rotary.sin", p.rotary.sin}}};
 }
 
-Plan decide_kv(const KvCacheParams& p) {
+struct KvDecision {
   Plan plan;
+  int device = -1;
+  detail::KvKernelChoice choice;
+};
+
+KvDecision decide_kv(const KvCacheParams& p) {
+  KvDecision d;
+  Plan& plan = d.plan;
   plan.status = detail::validate_kv_args(p);
-  if (!plan.status.ok()) return plan;
+  if (!plan.status.ok()) return d;
   const int ndev = detail::device_count();
   Backend backend = p.backend;
   if (backend == Backend::kAuto)
@@ -185,30 +192,77 @@ Plan decide_kv(const KvCacheParams& p) {
       if (np.ptr && detail::memory_kind(np.ptr) == detail::MemoryKind::kDevice) {
         plan.status = invalid(std::string(np.name) +
                               ": is device memory, but the CPU reference backend needs host memory");
-        return plan;
+        return d;
       }
     plan.kernel = "reference";
-    return plan;
+    return d;
   }
-  plan.status = {StatusCode::kNotSupported,
-                 "backend: no CUDA kernel for KV-cache attention yet; Backend::kReference runs it "
-                 "on host memory"};
-  return plan;
+  if (ndev == 0) {
+    plan.status = {StatusCode::kNotSupported,
+                   "backend: kCuda requested, but no CUDA device is present"};
+    return d;
+  }
+  d.device = p.device >= 0 ? p.device
+                           : (p.q ? detail::pointer_device(p.q) : detail::current_device());
+  if (d.device < 0) d.device = detail::current_device();
+  if (d.device >= ndev) {
+    plan.status = invalid("device: " + std::to_string(d.device) + " is not a CUDA device (" +
+                          std::to_string(ndev) + " present)");
+    return d;
+  }
+  for (const NamedPtr& np : kp.ptrs) {
+    if (!np.ptr) continue;
+    const int dev = detail::pointer_device(np.ptr);
+    if (dev < 0) {
+      plan.status = invalid(std::string(np.name) + ": must be device memory on the CUDA backend");
+      return d;
+    }
+    if (dev != d.device) {
+      plan.status = invalid(std::string(np.name) + ": lives on device " + std::to_string(dev) +
+                            ", but the call runs on device " + std::to_string(d.device));
+      return d;
+    }
+  }
+  d.choice = detail::select_kv(detail::resolve(p), d.device);
+  plan.status = d.choice.status;
+  plan.kernel = d.choice.name;
+  plan.workspace_bytes = d.choice.plan.workspace_bytes;
+  return d;
 }
 
 }  // namespace
 
-Plan query(const KvCacheParams& params) { return decide_kv(params); }
+Plan query(const KvCacheParams& params) { return decide_kv(params).plan; }
 
 int64_t workspace_size(const KvCacheParams& params) {
-  const Plan plan = decide_kv(params);
+  const Plan plan = query(params);
   return plan.status.ok() ? plan.workspace_bytes : 0;
 }
 
-Status run(const KvCacheParams& params, void*, void*) {
-  const Plan plan = decide_kv(params);
-  if (!plan.status.ok()) return plan.status;
-  return ref::kvcache(detail::resolve(params));
+Status run(const KvCacheParams& params, void* workspace, void* stream) {
+  KvDecision d = decide_kv(params);
+  if (!d.plan.status.ok()) return d.plan.status;
+  const detail::KvProblem f = detail::resolve(params);
+  if (d.plan.backend == Backend::kReference) return ref::kvcache(f);
+  if (params.batch == 0) return {};
+  decode::DecodePlan plan = d.choice.plan;
+  if (plan.workspace_bytes > 0 && workspace == nullptr) {  // no workspace: run unsplit
+    plan.splits = 1;
+    plan.counter_bytes = plan.workspace_bytes = 0;
+  }
+  if (workspace != nullptr && plan.workspace_bytes > 0 &&
+      detail::pointer_device(workspace) != d.device)
+    return invalid("workspace: must be device memory on device " + std::to_string(d.device));
+  int prev = -1;
+  if (cudaGetDevice(&prev) != cudaSuccess) prev = -1;
+  if (prev != d.device && cudaSetDevice(d.device) != cudaSuccess)
+    return {StatusCode::kCudaError, "cudaSetDevice(" + std::to_string(d.device) + ") failed"};
+  const cudaError_t err = d.choice.launch(decode::make_decode_params(f, plan, workspace),
+                                          static_cast<cudaStream_t>(stream));
+  if (prev >= 0 && prev != d.device) cudaSetDevice(prev);
+  if (err != cudaSuccess)
+    return {StatusCode::kCudaError, std::string("kernel launch failed: ") + cudaGetErrorString(err)};
+  return {};
 }
 
 int cuda_device_count() { return detail::device_count(); }

@@ -12,6 +12,7 @@
 #include "hopper/tensor_map.h"
 #include "portable/fwd_config.h"
 #include "portable/fwd_launch.h"
+#include "decode/decode_launch.h"
 
 namespace flashcore::detail {
 namespace {
@@ -123,7 +124,57 @@ std::string mask_suffix(const FwdProblem& f) {
   return ".local";
 }
 
+struct KvEntry {
+  DType dtype;
+  int head_dim;
+  KvLaunch launch;
+};
+#define FLASHCORE_DECODE_ENTRY(Tag, D) KvEntry{dtype_of<Tag>(), D, &decode::launch_decode<Tag, D>},
+const KvEntry kKv[] = {FLASHCORE_PORTABLE_MANIFEST(FLASHCORE_DECODE_ENTRY)};
+#undef FLASHCORE_DECODE_ENTRY
+
 }  // namespace
+
+KvKernelChoice select_kv(const KvProblem& f, int device) {
+  KvKernelChoice c;
+  const int major = device_sm_major(device);
+  if (major < 8) {
+    c.status = not_supported("device: compute capability " + std::to_string(major) +
+                             ".x; the CUDA kernels need sm80 or newer");
+    return c;
+  }
+  if (f.p.family == KernelFamily::kHopper) {
+    c.status = not_supported("family: no Hopper KV-cache kernel yet; the portable one runs on sm_90");
+    return c;
+  }
+  if (f.p.batch > 65535 || f.p.num_heads_kv * ((f.group * f.p.seqlen_q + decode::kRows - 1) /
+                                                decode::kRows) > 65535) {
+    c.status = not_supported("batch/num_heads_kv/seqlen_q: grid over the CUDA limits (65535)");
+    return c;
+  }
+  int smem_optin = 0, sms = 0;
+  cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  for (const KvEntry& e : kKv) {
+    if (e.dtype != f.p.dtype || e.head_dim != f.p.head_dim) continue;
+    if (decode::smem_bytes(e.head_dim) > smem_optin) {
+      c.status = not_supported("head_dim: " + std::to_string(e.head_dim) + " needs " +
+                               std::to_string(decode::smem_bytes(e.head_dim)) +
+                               " bytes of shared memory, device offers " +
+                               std::to_string(smem_optin));
+      return c;
+    }
+    c.name = std::string("portable.decode.") + to_string(f.p.dtype) + ".d" +
+             std::to_string(e.head_dim);
+    c.launch = e.launch;
+    c.plan = decode::plan_decode(f, sms);
+    return c;
+  }
+  c.status = not_supported(std::string("dtype/head_dim: no KV-cache kernel compiled for ") +
+                           to_string(f.p.dtype) + " with head_dim " +
+                           std::to_string(f.p.head_dim));
+  return c;
+}
 
 KernelChoice select_fwd(const FwdProblem& f, int device) {
   KernelChoice c;

@@ -8,6 +8,8 @@
 
 #include "common/fwd_params.h"
 #include "common/fwd_problem.h"
+#include "common/kv_problem.h"
+#include "decode/decode_params.h"
 #include "flashcore/flashcore.h"
 
 namespace flashcore::detail {
@@ -24,5 +26,17 @@ struct KernelChoice {
 
 /// Picks the forward kernel for a validated problem on `device`.
 KernelChoice select_fwd(const FwdProblem& f, int device);
+
+using KvLaunch = cudaError_t (*)(const decode::DecodeParams&, cudaStream_t);
+
+struct KvKernelChoice {
+  Status status;
+  std::string name;
+  KvLaunch launch = nullptr;
+  decode::DecodePlan plan;  // with a workspace; without one the call runs unsplit
+};
+
+/// Picks the KV-cache kernel for a validated problem on `device`.
+KvKernelChoice select_kv(const KvProblem& f, int device);
 
 }  // namespace flashcore::detail

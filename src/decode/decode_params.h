@@ -1,0 +1,126 @@
+// Device-side parameters of the KV-cache (decode) kernel and the host's launch plan: a POD
+// passed by value, built once on the host from a validated KvProblem (docs/decode-design.md).
+#pragma once
+
+#include <cstdint>
+
+#include "common/kv_problem.h"
+
+namespace flashcore::decode {
+
+constexpr int kRows = 16;     // query rows (GQA-packed: row = i * group + head in group) a CTA
+constexpr int kBlockN = 32;   // keys per block: one per lane
+constexpr int kThreads = 128; // four warps, four rows each
+
+struct DecodeParams {
+  const void* q;
+  void* o;
+  float* lse;
+  int64_t q_b, q_s, q_h, o_b, o_s, o_h;
+  void* k_cache;
+  void* v_cache;
+  int64_t kc_b, kc_s, kc_h, vc_b, vc_s, vc_h;  // paged: b = page, s = slot in page
+  const int32_t* block_table;
+  int64_t bt_stride;
+  int32_t num_pages, page_size, capacity;
+  const int32_t* cache_seqlens;
+  const void* k_new;
+  const void* v_new;
+  int64_t kn_b, kn_s, kn_h, vn_b, vn_s, vn_h;
+  int32_t* error_flag;
+  int32_t batch, seqlen_q, num_heads_kv, group, head_dim;
+  int32_t window_left, window_right;  // -1: unbounded; causal is window_right = 0
+  float scale_log2;
+  const void* rot_cos;
+  const void* rot_sin;
+  int32_t rotary_dim, max_position;
+  bool interleaved, paged, append, masked;
+  int32_t rows, chunks, splits;  // rows = group * seqlen_q; chunks of kRows; key splits
+  int32_t* counters;             // [batch * num_heads_kv * chunks], zero between calls
+  float* partials;               // [units * splits][kRows][head_dim + 2]
+};
+
+// How a problem is cut: row chunks per kv head, and key splits chosen from what the host knows
+// (batch, heads, capacity, SMs), never from cache_seqlens, so a captured graph stays valid.
+// Workspace: the counters, in an area sized by the device alone (splits > 1 only when there are
+// fewer than 2 * sms units), so a buffer reused across problems never has another problem's
+// partials where this one counts; then the partials.
+struct DecodePlan {
+  int32_t chunks = 1, splits = 1;
+  int64_t counter_bytes = 0, workspace_bytes = 0;
+};
+
+inline DecodePlan plan_decode(const detail::KvProblem& f, int sms) {
+  DecodePlan pl;
+  const int64_t rows = f.p.num_heads_q / f.p.num_heads_kv * f.p.seqlen_q;
+  pl.chunks = static_cast<int32_t>(rows > 0 ? (rows + kRows - 1) / kRows : 1);
+  const int64_t units = f.p.batch * f.p.num_heads_kv * pl.chunks;
+  // About two waves of CTAs, each split at least four key blocks of the capacity.
+  const int64_t by_sms = units > 0 ? (2 * int64_t(sms) + units - 1) / units : 1;
+  const int64_t by_len = (f.capacity + 4 * kBlockN - 1) / (4 * kBlockN);
+  int64_t splits = by_sms < by_len ? by_sms : by_len;
+  if (splits > 128) splits = 128;
+  pl.splits = static_cast<int32_t>(splits < 1 ? 1 : splits);
+  if (pl.splits > 1) {
+    pl.counter_bytes = (2 * int64_t(sms) * 4 + 255) / 256 * 256;
+    pl.workspace_bytes = pl.counter_bytes +
+                         units * pl.splits * kRows * (f.p.head_dim + 2) * int64_t(sizeof(float));
+  }
+  return pl;
+}
+
+inline DecodeParams make_decode_params(const detail::KvProblem& f, const DecodePlan& pl,
+                                       void* workspace) {
+  const KvCacheParams& p = f.p;
+  DecodeParams d{};
+  d.q = p.q;
+  d.o = p.o;
+  d.lse = p.lse;
+  d.q_b = p.q_strides.batch, d.q_s = p.q_strides.seq, d.q_h = p.q_strides.head;
+  d.o_b = p.o_strides.batch, d.o_s = p.o_strides.seq, d.o_h = p.o_strides.head;
+  d.k_cache = p.k_cache;
+  d.v_cache = p.v_cache;
+  d.kc_b = p.k_cache_strides.batch, d.kc_s = p.k_cache_strides.seq, d.kc_h = p.k_cache_strides.head;
+  d.vc_b = p.v_cache_strides.batch, d.vc_s = p.v_cache_strides.seq, d.vc_h = p.v_cache_strides.head;
+  d.block_table = p.block_table;
+  d.bt_stride = p.block_table_stride;
+  d.num_pages = static_cast<int32_t>(p.num_pages);
+  d.page_size = static_cast<int32_t>(p.page_size);
+  d.capacity = static_cast<int32_t>(f.capacity);
+  d.cache_seqlens = p.cache_seqlens;
+  d.k_new = p.k_new;
+  d.v_new = p.v_new;
+  d.kn_b = p.k_new_strides.batch, d.kn_s = p.k_new_strides.seq, d.kn_h = p.k_new_strides.head;
+  d.vn_b = p.v_new_strides.batch, d.vn_s = p.v_new_strides.seq, d.vn_h = p.v_new_strides.head;
+  d.error_flag = p.error_flag;
+  d.batch = static_cast<int32_t>(p.batch);
+  d.seqlen_q = static_cast<int32_t>(p.seqlen_q);
+  d.num_heads_kv = static_cast<int32_t>(p.num_heads_kv);
+  d.group = static_cast<int32_t>(f.group);
+  d.head_dim = static_cast<int32_t>(p.head_dim);
+  auto clamp_window = [&](int64_t w) {
+    return w < 0 ? -1 : static_cast<int32_t>(w > f.capacity + p.seqlen_q ? f.capacity + p.seqlen_q : w);
+  };
+  d.window_left = clamp_window(f.window_left);
+  d.window_right = clamp_window(f.window_right);
+  d.scale_log2 = f.scale * 1.4426950408889634f;
+  d.rot_cos = p.rotary.cos;
+  d.rot_sin = p.rotary.sin;
+  d.rotary_dim = static_cast<int32_t>(p.rotary.rotary_dim);
+  d.max_position = static_cast<int32_t>(p.rotary.max_position);
+  d.interleaved = p.rotary.interleaved;
+  d.paged = f.paged;
+  d.append = f.append;
+  d.masked = f.has_mask();
+  d.rows = static_cast<int32_t>(f.group * p.seqlen_q);
+  d.chunks = pl.chunks;
+  d.splits = pl.splits;
+  if (pl.splits > 1) {
+    d.counters = static_cast<int32_t*>(workspace);
+    d.partials =
+        reinterpret_cast<float*>(static_cast<uint8_t*>(workspace) + pl.counter_bytes);
+  }
+  return d;
+}
+
+}  // namespace flashcore::decode

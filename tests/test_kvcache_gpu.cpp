@@ -1,0 +1,254 @@
+// KV-cache attention on the GPU (label gpu) against the CPU reference on the same inputs: output
+// (poisoned first), LSE, the cache after the append, and the error flag. Cache rows past
+// cache_seqlens hold NaN, so a kernel that reads them fails. Skips without a GPU.
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "kv_util.h"
+#include "test_util.h"
+
+namespace flashcore::test {
+namespace {
+
+template <class T>
+struct Dev {
+  T* ptr = nullptr;
+  size_t n = 0;
+  explicit Dev(const std::vector<T>& h) : n(h.size()) {
+    if (n == 0) return;
+    if (cudaMalloc(&ptr, n * sizeof(T)) != cudaSuccess) ptr = nullptr;
+    if (ptr) cudaMemcpy(ptr, h.data(), n * sizeof(T), cudaMemcpyHostToDevice);
+  }
+  ~Dev() { cudaFree(ptr); }
+  Dev(const Dev&) = delete;
+  Dev& operator=(const Dev&) = delete;
+  void to_host(std::vector<T>& h) const {
+    if (ptr) cudaMemcpy(h.data(), ptr, n * sizeof(T), cudaMemcpyDeviceToHost);
+  }
+};
+
+// The same problem on the device: every buffer copied, params pointing at the copies.
+struct KvDevice {
+  Dev<uint16_t> q, o, kc, vc, kn, vn, cos, sin;
+  Dev<float> lse;
+  Dev<int32_t> seqlens, table, flag;
+  KvCacheParams p;
+  explicit KvDevice(const KvHost& h)
+      : q(h.q), o(h.o), kc(h.k_cache), vc(h.v_cache), kn(h.k_new), vn(h.v_new), cos(h.cos),
+        sin(h.sin), lse(h.lse), seqlens(h.seqlens), table(h.block_table),
+        flag(std::vector<int32_t>{0}) {
+    p = h.p;
+    auto shift = [](auto* dev, const auto* host_ptr, const auto* host_base) {
+      return host_ptr == nullptr ? nullptr : dev + (host_ptr - host_base);
+    };
+    p.q = shift(q.ptr, static_cast<const uint16_t*>(h.p.q), h.q.data());
+    p.o = shift(o.ptr, static_cast<const uint16_t*>(h.p.o), h.o.data());
+    p.lse = shift(lse.ptr, h.p.lse, h.lse.data());
+    p.k_cache = shift(kc.ptr, static_cast<const uint16_t*>(h.p.k_cache), h.k_cache.data());
+    p.v_cache = shift(vc.ptr, static_cast<const uint16_t*>(h.p.v_cache), h.v_cache.data());
+    p.k_new = shift(kn.ptr, static_cast<const uint16_t*>(h.p.k_new), h.k_new.data());
+    p.v_new = shift(vn.ptr, static_cast<const uint16_t*>(h.p.v_new), h.v_new.data());
+    p.block_table = shift(table.ptr, h.p.block_table, h.block_table.data());
+    p.cache_seqlens = seqlens.ptr;
+    p.error_flag = flag.ptr;
+    p.rotary.cos = shift(cos.ptr, static_cast<const uint16_t*>(h.p.rotary.cos), h.cos.data());
+    p.rotary.sin = shift(sin.ptr, static_cast<const uint16_t*>(h.p.rotary.sin), h.sin.data());
+    p.backend = Backend::kCuda;
+  }
+};
+
+struct Workspace {
+  void* ptr = nullptr;
+  explicit Workspace(int64_t bytes) {
+    if (bytes > 0 && cudaMalloc(&ptr, size_t(bytes)) == cudaSuccess) cudaMemset(ptr, 0, size_t(bytes));
+  }
+  ~Workspace() { cudaFree(ptr); }
+};
+
+// Runs spec on the GPU and on the reference; compares everything the call writes.
+void expect_gpu_matches_reference(const KvSpec& s, uint64_t seed, bool with_workspace = true) {
+  KvHost ref(s, seed), gpu(s, seed);
+  ref.p.backend = Backend::kReference;
+  ASSERT_TRUE(run(ref.p).ok());
+  KvDevice dev(gpu);
+  const Plan plan = query(dev.p);
+  ASSERT_TRUE(plan.status.ok()) << plan.status.message;
+  EXPECT_EQ(plan.kernel.rfind("portable.decode.", 0), 0u) << plan.kernel;
+  Workspace ws(with_workspace ? plan.workspace_bytes : 0);
+  const Status st = run(dev.p, ws.ptr, nullptr);
+  ASSERT_TRUE(st.ok()) << st.message;
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  dev.o.to_host(gpu.o);
+  dev.lse.to_host(gpu.lse);
+  dev.kc.to_host(gpu.k_cache);
+  dev.vc.to_host(gpu.v_cache);
+  std::vector<int32_t> flag(1);
+  dev.flag.to_host(flag);
+  EXPECT_EQ(flag[0], ref.flag);
+
+  double worst = 0, worst_lse = 0;
+  int64_t bad = 0;
+  for (size_t i = 0; i < ref.o.size(); ++i) {
+    const double a = fd::to_float(s.dtype, gpu.o[i]), b = fd::to_float(s.dtype, ref.o[i]);
+    if (std::isnan(b)) {
+      bad += !std::isnan(a);
+      continue;
+    }
+    const double err = std::fabs(a - b), tol = 2 * ulp(s.dtype, b) + 5e-4;
+    worst = std::max(worst, err);
+    bad += !(err <= tol);  // NaN fails
+  }
+  for (size_t i = 0; i < ref.lse.size(); ++i) {
+    const double a = gpu.lse[i], b = ref.lse[i];
+    if (std::isnan(b) || std::isinf(b)) {
+      bad += !(std::isnan(b) ? std::isnan(a) : a == b);
+      continue;
+    }
+    worst_lse = std::max(worst_lse, std::fabs(a - b));
+    bad += !(std::fabs(a - b) <= 1e-3);
+  }
+  EXPECT_EQ(bad, 0) << "max |O err| " << worst << ", max |LSE err| " << worst_lse;
+  EXPECT_EQ(ref.v_cache, gpu.v_cache) << "v cache after the append";
+  int64_t k_off = 0;  // rotated keys: fp32 on the GPU, float64 in the reference: 1 ulp apart
+  for (size_t i = 0; i < ref.k_cache.size(); ++i) {
+    if (ref.k_cache[i] == gpu.k_cache[i]) continue;
+    const double a = fd::to_float(s.dtype, gpu.k_cache[i]), b = fd::to_float(s.dtype, ref.k_cache[i]);
+    k_off += !(s.rotary_dim > 0 && std::fabs(a - b) <= ulp(s.dtype, b));
+  }
+  EXPECT_EQ(k_off, 0) << "k cache after the append";
+}
+
+bool gpu_present() { return cuda_device_count() > 0; }
+#define SKIP_WITHOUT_GPU() \
+  if (!gpu_present()) GTEST_SKIP() << "no CUDA device (driver or GPU missing)"
+
+std::string spec_name(const KvSpec& s) {
+  std::ostringstream os;
+  os << (s.dtype == DType::kBFloat16 ? "bf16" : "fp16") << "_b" << s.batch << "_h" << s.hq << "x"
+     << s.hkv << "_d" << s.d << "_sq" << s.seqlen_q << "_len" << s.lens[0] << "_page"
+     << s.page_size << (s.causal ? "_causal" : "") << (s.rotary_dim ? "_rope" : "")
+     << (s.interleaved ? "i" : "") << (s.append ? "" : "_noappend");
+  return os.str();
+}
+
+// Issue 4's grid, sampled: every value of every axis appears, cycling the others.
+std::vector<KvSpec> grid() {
+  std::vector<KvSpec> out;
+  const int64_t batches[] = {1, 3, 64};
+  const int64_t heads[][2] = {{32, 8}, {32, 32}, {64, 8}, {8, 1}};
+  const int lens[] = {1, 7, 1000, 4096, 65536};
+  const int64_t pages[] = {0, 16, 64, 256};
+  const int64_t sqs[] = {1, 4, 17};
+  int n = 0;
+  for (int len : lens)
+    for (int64_t sq : sqs)
+      for (bool causal : {true, false}) {
+        KvSpec s;
+        s.batch = len >= 4096 ? 1 : batches[n % 3];
+        s.hq = heads[n % 4][0];
+        s.hkv = heads[n % 4][1];
+        if (len == 65536) s.hq = 32, s.hkv = 8;
+        s.d = n % 5 == 4 ? 64 : 128;
+        s.dtype = n % 2 ? DType::kFloat16 : DType::kBFloat16;
+        s.seqlen_q = sq;
+        s.causal = causal;
+        s.append = n % 7 != 6;
+        s.page_size = pages[n % 4];
+        s.rotary_dim = n % 3 == 1 ? s.d : n % 3 == 2 ? s.d / 2 : 0;
+        s.interleaved = n % 2 == 0;
+        s.max_position = len + sq + 8;
+        s.lens.assign(s.batch, 0);
+        for (int64_t b = 0; b < s.batch; ++b) s.lens[b] = b == 0 ? len : (len * (b + 1)) % (len + 1);
+        s.capacity = len + sq + (n % 2 ? 0 : 19);
+        out.push_back(s);
+        ++n;
+      }
+  return out;
+}
+
+class KvGrid : public ::testing::TestWithParam<KvSpec> {};
+TEST_P(KvGrid, MatchesReference) {
+  SKIP_WITHOUT_GPU();
+  expect_gpu_matches_reference(GetParam(), 17);
+}
+INSTANTIATE_TEST_SUITE_P(Kv, KvGrid, ::testing::ValuesIn(grid()),
+                         [](const auto& info) { return spec_name(info.param); });
+
+TEST(KvGpu, WithoutWorkspaceRunsUnsplit) {
+  SKIP_WITHOUT_GPU();
+  KvSpec s;
+  s.batch = 1;
+  s.lens = {3000};
+  s.capacity = 4096;
+  expect_gpu_matches_reference(s, 3, /*with_workspace=*/false);
+}
+
+TEST(KvGpu, BadEntriesAreFlaggedLikeTheReference) {
+  SKIP_WITHOUT_GPU();
+  KvSpec s;
+  s.seqlen_q = 4;
+  s.lens = {5, 29, 17};  // entry 1: 29 + 4 > 32
+  s.capacity = 32;
+  expect_gpu_matches_reference(s, 4);
+  s.lens = {5, -3, 17};
+  expect_gpu_matches_reference(s, 4);
+  s.lens = {5, 11, 5};
+  s.rotary_dim = 64;
+  s.max_position = 14;
+  expect_gpu_matches_reference(s, 4);
+}
+
+// Captured once, replayed while cache_seqlens grows by one token per step, as a decode loop
+// does; each replay must match the reference run on the same state.
+TEST(KvGpu, GraphReplaysWhileCacheSeqlensChange) {
+  SKIP_WITHOUT_GPU();
+  KvSpec s;
+  s.batch = 2;
+  s.hq = 32;
+  s.hkv = 8;
+  s.d = 128;
+  s.lens = {1000, 37};
+  s.capacity = 1100;
+  s.page_size = 16;
+  KvHost ref(s, 30), gpu(s, 30);
+  KvDevice dev(gpu);
+  const Plan plan = query(dev.p);
+  ASSERT_TRUE(plan.status.ok()) << plan.status.message;
+  Workspace ws(plan.workspace_bytes);
+  cudaStream_t stream;
+  ASSERT_EQ(cudaStreamCreate(&stream), cudaSuccess);
+  cudaGraph_t graph;
+  ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal), cudaSuccess);
+  const Status st = run(dev.p, ws.ptr, stream);
+  ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
+  ASSERT_TRUE(st.ok()) << st.message;
+  cudaGraphExec_t exec;
+  ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
+  ref.p.backend = Backend::kReference;
+  for (int step = 0; step < 3; ++step) {
+    ASSERT_TRUE(run(ref.p).ok());
+    ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
+    ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+    dev.o.to_host(gpu.o);
+    int64_t bad = 0;
+    for (size_t i = 0; i < ref.o.size(); ++i) {
+      const double a = fd::to_float(s.dtype, gpu.o[i]), b = fd::to_float(s.dtype, ref.o[i]);
+      bad += !(std::fabs(a - b) <= 2 * ulp(s.dtype, b) + 5e-4);
+    }
+    EXPECT_EQ(bad, 0) << "step " << step;
+    for (auto& n : ref.seqlens) ++n;  // the next token: one longer cache, same graph
+    ASSERT_EQ(cudaMemcpy(dev.seqlens.ptr, ref.seqlens.data(), ref.seqlens.size() * 4,
+                         cudaMemcpyHostToDevice),
+              cudaSuccess);
+  }
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  cudaStreamDestroy(stream);
+}
+
+}  // namespace
+}  // namespace flashcore::test

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "bench_common.h"
+#include "decode_bench.h"
 #include "bench_verify.h"
 #include "flashcore/flashcore.h"
 
@@ -35,7 +36,7 @@ using namespace flashcore::bench;
 
 const char kUsage[] =
     "usage: flashcore-bench [--b N] [--hq N] [--hkv N] [--sq N] [--sk N] [--d 64|128|256]\n"
-    "  [--dtype bf16|fp16] [--causal] [--window L,R] [--varlen] [--grid prefill]\n"
+    "  [--dtype bf16|fp16] [--causal] [--window L,R] [--varlen] [--grid prefill|decode]\n"
     "  [--filter SUBSTR] [--verify] [--warmup N] [--iters N] [--backend auto|cuda|reference]\n"
     "  [--family auto|hopper|portable] [--json PATH] [--cpu]\n"
     "Default shape: b=1 hq=hkv=4 sq=sk=256 d=64 bf16. --grid prefill runs the ANCHORS grid\n"
@@ -44,7 +45,7 @@ const char kUsage[] =
 
 struct Options {
   Case shape;
-  bool grid = false, verify = false, cpu = false;
+  bool grid = false, verify = false, cpu = false, decode = false;
   std::string filter, json;
   int warmup = -1, iters = -1;
   Backend backend = Backend::kAuto;
@@ -96,7 +97,9 @@ Options parse_args(int argc, char** argv) {
     } else if (a == "--dtype") {
       c.dtype = choose<DType>(a, value(), {{"bf16", DType::kBFloat16}, {"fp16", DType::kFloat16}});
     } else if (a == "--grid") {
-      o.grid = choose<bool>(a, value(), {{"prefill", true}});
+      const std::string g = value();
+      o.decode = g == "decode";
+      o.grid = choose<bool>(a, g, {{"prefill", true}, {"decode", true}});
     } else if (a == "--backend") {
       o.backend = choose<Backend>(
           a, value(),
@@ -335,6 +338,23 @@ int bench_main(int argc, char** argv) {
                 e == cudaSuccess ? "ok" : cudaGetErrorString(e), ndev);
   }
   const bool on_cpu = !gpu || o.cpu || o.backend == Backend::kReference;
+  if (o.decode) {  // KV-cache rows, CUDA-graph timed (decode_bench.h)
+    if (on_cpu) {
+      std::printf("--grid decode times the CUDA kernels under graph replay: it needs a GPU\n");
+      return 0;
+    }
+    int dev = 0;
+    cudaDeviceProp prop{};
+    BENCH_CUDA(cudaGetDevice(&dev));
+    BENCH_CUDA(cudaGetDeviceProperties(&prop, dev));
+    cudaStream_t stream = nullptr;
+    BENCH_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    std::printf("flashcore-bench %s (git %s) on %s: decode, B x 32/8 heads, D128, bf16\n",
+                FLASHCORE_VERSION, git_revision().c_str(), prop.name);
+    const int rc = run_decode_grid(stream, prop);
+    BENCH_CUDA(cudaStreamDestroy(stream));
+    return rc;
+  }
   if (o.warmup < 0) o.warmup = on_cpu ? 1 : 10;
   if (o.iters < 0) o.iters = on_cpu ? 5 : 50;
 

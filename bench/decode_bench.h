@@ -1,0 +1,133 @@
+// flashcore-bench --grid decode: the ANCHORS decode rows (one query token, GQA 32/8, D128, bf16,
+// contiguous cache) timed as ANCHORS times them: 20 calls captured in a CUDA graph, caches
+// rotated over a ring larger than twice the L2 so every call reads from HBM, µs = replay / 20
+// (median of 20 replays). TB/s counts the K and V bytes the call must read.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "bench_common.h"
+#include "flashcore/kvcache.h"
+
+namespace flashcore::bench {
+
+inline void cuda_check(cudaError_t err, const char* what) {
+  if (err != cudaSuccess)
+    throw std::runtime_error(std::string(what) + " failed: " + cudaGetErrorString(err));
+}
+#define DECODE_CUDA(expr) cuda_check((expr), #expr)
+
+inline int run_decode_grid(cudaStream_t stream, const cudaDeviceProp& prop) {
+  struct Row {
+    const char* name;
+    int64_t b, len;
+  };
+  const Row rows[] = {{"decode_b1_1k", 1, 1024},
+                      {"decode_b1_4k", 1, 4096},
+                      {"decode_b1_16k", 1, 16384},
+                      {"decode_b1_64k", 1, 65536},
+                      {"decode_b16_4k", 16, 4096}};
+  constexpr int64_t kHq = 32, kHkv = 8, kD = 128, kCalls = 20, kReplays = 20;
+  std::printf("%-16s %10s %8s %8s  %s\n", "name", "median us", "TB/s", "sets", "kernel");
+  int failed = 0;
+  for (const Row& r : rows) {
+    const size_t cache_elems = size_t(r.b) * r.len * kHkv * kD;
+    const size_t set_bytes = 2 * cache_elems * 2;
+    size_t free_b = 0, total_b = 0;
+    DECODE_CUDA(cudaMemGetInfo(&free_b, &total_b));
+    const size_t want = std::max<size_t>(2, 2 * size_t(prop.l2CacheSize) / set_bytes + 1);
+    const size_t nsets = std::min<size_t>({want, size_t(0.8 * free_b) / set_bytes, 64});
+    std::vector<void*> bufs;
+    auto alloc = [&](size_t bytes) {
+      void* p = nullptr;
+      DECODE_CUDA(cudaMalloc(&p, bytes));
+      bufs.push_back(p);
+      return p;
+    };
+    void* q = alloc(r.b * kHq * kD * 2);
+    void* o = alloc(r.b * kHq * kD * 2);
+    auto* seqlens = static_cast<int32_t*>(alloc(r.b * 4));
+    auto* flag = static_cast<int32_t*>(alloc(4));
+    DECODE_CUDA(cudaMemset(q, 0x3c, r.b * kHq * kD * 2));  // bf16 0x3c3c, about 0.0115
+    DECODE_CUDA(cudaMemset(flag, 0, 4));
+    std::vector<int32_t> lens(r.b, static_cast<int32_t>(r.len));
+    DECODE_CUDA(cudaMemcpy(seqlens, lens.data(), r.b * 4, cudaMemcpyHostToDevice));
+    std::vector<KvCacheParams> ps;
+    for (size_t s = 0; s < nsets; ++s) {
+      KvCacheParams p;
+      p.q = q;
+      p.o = o;
+      p.q_strides = p.o_strides = {kHq * kD, kHq * kD, kD};
+      p.k_cache = alloc(cache_elems * 2);
+      p.v_cache = alloc(cache_elems * 2);
+      DECODE_CUDA(cudaMemset(p.k_cache, 0x3c, cache_elems * 2));
+      DECODE_CUDA(cudaMemset(p.v_cache, 0x3c, cache_elems * 2));
+      p.k_cache_strides = p.v_cache_strides = {r.len * kHkv * kD, kHkv * kD, kD};
+      p.cache_capacity = r.len;
+      p.cache_seqlens = seqlens;
+      p.error_flag = flag;
+      p.dtype = DType::kBFloat16;
+      p.batch = r.b;
+      p.seqlen_q = 1;
+      p.num_heads_q = kHq;
+      p.num_heads_kv = kHkv;
+      p.head_dim = kD;
+      p.backend = Backend::kCuda;
+      ps.push_back(p);
+    }
+    const Plan plan = query(ps[0]);
+    if (!plan.status.ok()) {
+      std::printf("%-16s %s\n", r.name, plan.status.message.c_str());
+      ++failed;
+      for (void* p : bufs) cudaFree(p);
+      continue;
+    }
+    void* ws = plan.workspace_bytes > 0 ? alloc(plan.workspace_bytes) : nullptr;
+    if (ws) DECODE_CUDA(cudaMemset(ws, 0, plan.workspace_bytes));
+    for (int i = 0; i < 3; ++i) run(ps[i % nsets], ws, stream);
+    cudaGraph_t graph;
+    cudaGraphExec_t exec;
+    DECODE_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+    Status st;
+    for (int64_t i = 0; i < kCalls && st.ok(); ++i) st = run(ps[i % nsets], ws, stream);
+    DECODE_CUDA(cudaStreamEndCapture(stream, &graph));
+    DECODE_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+    cudaEvent_t e0, e1;
+    DECODE_CUDA(cudaEventCreate(&e0));
+    DECODE_CUDA(cudaEventCreate(&e1));
+    std::vector<double> us;
+    for (int64_t rep = 0; rep < kReplays + 3; ++rep) {
+      DECODE_CUDA(cudaEventRecord(e0, stream));
+      DECODE_CUDA(cudaGraphLaunch(exec, stream));
+      DECODE_CUDA(cudaEventRecord(e1, stream));
+      DECODE_CUDA(cudaEventSynchronize(e1));
+      float ms = 0;
+      DECODE_CUDA(cudaEventElapsedTime(&ms, e0, e1));
+      if (rep >= 3) us.push_back(1e3 * ms / kCalls);
+    }
+    std::sort(us.begin(), us.end());
+    const double med = us[us.size() / 2];
+    int32_t flag_h = 0;
+    DECODE_CUDA(cudaMemcpy(&flag_h, flag, 4, cudaMemcpyDeviceToHost));
+    std::printf("%-16s %10.2f %8.2f %8zu  %s%s%s\n", r.name, med, set_bytes / med / 1e6, nsets,
+                plan.kernel.c_str(), st.ok() ? "" : "  error: ", st.message.c_str());
+    failed += !st.ok() || flag_h != 0;
+    cudaGraphExecDestroy(exec);
+    cudaGraphDestroy(graph);
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    for (void* p : bufs) cudaFree(p);
+  }
+  return failed ? 1 : 0;
+}
+
+#undef DECODE_CUDA
+
+}  // namespace flashcore::bench

@@ -30,6 +30,7 @@ struct KvSpec {
   bool append = true;
   int64_t page_size = 0;  // 0: contiguous
   bool causal = true;
+  int64_t wl = -1, wr = -1;  // sliding window (kvcache.h), -1: unbounded
   int64_t rotary_dim = 0;
   bool interleaved = false;
   int64_t max_position = 64;
@@ -134,6 +135,8 @@ struct KvHost {
     p.num_heads_kv = s.hkv;
     p.head_dim = d;
     p.causal = s.causal;
+    p.window_left = s.wl;
+    p.window_right = s.wr;
     if (s.rotary_dim > 0) {
       p.rotary = {cos.data(), sin.data(), s.rotary_dim, s.max_position, s.interleaved};
     }
@@ -168,7 +171,7 @@ inline std::vector<uint16_t> rotated(const KvHost& kh, const uint16_t* row, int6
 inline void expect_entry_matches_forward(const KvHost& before, const KvHost& after, int64_t b) {
   const KvSpec& s = before.spec;
   const int64_t len = s.lens[b], sk = len + (s.append ? s.seqlen_q : 0), d = s.d;
-  const bool masked = s.causal;
+  const bool masked = s.causal || s.wl >= 0 || s.wr >= 0;
   std::vector<uint16_t> q(s.seqlen_q * s.hq * d), k(sk * s.hkv * d), v(k.size());
   for (int64_t i = 0; i < s.seqlen_q; ++i)
     for (int64_t h = 0; h < s.hq; ++h) {
@@ -213,6 +216,8 @@ inline void expect_entry_matches_forward(const KvHost& before, const KvHost& aft
   fp.num_heads_kv = s.hkv;
   fp.head_dim = d;
   fp.causal = s.causal;
+  fp.window_left = s.wl;
+  fp.window_right = s.wr;
   ASSERT_TRUE(ref::forward(fd::resolve(fp)).ok());
   for (int64_t i = 0; i < s.seqlen_q; ++i)
     for (int64_t h = 0; h < s.hq; ++h) {

@@ -10,6 +10,7 @@
 #include <tuple>
 #include <vector>
 
+#include "decode/decode_params.h"
 #include "flashcore/flashcore.h"
 #include "hopper/fwd_launch.h"
 #include "hopper/smem_desc.h"
@@ -206,14 +207,21 @@ TEST(TileScheduler, SplitTailPiecesTileEveryTailTileOnce) {
   }
 }
 
-// One workspace serves problems of every shape on a device: the counter area (which must stay
-// zero between calls) does not move with the problem, so no problem's slots overlap it.
-TEST(TileScheduler, SplitCounterAreaDependsOnTheDeviceOnly) {
-  TileScheduler few{64, 1, 1, false}, many{200, 1, 1, false};
-  few.split_tiles = 64, few.blocks = 8, few.ctas = 132;
-  many.split_tiles = 68, many.blocks = 128, many.ctas = 132;
-  EXPECT_EQ(split_counter_bytes(few), split_counter_bytes(many));
-  EXPECT_GE(split_counter_bytes(many), int64_t(many.ctas) * 4) << "a counter per possible tile";
+// One workspace serves problems of every shape and both entry points on a device: the counter
+// area (zero between calls) is the same for the forward split tail and split decode, so no
+// call's partials overlap another's counters.
+TEST(Workspace, CounterAreaIsSharedByEveryEntryPoint) {
+  for (int sms : {108, 114, 132}) {
+    TileScheduler fwd{200, 1, 1, false};
+    fwd.split_tiles = 68, fwd.blocks = 128, fwd.ctas = sms;
+    KvCacheParams kp;
+    kp.batch = 1, kp.num_heads_q = 32, kp.num_heads_kv = 8, kp.seqlen_q = 1, kp.head_dim = 128;
+    kp.cache_capacity = 65536;
+    const decode::DecodePlan dp = decode::plan_decode(detail::resolve(kp), sms);
+    ASSERT_GT(dp.splits, 1);
+    EXPECT_EQ(split_counter_bytes(fwd), dp.counter_bytes) << sms << " SMs";
+    EXPECT_GE(dp.counter_bytes, 2 * int64_t(sms) * 4) << "a counter per possible split unit";
+  }
 }
 
 // The forward call's maps: varlen tensors become one packed batch of total rows, and a dim of

@@ -47,6 +47,37 @@ TEST(KvCache, AppendThenAttendEqualsForwardOverTheEntrysKeys) {
       }
 }
 
+TEST(KvCache, SlidingWindowsAlignBottomRight) {
+  struct W {
+    int64_t wl, wr;
+    bool causal;
+  };
+  for (const W w : {W{5, -1, true}, W{3, 2, false}, W{-1, 0, false}, W{0, 0, false}}) {
+    KvSpec s;
+    s.seqlen_q = 4;
+    s.wl = w.wl;
+    s.wr = w.wr;
+    s.causal = w.causal;
+    s.rotary_dim = 32;  // a window makes query i sit at position cache_seqlens + i
+    const KvHost before(s, 12);
+    KvHost kh(s, 12);
+    ASSERT_TRUE(run_ref(kh).ok());
+    EXPECT_EQ(kh.flag, 0);
+    for (int64_t b = 0; b < s.batch; ++b) expect_entry_matches_forward(before, kh, b);
+  }
+}
+
+TEST(KvCache, NoQueryRowsReadOrWriteNothing) {
+  KvSpec s;
+  s.seqlen_q = 0;
+  s.lens = {5, 40, 3};  // entry 1 would overflow a 32-row cache if anything were appended
+  const KvHost before(s, 13);
+  KvHost kh(s, 13);
+  ASSERT_TRUE(run_ref(kh).ok());
+  EXPECT_EQ(kh.flag, 0);
+  EXPECT_EQ(before.k_cache, kh.k_cache);
+}
+
 TEST(KvCache, DecodeWithoutAppendReadsOnlyTheCache) {
   KvSpec s;
   s.append = false;
@@ -173,6 +204,9 @@ TEST(KvCache, ArgumentRulesNameTheArgument) {
       {"rotary.cos", [](KvCacheParams& p) { p.rotary.max_position = 4; }},
       {"k_cache_strides.seq", [](KvCacheParams& p) { p.k_cache_strides.seq = 12; }},
       {"o_strides.head", [](KvCacheParams& p) { p.o_strides.head = 8; }},
+      {"k_cache_strides.head", [](KvCacheParams& p) { p.k_cache_strides.head = 0; }},
+      {"v_cache_strides.seq", [](KvCacheParams& p) { p.v_cache_strides.seq = 64; }},
+      {"seqlen_q", [](KvCacheParams& p) { p.cache_capacity = INT32_MAX; }},
   };
   for (const Rule& r : rules) {
     KvHost kh(KvSpec{}, 2);

@@ -130,7 +130,8 @@ std::string spec_name(const KvSpec& s) {
   std::ostringstream os;
   os << (s.dtype == DType::kBFloat16 ? "bf16" : "fp16") << "_b" << s.batch << "_h" << s.hq << "x"
      << s.hkv << "_d" << s.d << "_sq" << s.seqlen_q << "_len" << s.lens[0] << "_page"
-     << s.page_size << (s.causal ? "_causal" : "") << (s.rotary_dim ? "_rope" : "")
+     << s.page_size << (s.causal ? "_causal" : "") << (s.wl >= 0 ? "_window" : "")
+     << (s.rotary_dim ? "_rope" : "")
      << (s.interleaved ? "i" : "") << (s.append ? "" : "_noappend");
   return os.str();
 }
@@ -152,14 +153,15 @@ std::vector<KvSpec> grid() {
         s.hq = heads[n % 4][0];
         s.hkv = heads[n % 4][1];
         if (len == 65536) s.hq = 32, s.hkv = 8;
-        s.d = n % 5 == 4 ? 64 : 128;
-        s.dtype = n % 2 ? DType::kFloat16 : DType::kBFloat16;
+        s.d = n % 5 == 4 ? 64 : n % 5 == 2 ? 256 : 128;
+        s.dtype = (n / 2) % 2 ? DType::kFloat16 : DType::kBFloat16;  // not in step with causal
         s.seqlen_q = sq;
         s.causal = causal;
         s.append = n % 7 != 6;
-        s.page_size = pages[n % 4];
+        s.page_size = pages[(n / 3) % 4];
         s.rotary_dim = n % 3 == 1 ? s.d : n % 3 == 2 ? s.d / 2 : 0;
-        s.interleaved = n % 2 == 0;
+        s.interleaved = (n / 4) % 2 == 0;
+        if (n % 5 == 3) s.wl = 300, s.wr = causal ? -1 : 2;  // sliding windows
         s.max_position = len + sq + 8;
         s.lens.assign(s.batch, 0);
         for (int64_t b = 0; b < s.batch; ++b) s.lens[b] = b == 0 ? len : (len * (b + 1)) % (len + 1);
@@ -200,6 +202,47 @@ TEST(KvGpu, BadEntriesAreFlaggedLikeTheReference) {
   s.rotary_dim = 64;
   s.max_position = 14;
   expect_gpu_matches_reference(s, 4);
+}
+
+// A bad block-table entry in a cache long enough to split: the bad entry's splits must all stop
+// before the merge counter, the good ones merge.
+TEST(KvGpu, BadBlockTableEntryWithSplits) {
+  SKIP_WITHOUT_GPU();
+  KvSpec s;
+  s.batch = 2;
+  s.lens = {3000, 2000};
+  s.capacity = 4096;
+  s.page_size = 64;
+  KvHost ref(s, 6), gpu(s, 6);
+  ref.block_table[1 * ref.max_pages + 20] = -1;  // entry 1 needs pages 0..31
+  gpu.block_table = ref.block_table;
+  ref.rebuild();
+  gpu.rebuild();
+  ref.p.backend = Backend::kReference;
+  ASSERT_TRUE(run(ref.p).ok());
+  EXPECT_EQ(ref.flag, kKvBlockTableOutOfRange);
+  KvDevice dev(gpu);
+  const Plan plan = query(dev.p);
+  ASSERT_TRUE(plan.status.ok()) << plan.status.message;
+  ASSERT_GT(plan.workspace_bytes, 0) << "the cache should split";
+  Workspace ws(plan.workspace_bytes);
+  ASSERT_NE(ws.ptr, nullptr);
+  for (int call = 0; call < 2; ++call) {  // the second call finds the counters at zero again
+    ASSERT_TRUE(run(dev.p, ws.ptr, nullptr).ok());
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  }
+  dev.o.to_host(gpu.o);
+  std::vector<int32_t> flag(1);
+  dev.flag.to_host(flag);
+  EXPECT_EQ(flag[0], kKvBlockTableOutOfRange);
+  EXPECT_TRUE(is_nan_row(gpu, 1));
+  int64_t bad = 0;
+  const int64_t per_entry = s.seqlen_q * s.hq * s.d;
+  for (int64_t i = 0; i < per_entry; ++i) {
+    const double a = fd::to_float(s.dtype, gpu.o[i]), b = fd::to_float(s.dtype, ref.o[i]);
+    bad += !(std::fabs(a - b) <= 2 * ulp(s.dtype, b) + 5e-4);
+  }
+  EXPECT_EQ(bad, 0) << "entry 0";
 }
 
 // Captured once, replayed while cache_seqlens grows by one token per step, as a decode loop

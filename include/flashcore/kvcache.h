@@ -39,7 +39,7 @@ enum KvCacheError : int32_t {
 /// new keys have been written at rows cache_seqlens[b] .. + seqlen_q - 1. Masks are aligned
 /// bottom-right: query i sees key j iff j <= i + L_b - seqlen_q + window_right (causal:
 /// window_right = 0) and j >= i + L_b - seqlen_q - window_left, as in AttentionParams.
-/// cache_seqlens itself is not updated.
+/// cache_seqlens itself is not updated. A call with seqlen_q = 0 reads and writes nothing.
 ///
 /// Contiguous cache: k_cache/v_cache are [batch, cache_capacity, num_heads_kv, head_dim] with
 /// strides {batch, seq, head}. Paged cache (block_table non-null): they are [num_pages,
@@ -98,8 +98,10 @@ Plan query(const KvCacheParams& params);
 int64_t workspace_size(const KvCacheParams& params);
 
 /// Runs attention against the cache; writes k_new/v_new into it first. workspace is optional:
-/// null, or workspace_size(params) bytes of zero-filled device memory (each call leaves it so;
-/// one buffer per stream), which lets a short batch split the cache over all SMs.
+/// null, or workspace_size(params) bytes of device memory zero-filled before its first use,
+/// which lets a short batch split the cache over all SMs. As for flashcore::run, every call
+/// leaves the buffer's counters at zero, so one buffer serves calls of both entry points and
+/// any shape in one stream (sized for the largest).
 Status run(const KvCacheParams& params, void* workspace = nullptr, void* stream = nullptr);
 
 }  // namespace flashcore

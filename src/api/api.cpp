@@ -180,9 +180,11 @@ KvDecision decide_kv(const KvCacheParams& p) {
   plan.status = detail::validate_kv_args(p);
   if (!plan.status.ok()) return d;
   const int ndev = detail::device_count();
+  // q may be null when seqlen_q is 0; the caches then say where the call lives.
+  const void* first = p.q ? p.q : p.k_cache;
   Backend backend = p.backend;
   if (backend == Backend::kAuto)
-    backend = (ndev > 0 && p.q && detail::memory_kind(p.q) == detail::MemoryKind::kDevice)
+    backend = (ndev > 0 && first && detail::memory_kind(first) == detail::MemoryKind::kDevice)
                   ? Backend::kCuda
                   : Backend::kReference;
   plan.backend = backend;
@@ -203,7 +205,7 @@ KvDecision decide_kv(const KvCacheParams& p) {
     return d;
   }
   d.device = p.device >= 0 ? p.device
-                           : (p.q ? detail::pointer_device(p.q) : detail::current_device());
+                           : (first ? detail::pointer_device(first) : detail::current_device());
   if (d.device < 0) d.device = detail::current_device();
   if (d.device >= ndev) {
     plan.status = invalid("device: " + std::to_string(d.device) + " is not a CUDA device (" +
@@ -244,7 +246,7 @@ Status run(const KvCacheParams& params, void* workspace, void* stream) {
   if (!d.plan.status.ok()) return d.plan.status;
   const detail::KvProblem f = detail::resolve(params);
   if (d.plan.backend == Backend::kReference) return ref::kvcache(f);
-  if (params.batch == 0) return {};
+  if (params.batch == 0 || params.seqlen_q == 0) return {};  // nothing to read or write
   decode::DecodePlan plan = d.choice.plan;
   if (plan.workspace_bytes > 0 && workspace == nullptr) {  // no workspace: run unsplit
     plan.splits = 1;

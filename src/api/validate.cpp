@@ -47,7 +47,7 @@ Status check_tensor(const char* name, const void* ptr, const Strides& s, bool ne
 // Writes to o must not alias each other, or threads race on the same element. With the dims
 // of size > 1 sorted by stride, each stride must reach past everything nested inside it.
 Status check_output_disjoint(const Strides& s, int64_t heads, int64_t seqlen, int64_t batch,
-                             int64_t head_dim) {
+                             int64_t head_dim, const char* name = "o") {
   struct Dim {
     int64_t size, stride;
     const char* name;
@@ -59,8 +59,8 @@ Status check_output_disjoint(const Strides& s, int64_t heads, int64_t seqlen, in
   for (const Dim& d : dims) {
     if (d.size <= 1) continue;
     if (d.stride < extent)
-      return invalid(std::string("o_strides.") + d.name + ": " + str(d.stride) +
-                     " makes output rows overlap (need >= " + str(extent) + ")");
+      return invalid(std::string(name) + "_strides." + d.name + ": " + str(d.stride) +
+                     " makes written rows overlap (need >= " + str(extent) + ")");
     extent += d.stride * (d.size - 1);
   }
   return {};
@@ -216,7 +216,7 @@ Status validate_kv_args(const KvCacheParams& p) {
     if (p.block_table_stride < p.max_pages_per_seq)
       return invalid("block_table_stride: must be >= max_pages_per_seq (got " +
                      str(p.block_table_stride) + " < " + str(p.max_pages_per_seq) + ")");
-    if (p.max_pages_per_seq * p.page_size > INT32_MAX || p.num_pages > INT32_MAX)
+    if (p.page_size > INT32_MAX / p.max_pages_per_seq || p.num_pages > INT32_MAX)
       return invalid("max_pages_per_seq * page_size and num_pages: must be < 2^31");
     if (!(s = check_aligned4("block_table", p.block_table)).ok()) return s;
   } else {
@@ -228,6 +228,9 @@ Status validate_kv_args(const KvCacheParams& p) {
       return invalid("cache_capacity: must be in [0, 2^31) (got " + str(p.cache_capacity) + ")");
   }
 
+  const int64_t capacity = paged ? p.max_pages_per_seq * p.page_size : p.cache_capacity;
+  if (capacity + p.seqlen_q > INT32_MAX)
+    return invalid("seqlen_q: the cache's capacity plus seqlen_q must be < 2^31");
   const bool append = p.k_new != nullptr;
   if (append != (p.v_new != nullptr))
     return invalid(std::string(append ? "v_new" : "k_new") +
@@ -253,6 +256,17 @@ Status validate_kv_args(const KvCacheParams& p) {
            .ok())
     return s;
   if (p.lse != nullptr && !(s = check_aligned4("lse", p.lse)).ok()) return s;
+  // The append writes the caches: their rows must not alias either.
+  if (any && append) {
+    const int64_t outer = paged ? p.num_pages : p.batch, rows = paged ? p.page_size : capacity;
+    if (!(s = check_output_disjoint(p.k_cache_strides, p.num_heads_kv, rows, outer, p.head_dim,
+                                    "k_cache"))
+             .ok() ||
+        !(s = check_output_disjoint(p.v_cache_strides, p.num_heads_kv, rows, outer, p.head_dim,
+                                    "v_cache"))
+             .ok())
+      return s;
+  }
 
   const Rotary& r = p.rotary;
   if (r.rotary_dim == 0) {

@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "common/kv_problem.h"
+#include "common/workspace.h"
 
 namespace flashcore::decode {
 
@@ -42,9 +43,8 @@ struct DecodeParams {
 
 // How a problem is cut: row chunks per kv head, and key splits chosen from what the host knows
 // (batch, heads, capacity, SMs), never from cache_seqlens, so a captured graph stays valid.
-// Workspace: the counters, in an area sized by the device alone (splits > 1 only when there are
-// fewer than 2 * sms units), so a buffer reused across problems never has another problem's
-// partials where this one counts; then the partials.
+// Workspace: the counter area every workspace user shares (common/workspace.h; splits > 1 only
+// when there are fewer than 2 * sms units), then the partials.
 struct DecodePlan {
   int32_t chunks = 1, splits = 1;
   int64_t counter_bytes = 0, workspace_bytes = 0;
@@ -62,7 +62,7 @@ inline DecodePlan plan_decode(const detail::KvProblem& f, int sms) {
   if (splits > 128) splits = 128;
   pl.splits = static_cast<int32_t>(splits < 1 ? 1 : splits);
   if (pl.splits > 1) {
-    pl.counter_bytes = (2 * int64_t(sms) * 4 + 255) / 256 * 256;
+    pl.counter_bytes = detail::workspace_counter_bytes(sms);
     pl.workspace_bytes = pl.counter_bytes +
                          units * pl.splits * kRows * (f.p.head_dim + 2) * int64_t(sizeof(float));
   }

@@ -8,6 +8,7 @@
 #include <cuda_runtime.h>
 
 #include "common/fwd_params.h"
+#include "common/workspace.h"
 #include "hopper/fwd_config.h"
 #include "hopper/tile_scheduler.h"
 
@@ -37,11 +38,10 @@ TileScheduler make_schedule(const detail::FwdParams& p, bool local, int sms, boo
   return s;
 }
 
-// Workspace layout of a split schedule: room for one counter per SM (split_tiles < ctas), then
-// (256-byte aligned) the slots. The counter area depends on the device only, so a buffer that
-// held another problem's slots never has them where this one counts.
+// Workspace layout of a split schedule: the counter area (common/workspace.h; split_tiles <
+// ctas), then the slots.
 inline int64_t split_counter_bytes(const TileScheduler& s) {
-  return (int64_t(s.ctas) * 4 + 255) / 256 * 256;
+  return detail::workspace_counter_bytes(s.ctas);
 }
 template <class Cfg>
 int64_t split_workspace_bytes(const TileScheduler& s) {

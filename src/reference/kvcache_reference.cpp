@@ -85,6 +85,7 @@ Status kvcache(const KvProblem& f, const Options& opt) {
   const int64_t B = p.batch, sq = p.seqlen_q, hq = p.num_heads_q, hkv = p.num_heads_kv;
   const int64_t d = p.head_dim;
   const uint16_t nan = detail::from_float(p.dtype, std::numeric_limits<float>::quiet_NaN());
+  if (sq == 0) return {};  // no rows and no new keys: nothing is read or written (kvcache.h)
 
   // Checks first: an entry with an error writes nothing and gets NaN rows.
   std::vector<int64_t> len(static_cast<size_t>(B));

@@ -18,6 +18,21 @@ Status run_ref(KvHost& kh) {
   return run(kh.p);
 }
 
+// Runs s from fresh inputs (seed) on the reference, expects no error bit and every entry equal
+// to forward() over its keys; `more` checks what else the test needs on (before, after).
+template <class More>
+void expect_every_entry_matches_forward(const KvSpec& s, uint64_t seed, More&& more) {
+  const KvHost before(s, seed);
+  KvHost kh(s, seed);
+  ASSERT_TRUE(run_ref(kh).ok());
+  EXPECT_EQ(kh.flag, 0);
+  for (int64_t b = 0; b < s.batch; ++b) expect_entry_matches_forward(before, kh, b);
+  more(before, kh);
+}
+void expect_every_entry_matches_forward(const KvSpec& s, uint64_t seed) {
+  expect_every_entry_matches_forward(s, seed, [](const KvHost&, const KvHost&) {});
+}
+
 TEST(KvCache, AppendThenAttendEqualsForwardOverTheEntrysKeys) {
   for (int64_t sq : {1, 4, 17})
     for (bool causal : {true, false})
@@ -27,23 +42,20 @@ TEST(KvCache, AppendThenAttendEqualsForwardOverTheEntrysKeys) {
         s.causal = causal;
         s.d = d;
         s.capacity = 40;
-        const KvHost before(s, 3 + sq);
-        KvHost kh(s, 3 + sq);
-        ASSERT_TRUE(run_ref(kh).ok());
-        EXPECT_EQ(kh.flag, 0);
-        for (int64_t b = 0; b < s.batch; ++b) expect_entry_matches_forward(before, kh, b);
-        // The new rows landed at cache_seqlens[b] + i; nothing else in the cache changed.
-        KvHost want(s, 3 + sq);
-        for (int64_t b = 0; b < s.batch; ++b)
-          for (int64_t i = 0; i < sq; ++i)
-            for (int64_t h = 0; h < s.hkv; ++h) {
-              std::memcpy(&want.k_cache[want.cache_index(b, s.lens[b] + i, h)],
-                          &before.k_new[((b * sq + i) * s.hkv + h) * d], d * 2);
-              std::memcpy(&want.v_cache[want.cache_index(b, s.lens[b] + i, h)],
-                          &before.v_new[((b * sq + i) * s.hkv + h) * d], d * 2);
-            }
-        EXPECT_EQ(want.k_cache, kh.k_cache) << "sq " << sq;
-        EXPECT_EQ(want.v_cache, kh.v_cache) << "sq " << sq;
+        expect_every_entry_matches_forward(s, 3 + sq, [&](const KvHost& before, const KvHost& kh) {
+          // The new rows landed at cache_seqlens[b] + i; nothing else in the cache changed.
+          KvHost want(s, 3 + sq);
+          for (int64_t b = 0; b < s.batch; ++b)
+            for (int64_t i = 0; i < sq; ++i)
+              for (int64_t h = 0; h < s.hkv; ++h) {
+                std::memcpy(&want.k_cache[want.cache_index(b, s.lens[b] + i, h)],
+                            &before.k_new[((b * sq + i) * s.hkv + h) * d], d * 2);
+                std::memcpy(&want.v_cache[want.cache_index(b, s.lens[b] + i, h)],
+                            &before.v_new[((b * sq + i) * s.hkv + h) * d], d * 2);
+              }
+          EXPECT_EQ(want.k_cache, kh.k_cache) << "sq " << sq;
+          EXPECT_EQ(want.v_cache, kh.v_cache) << "sq " << sq;
+        });
       }
 }
 
@@ -59,11 +71,7 @@ TEST(KvCache, SlidingWindowsAlignBottomRight) {
     s.wr = w.wr;
     s.causal = w.causal;
     s.rotary_dim = 32;  // a window makes query i sit at position cache_seqlens + i
-    const KvHost before(s, 12);
-    KvHost kh(s, 12);
-    ASSERT_TRUE(run_ref(kh).ok());
-    EXPECT_EQ(kh.flag, 0);
-    for (int64_t b = 0; b < s.batch; ++b) expect_entry_matches_forward(before, kh, b);
+    expect_every_entry_matches_forward(s, 12);
   }
 }
 
@@ -85,13 +93,10 @@ TEST(KvCache, DecodeWithoutAppendReadsOnlyTheCache) {
   s.lens = {7, 1, 32};  // the last entry fills its capacity exactly
   s.hq = 32;
   s.hkv = 8;
-  const KvHost before(s, 9);
-  KvHost kh(s, 9);
-  ASSERT_TRUE(run_ref(kh).ok());
-  EXPECT_EQ(kh.flag, 0);
-  for (int64_t b = 0; b < s.batch; ++b) expect_entry_matches_forward(before, kh, b);
-  EXPECT_EQ(before.k_cache, kh.k_cache);
-  EXPECT_EQ(before.v_cache, kh.v_cache);
+  expect_every_entry_matches_forward(s, 9, [](const KvHost& before, const KvHost& kh) {
+    EXPECT_EQ(before.k_cache, kh.k_cache);
+    EXPECT_EQ(before.v_cache, kh.v_cache);
+  });
 }
 
 TEST(KvCache, PagedEqualsContiguousWithAShuffledBlockTable) {
@@ -101,11 +106,7 @@ TEST(KvCache, PagedEqualsContiguousWithAShuffledBlockTable) {
     s.capacity = 128;
     s.lens = {0, 70, 124};
     s.page_size = page;
-    const KvHost before(s, 21);
-    KvHost kh(s, 21);
-    ASSERT_TRUE(run_ref(kh).ok());
-    EXPECT_EQ(kh.flag, 0);
-    for (int64_t b = 0; b < s.batch; ++b) expect_entry_matches_forward(before, kh, b);
+    expect_every_entry_matches_forward(s, 21);
   }
 }
 
@@ -118,18 +119,16 @@ TEST(KvCache, RotaryFollowsTheHeaderFormulaAndPositions) {
         s.rotary_dim = rd;
         s.interleaved = interleaved;
         s.causal = causal;
-        const KvHost before(s, 5);
-        KvHost kh(s, 5);
-        ASSERT_TRUE(run_ref(kh).ok());
-        EXPECT_EQ(kh.flag, 0);
-        for (int64_t b = 0; b < s.batch; ++b) {
-          SCOPED_TRACE(::testing::Message() << "interleaved " << interleaved << " causal "
-                                            << causal << " rotary_dim " << rd);
-          expect_entry_matches_forward(before, kh, b);
-          const int64_t len = s.lens[b];
-          const std::vector<uint16_t> k0 = rotated(before, &before.k_new[b * 3 * s.hkv * s.d], len);
-          EXPECT_EQ(0, std::memcmp(&kh.k_cache[kh.cache_index(b, len, 0)], k0.data(), s.d * 2));
-        }
+        SCOPED_TRACE(::testing::Message() << "interleaved " << interleaved << " causal " << causal
+                                          << " rotary_dim " << rd);
+        expect_every_entry_matches_forward(s, 5, [&](const KvHost& before, const KvHost& kh) {
+          for (int64_t b = 0; b < s.batch; ++b) {  // the first new key, rotated, in the cache
+            const int64_t len = s.lens[b];
+            const std::vector<uint16_t> k0 =
+                rotated(before, &before.k_new[b * 3 * s.hkv * s.d], len);
+            EXPECT_EQ(0, std::memcmp(&kh.k_cache[kh.cache_index(b, len, 0)], k0.data(), s.d * 2));
+          }
+        });
       }
 }
 

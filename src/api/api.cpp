@@ -2,6 +2,7 @@
 // decision, then the work), workspace_size. run never allocates or synchronises.
 #include <cuda_runtime.h>
 
+#include <array>
 #include <string>
 
 #include "api/cuda_env.h"
@@ -25,41 +26,104 @@ struct NamedPtr {
 };
 
 // Every pointer of the call, so memory-space rules are checked for all of them alike.
-void list_pointers(const AttentionParams& p, NamedPtr (&out)[7]) {
-  out[0] = {"q", p.q};
-  out[1] = {"k", p.k};
-  out[2] = {"v", p.v};
-  out[3] = {"o", p.o};
-  out[4] = {"lse", p.lse};
-  out[5] = {"cu_seqlens_q", p.cu_seqlens_q};
-  out[6] = {"cu_seqlens_k", p.cu_seqlens_k};
+std::array<NamedPtr, 7> pointers(const AttentionParams& p) {
+  return {{{"q", p.q},
+           {"k", p.k},
+           {"v", p.v},
+           {"o", p.o},
+           {"lse", p.lse},
+           {"cu_seqlens_q", p.cu_seqlens_q},
+           {"cu_seqlens_k", p.cu_seqlens_k}}};
+}
+std::array<NamedPtr, 12> pointers(const KvCacheParams& p) {
+  return {{{"q", p.q},
+           {"o", p.o},
+           {"lse", p.lse},
+           {"k_cache", p.k_cache},
+           {"v_cache", p.v_cache},
+           {"block_table", p.block_table},
+           {"cache_seqlens", p.cache_seqlens},
+           {"k_new", p.k_new},
+           {"v_new", p.v_new},
+           {"error_flag", p.error_flag},
+           {"rotary.cos", p.rotary.cos},
+           {"rotary.sin", p.rotary.sin}}};
 }
 
-const void* first_tensor(const AttentionParams& p) {
-  return p.q ? p.q : (p.o ? p.o : (p.k ? p.k : p.v));
-}
-
-Status check_reference_memory(const AttentionParams& p) {
-  NamedPtr ptrs[7];
-  list_pointers(p, ptrs);
-  for (const NamedPtr& np : ptrs)
-    if (np.ptr && detail::memory_kind(np.ptr) == detail::MemoryKind::kDevice)
-      return invalid(std::string(np.name) +
-                     ": is device memory, but the CPU reference backend needs host memory");
-  return detail::validate_cu_seqlens_host(p);
-}
-
-Status check_cuda_memory(const AttentionParams& p, int device) {
-  NamedPtr ptrs[7];
-  list_pointers(p, ptrs);
+// Where a call runs, the same rules for every entry point: kAuto picks CUDA when `first` (the
+// call's leading tensor) is device memory of a present GPU; the reference needs every pointer
+// in host memory, CUDA every pointer on the call's device (`device`, else first's).
+struct Placement {
+  Status status;
+  Backend backend = Backend::kReference;
+  int device = -1;
+};
+template <size_t N>
+Placement place(Backend requested, int device, const void* first,
+                const std::array<NamedPtr, N>& ptrs) {
+  Placement pl;
+  const int ndev = detail::device_count();
+  pl.backend = requested;
+  if (pl.backend == Backend::kAuto)
+    pl.backend = (ndev > 0 && first && detail::memory_kind(first) == detail::MemoryKind::kDevice)
+                     ? Backend::kCuda
+                     : Backend::kReference;
+  if (pl.backend == Backend::kReference) {
+    for (const NamedPtr& np : ptrs)
+      if (np.ptr && detail::memory_kind(np.ptr) == detail::MemoryKind::kDevice) {
+        pl.status = invalid(std::string(np.name) +
+                            ": is device memory, but the CPU reference backend needs host memory");
+        return pl;
+      }
+    return pl;
+  }
+  if (ndev == 0) {
+    pl.status = {StatusCode::kNotSupported,
+                 "backend: kCuda requested, but no CUDA device is present"};
+    return pl;
+  }
+  pl.device =
+      device >= 0 ? device : (first ? detail::pointer_device(first) : detail::current_device());
+  if (pl.device < 0) pl.device = detail::current_device();
+  if (pl.device >= ndev) {
+    pl.status = invalid("device: " + std::to_string(pl.device) + " is not a CUDA device (" +
+                        std::to_string(ndev) + " present)");
+    return pl;
+  }
   for (const NamedPtr& np : ptrs) {
     if (!np.ptr) continue;
     const int d = detail::pointer_device(np.ptr);
-    if (d < 0) return invalid(std::string(np.name) + ": must be device memory on the CUDA backend");
-    if (d != device)
-      return invalid(std::string(np.name) + ": lives on device " + std::to_string(d) +
-                     ", but the call runs on device " + std::to_string(device));
+    if (d < 0) {
+      pl.status = invalid(std::string(np.name) + ": must be device memory on the CUDA backend");
+      return pl;
+    }
+    if (d != pl.device) {
+      pl.status = invalid(std::string(np.name) + ": lives on device " + std::to_string(d) +
+                          ", but the call runs on device " + std::to_string(pl.device));
+      return pl;
+    }
   }
+  return pl;
+}
+
+// Runs launch() with `device` current, restoring the caller's device after.
+template <class F>
+Status launch_on(int device, F&& launch) {
+  int prev = -1;
+  if (cudaGetDevice(&prev) != cudaSuccess) prev = -1;
+  if (prev != device && cudaSetDevice(device) != cudaSuccess)
+    return {StatusCode::kCudaError, "cudaSetDevice(" + std::to_string(device) + ") failed"};
+  const cudaError_t err = launch();
+  if (prev >= 0 && prev != device) cudaSetDevice(prev);
+  if (err != cudaSuccess)
+    return {StatusCode::kCudaError, std::string("kernel launch failed: ") + cudaGetErrorString(err)};
+  return {};
+}
+
+// A workspace the kernel will use must be device memory on the call's device.
+Status check_workspace(const void* workspace, int device) {
+  if (workspace != nullptr && detail::pointer_device(workspace) != device)
+    return invalid("workspace: must be device memory on device " + std::to_string(device));
   return {};
 }
 
@@ -74,35 +138,17 @@ Decision decide(const AttentionParams& p) {
   Plan& plan = d.plan;
   plan.status = detail::validate_args(p);
   if (!plan.status.ok()) return d;
-
-  const int ndev = detail::device_count();
-  const void* t = first_tensor(p);
-  Backend backend = p.backend;
-  if (backend == Backend::kAuto)
-    backend = (ndev > 0 && t && detail::memory_kind(t) == detail::MemoryKind::kDevice)
-                  ? Backend::kCuda
-                  : Backend::kReference;
-  plan.backend = backend;
-
-  if (backend == Backend::kReference) {
-    plan.status = check_reference_memory(p);
+  const void* first = p.q ? p.q : (p.o ? p.o : (p.k ? p.k : p.v));
+  const Placement pl = place(p.backend, p.device, first, pointers(p));
+  plan.status = pl.status;
+  plan.backend = pl.backend;
+  d.device = pl.device;
+  if (!plan.status.ok()) return d;
+  if (pl.backend == Backend::kReference) {
+    plan.status = detail::validate_cu_seqlens_host(p);
     plan.kernel = "reference";
     return d;
   }
-  if (ndev == 0) {
-    plan.status = {StatusCode::kNotSupported,
-                   "backend: kCuda requested, but no CUDA device is present"};
-    return d;
-  }
-  d.device = p.device >= 0 ? p.device : (t ? detail::pointer_device(t) : detail::current_device());
-  if (d.device < 0) d.device = detail::current_device();
-  if (d.device >= ndev) {
-    plan.status = invalid("device: " + std::to_string(d.device) + " is not a CUDA device (" +
-                          std::to_string(ndev) + " present)");
-    return d;
-  }
-  plan.status = check_cuda_memory(p, d.device);
-  if (!plan.status.ok()) return d;
   detail::KernelChoice choice = detail::select_fwd(detail::resolve(p), d.device);
   plan.status = choice.status;
   plan.kernel = choice.name;
@@ -127,46 +173,15 @@ Status run(const AttentionParams& params, void* workspace, void* stream) {
   if (d.plan.backend == Backend::kReference) return ref::forward(f);
   if (params.batch == 0 || params.seqlen_q == 0) return {};  // nothing to compute or write
 
-  if (d.plan.workspace_bytes == 0) {
-    workspace = nullptr;
-  } else if (workspace != nullptr && detail::pointer_device(workspace) != d.device) {
-    return invalid("workspace: must be device memory on device " + std::to_string(d.device));
-  }
-
-  int prev = -1;
-  if (cudaGetDevice(&prev) != cudaSuccess) prev = -1;
-  if (prev != d.device && cudaSetDevice(d.device) != cudaSuccess)
-    return {StatusCode::kCudaError, "cudaSetDevice(" + std::to_string(d.device) + ") failed"};
-  const cudaError_t err =
-      d.launch(detail::make_fwd_params(f), workspace, static_cast<cudaStream_t>(stream));
-  if (prev >= 0 && prev != d.device) cudaSetDevice(prev);
-  if (err != cudaSuccess)
-    return {StatusCode::kCudaError,
-            std::string("kernel launch failed: ") + cudaGetErrorString(err)};
-  return {};
+  if (d.plan.workspace_bytes == 0) workspace = nullptr;
+  const Status ws = check_workspace(workspace, d.device);
+  if (!ws.ok()) return ws;
+  return launch_on(d.device, [&] {
+    return d.launch(detail::make_fwd_params(f), workspace, static_cast<cudaStream_t>(stream));
+  });
 }
 
 namespace {
-
-// Every pointer of a KV-cache call: all host memory for the reference, all on the call's device
-// for the CUDA backend.
-struct KvPointers {
-  NamedPtr ptrs[12];
-};
-KvPointers kv_pointers(const KvCacheParams& p) {
-  return {{{"q", p.q},
-           {"o", p.o},
-           {"lse", p.lse},
-           {"k_cache", p.k_cache},
-           {"v_cache", p.v_cache},
-           {"block_table", p.block_table},
-           {"cache_seqlens", p.cache_seqlens},
-           {"k_new", p.k_new},
-           {"v_new", p.v_new},
-           {"error_flag", p.error_flag},
-           {"rotary.cos", p.rotary.cos},
-           {"rotary.sin", p.rotary.sin}}};
-}
 
 struct KvDecision {
   Plan plan;
@@ -179,51 +194,15 @@ KvDecision decide_kv(const KvCacheParams& p) {
   Plan& plan = d.plan;
   plan.status = detail::validate_kv_args(p);
   if (!plan.status.ok()) return d;
-  const int ndev = detail::device_count();
   // q may be null when seqlen_q is 0; the caches then say where the call lives.
-  const void* first = p.q ? p.q : p.k_cache;
-  Backend backend = p.backend;
-  if (backend == Backend::kAuto)
-    backend = (ndev > 0 && first && detail::memory_kind(first) == detail::MemoryKind::kDevice)
-                  ? Backend::kCuda
-                  : Backend::kReference;
-  plan.backend = backend;
-  const KvPointers kp = kv_pointers(p);
-  if (backend == Backend::kReference) {
-    for (const NamedPtr& np : kp.ptrs)
-      if (np.ptr && detail::memory_kind(np.ptr) == detail::MemoryKind::kDevice) {
-        plan.status = invalid(std::string(np.name) +
-                              ": is device memory, but the CPU reference backend needs host memory");
-        return d;
-      }
+  const Placement pl = place(p.backend, p.device, p.q ? p.q : p.k_cache, pointers(p));
+  plan.status = pl.status;
+  plan.backend = pl.backend;
+  d.device = pl.device;
+  if (!plan.status.ok()) return d;
+  if (pl.backend == Backend::kReference) {
     plan.kernel = "reference";
     return d;
-  }
-  if (ndev == 0) {
-    plan.status = {StatusCode::kNotSupported,
-                   "backend: kCuda requested, but no CUDA device is present"};
-    return d;
-  }
-  d.device = p.device >= 0 ? p.device
-                           : (first ? detail::pointer_device(first) : detail::current_device());
-  if (d.device < 0) d.device = detail::current_device();
-  if (d.device >= ndev) {
-    plan.status = invalid("device: " + std::to_string(d.device) + " is not a CUDA device (" +
-                          std::to_string(ndev) + " present)");
-    return d;
-  }
-  for (const NamedPtr& np : kp.ptrs) {
-    if (!np.ptr) continue;
-    const int dev = detail::pointer_device(np.ptr);
-    if (dev < 0) {
-      plan.status = invalid(std::string(np.name) + ": must be device memory on the CUDA backend");
-      return d;
-    }
-    if (dev != d.device) {
-      plan.status = invalid(std::string(np.name) + ": lives on device " + std::to_string(dev) +
-                            ", but the call runs on device " + std::to_string(d.device));
-      return d;
-    }
   }
   d.choice = detail::select_kv(detail::resolve(p), d.device);
   plan.status = d.choice.status;
@@ -247,24 +226,13 @@ Status run(const KvCacheParams& params, void* workspace, void* stream) {
   const detail::KvProblem f = detail::resolve(params);
   if (d.plan.backend == Backend::kReference) return ref::kvcache(f);
   if (params.batch == 0 || params.seqlen_q == 0) return {};  // nothing to read or write
-  decode::DecodePlan plan = d.choice.plan;
-  if (plan.workspace_bytes > 0 && workspace == nullptr) {  // no workspace: run unsplit
-    plan.splits = 1;
-    plan.counter_bytes = plan.workspace_bytes = 0;
-  }
-  if (workspace != nullptr && plan.workspace_bytes > 0 &&
-      detail::pointer_device(workspace) != d.device)
-    return invalid("workspace: must be device memory on device " + std::to_string(d.device));
-  int prev = -1;
-  if (cudaGetDevice(&prev) != cudaSuccess) prev = -1;
-  if (prev != d.device && cudaSetDevice(d.device) != cudaSuccess)
-    return {StatusCode::kCudaError, "cudaSetDevice(" + std::to_string(d.device) + ") failed"};
-  const cudaError_t err = d.choice.launch(decode::make_decode_params(f, plan, workspace),
-                                          static_cast<cudaStream_t>(stream));
-  if (prev >= 0 && prev != d.device) cudaSetDevice(prev);
-  if (err != cudaSuccess)
-    return {StatusCode::kCudaError, std::string("kernel launch failed: ") + cudaGetErrorString(err)};
-  return {};
+  if (d.plan.workspace_bytes == 0) workspace = nullptr;  // null: make_decode_params runs unsplit
+  const Status ws = check_workspace(workspace, d.device);
+  if (!ws.ok()) return ws;
+  return launch_on(d.device, [&] {
+    return d.choice.launch(decode::make_decode_params(f, d.choice.plan, workspace),
+                           static_cast<cudaStream_t>(stream));
+  });
 }
 
 int cuda_device_count() { return detail::device_count(); }

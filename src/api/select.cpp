@@ -124,6 +124,15 @@ std::string mask_suffix(const FwdProblem& f) {
   return ".local";
 }
 
+// Every CUDA kernel here needs sm80 or newer.
+Status needs_sm80(int device) {
+  const int major = device_sm_major(device);
+  if (major < 8)
+    return not_supported("device: compute capability " + std::to_string(major) +
+                         ".x; the CUDA kernels need sm80 or newer");
+  return {};
+}
+
 struct KvEntry {
   DType dtype;
   int head_dim;
@@ -137,12 +146,7 @@ const KvEntry kKv[] = {FLASHCORE_PORTABLE_MANIFEST(FLASHCORE_DECODE_ENTRY)};
 
 KvKernelChoice select_kv(const KvProblem& f, int device) {
   KvKernelChoice c;
-  const int major = device_sm_major(device);
-  if (major < 8) {
-    c.status = not_supported("device: compute capability " + std::to_string(major) +
-                             ".x; the CUDA kernels need sm80 or newer");
-    return c;
-  }
+  if (!(c.status = needs_sm80(device)).ok()) return c;
   if (f.p.family == KernelFamily::kHopper) {
     c.status = not_supported("family: no Hopper KV-cache kernel yet; the portable one runs on sm_90");
     return c;
@@ -179,11 +183,7 @@ KvKernelChoice select_kv(const KvProblem& f, int device) {
 KernelChoice select_fwd(const FwdProblem& f, int device) {
   KernelChoice c;
   const int major = device_sm_major(device);
-  if (major < 8) {
-    c.status = not_supported("device: compute capability " + std::to_string(major) +
-                             ".x; the CUDA kernels need sm80 or newer");
-    return c;
-  }
+  if (!(c.status = needs_sm80(device)).ok()) return c;
   if (f.p.batch > 65535 || f.p.num_heads_q > 65535) {
     c.status = not_supported("batch/num_heads_q: must be <= 65535 on the CUDA backend");
     return c;

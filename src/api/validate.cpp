@@ -71,6 +71,7 @@ struct Common {
   DType dtype;
   Backend backend;
   KernelFamily family;
+  int64_t batch, seqlen_q;
   int64_t num_heads_q, num_heads_kv, head_dim;
   float softmax_scale;
   int64_t window_left, window_right;
@@ -86,6 +87,8 @@ Status check_common(const Common& c) {
   if (c.family != KernelFamily::kAuto && c.family != KernelFamily::kHopper &&
       c.family != KernelFamily::kPortable)
     return invalid("family: unknown value " + str(static_cast<int>(c.family)));
+  if (c.batch < 0) return invalid("batch: must be >= 0 (got " + str(c.batch) + ")");
+  if (c.seqlen_q < 0) return invalid("seqlen_q: must be >= 0 (got " + str(c.seqlen_q) + ")");
   if (c.num_heads_q < 1)
     return invalid("num_heads_q: must be >= 1 (got " + str(c.num_heads_q) + ")");
   if (c.num_heads_kv < 1)
@@ -118,11 +121,10 @@ Status check_aligned4(const char* name, const void* ptr) {
 }  // namespace
 
 Status validate_args(const AttentionParams& p) {
-  Status s = check_common({p.dtype, p.backend, p.family, p.num_heads_q, p.num_heads_kv,
-                           p.head_dim, p.softmax_scale, p.window_left, p.window_right, p.device});
+  Status s = check_common({p.dtype, p.backend, p.family, p.batch, p.seqlen_q, p.num_heads_q,
+                           p.num_heads_kv, p.head_dim, p.softmax_scale, p.window_left,
+                           p.window_right, p.device});
   if (!s.ok()) return s;
-  if (p.batch < 0) return invalid("batch: must be >= 0 (got " + str(p.batch) + ")");
-  if (p.seqlen_q < 0) return invalid("seqlen_q: must be >= 0 (got " + str(p.seqlen_q) + ")");
   if (p.seqlen_k < 0) return invalid("seqlen_k: must be >= 0 (got " + str(p.seqlen_k) + ")");
   if (p.seqlen_q > INT32_MAX || p.seqlen_k > INT32_MAX)
     return invalid("seqlen_q/seqlen_k: must be < 2^31");
@@ -192,16 +194,11 @@ Status validate_cu_seqlens_host(const AttentionParams& p) {
   return {};
 }
 
-}  // namespace flashcore::detail
-
-namespace flashcore::detail {
-
 Status validate_kv_args(const KvCacheParams& p) {
-  Status s = check_common({p.dtype, p.backend, p.family, p.num_heads_q, p.num_heads_kv,
-                           p.head_dim, p.softmax_scale, p.window_left, p.window_right, p.device});
+  Status s = check_common({p.dtype, p.backend, p.family, p.batch, p.seqlen_q, p.num_heads_q,
+                           p.num_heads_kv, p.head_dim, p.softmax_scale, p.window_left,
+                           p.window_right, p.device});
   if (!s.ok()) return s;
-  if (p.batch < 0) return invalid("batch: must be >= 0 (got " + str(p.batch) + ")");
-  if (p.seqlen_q < 0) return invalid("seqlen_q: must be >= 0 (got " + str(p.seqlen_q) + ")");
   if (p.seqlen_q > INT32_MAX) return invalid("seqlen_q: must be < 2^31");
 
   const bool paged = p.block_table != nullptr;

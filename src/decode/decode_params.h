@@ -69,8 +69,10 @@ inline DecodePlan plan_decode(const detail::KvProblem& f, int sms) {
   return pl;
 }
 
-inline DecodeParams make_decode_params(const detail::KvProblem& f, const DecodePlan& pl,
+// Without a workspace the call runs unsplit (its plan's splits need the partials).
+inline DecodeParams make_decode_params(const detail::KvProblem& f, DecodePlan pl,
                                        void* workspace) {
+  if (workspace == nullptr) pl.splits = 1;
   const KvCacheParams& p = f.p;
   DecodeParams d{};
   d.q = p.q;

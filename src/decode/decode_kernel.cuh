@@ -15,6 +15,7 @@
 #include "common/device_math.cuh"
 #include "common/dtype_tag.h"
 #include "decode/decode_params.h"
+#include "portable/sm80_ops.cuh"
 
 namespace flashcore::decode {
 
@@ -33,15 +34,11 @@ __device__ __forceinline__ uint16_t from_f(float x) {
     return __half_as_ushort(__float2half_rn(x));
 }
 
+// The portable kernels' cp.async wrappers (sm80_ops.cuh), taking a generic smem pointer.
+using portable::cp_async_commit;
+using portable::cp_async_wait;
 __device__ __forceinline__ void cp_async_16(void* dst, const void* src, bool valid) {
-  const uint32_t d = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src),
-               "r"(valid ? 16 : 0));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+  portable::cp_async_16(portable::smem_addr(dst), src, valid);
 }
 
 __device__ __forceinline__ float warp_max(float x) {

@@ -1,9 +1,10 @@
 // KV-cache attention kernel, portable sm80+ (docs/decode-design.md). One CTA per (key split,
-// kv head x row chunk, batch entry): its rows are the GQA-packed query rows of that kv head, so
-// K and V are read once per kv head. Keys stream through shared memory in blocks of 32 (one
-// per lane, cp.async double buffering); scores and P V run on the CUDA cores in fp32, which
-// keeps up with HBM for decode (a few rows per kv head). Splits merge in-kernel: the last split
-// of a unit to finish merges all partials in split order.
+// kv head x row chunk, batch entry): its 16 rows are the GQA-packed query rows of that kv head,
+// so K and V are read once per kv head. Keys stream through shared memory in blocks of
+// 4 x kWarpKeys (cp.async, two stages); each warp takes its quarter of a block with mma.sync
+// (S = Q K^T and O += P V on the tensor cores, the online softmax on the accumulators, as the
+// portable forward kernel does), and the four warps' running results merge at the end. Splits
+// merge in-kernel: the last split of a unit to finish merges all partials in split order.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -16,6 +17,9 @@
 #include "common/dtype_tag.h"
 #include "decode/decode_params.h"
 #include "portable/sm80_ops.cuh"
+#include "portable/smem_layout.cuh"
+#include "portable/softmax.cuh"
+#include "portable/warp_gemm.cuh"
 
 namespace flashcore::decode {
 
@@ -50,15 +54,35 @@ __device__ __forceinline__ float warp_sum(float x) {
   return x;
 }
 
-// Shared memory: q rows (fp32, rotated, pre-scaled), two stages of K and V blocks (rows padded
-// by 16 bytes so the lanes' rows fall in different banks).
+// The tile shapes the portable warp GEMMs (warp_gemm.cuh) take: one m16 tile of rows per warp,
+// each warp a 16-key slice of a 64-key block.
+template <int D>
+struct MmaCfg {
+  static constexpr int kHeadDim = D, kMTiles = 1, kWarpKeys = 16, kNTiles = kWarpKeys / 8;
+  static constexpr int kDTiles = D / 8, kKSteps = D / 16, kChunksPerRow = D / 8;
+  static constexpr int kBlockKeys = 4 * kWarpKeys;
+};
+
+// Shared memory: the q tile and two stages of K and V blocks, all swizzled as ldmatrix reads
+// them (portable/smem_layout.cuh). After the key loop the K and V stages hold the four warps'
+// results for their merge.
 template <int D>
 struct Smem {
-  static constexpr int kPitch = D + 8;  // elements per smem row
-  float q[kRows][D];
-  uint16_t k[2][kBlockN][kPitch];
-  uint16_t v[2][kBlockN][kPitch];
+  using C = MmaCfg<D>;
+  alignas(128) uint16_t q[kRows * D];
+  alignas(128) uint16_t k[2][C::kBlockKeys * D];
+  alignas(128) uint16_t v[2][C::kBlockKeys * D];
   int flag;
+  static constexpr int kMergeFloats = 4 * kRows * (D + 2);
+};
+
+template <class Tag>
+struct ElemOf {
+  using type = __nv_bfloat16;
+};
+template <>
+struct ElemOf<detail::Fp16> {
+  using type = __half;
 };
 
 // Element offset of key row n (< cache_seqlens) of entry b, kv head h, in a cache.
@@ -86,7 +110,7 @@ __device__ __forceinline__ void pair_of(const DecodeParams& p, int i, int& a, in
 }
 
 template <class Tag, int D>
-__global__ void __launch_bounds__(kThreads, D >= 256 ? 3 : 4) decode_kernel(const __grid_constant__ DecodeParams p) {
+__global__ void __launch_bounds__(kThreads, D >= 256 ? 1 : D >= 128 ? 3 : 4) decode_kernel(const __grid_constant__ DecodeParams p) {
   extern __shared__ uint8_t smem_raw[];
   auto& sm = *reinterpret_cast<Smem<D>*>(smem_raw);
   const int split = blockIdx.x, kvh = blockIdx.y / p.chunks, chunk = blockIdx.y % p.chunks;
@@ -130,113 +154,129 @@ __global__ void __launch_bounds__(kThreads, D >= 256 ? 3 : 4) decode_kernel(cons
     return;
   }
 
-  // This split's key blocks (of the entry's length, known only here).
-  const int nblocks = (Lk + kBlockN - 1) / kBlockN;
-  const int per = (nblocks + p.splits - 1) / p.splits;
-  const int kb0 = min(nblocks, split * per), kb1 = min(nblocks, kb0 + per);
+  using C = MmaCfg<D>;
+  using Elem = typename ElemOf<Tag>::type;
+  constexpr int kBK = C::kBlockKeys;
+  static_assert(Smem<D>::kMergeFloats * 4 <= sizeof(sm.k) + sizeof(sm.v), "merge area");
 
-  // Append: the new rows of this split's range go into the cache (chunk 0 writes them), rotated.
-  if (chunk == 0 && n_new > 0) {
-    const int n0 = max(L, kb0 * kBlockN), n1 = min(Lk, kb1 * kBlockN);
-    for (int idx = tid; idx < (n1 - n0) * D; idx += kThreads) {
-      const int n = n0 + idx / D, c = idx % D, i = n - L;
-      const auto* kn = static_cast<const uint16_t*>(p.k_new) + b * p.kn_b + i * p.kn_s + kvh * p.kn_h;
-      const auto* vn = static_cast<const uint16_t*>(p.v_new) + b * p.vn_b + i * p.vn_s + kvh * p.vn_h;
-      uint16_t kval = kn[c];
-      if (c < p.rotary_dim) {
-        int pr, a, bb;
-        pr = p.interleaved ? c / 2 : (c < p.rotary_dim / 2 ? c : c - p.rotary_dim / 2);
-        pair_of(p, pr, a, bb);
-        float x = to_f<Tag>(kn[a]), y = to_f<Tag>(kn[bb]);
-        rotate_pair<Tag>(p, n, pr, x, y);
-        kval = from_f<Tag>(c == a ? x : y);
-      }
-      auto* kc = static_cast<uint16_t*>(p.k_cache);
-      auto* vc = static_cast<uint16_t*>(p.v_cache);
-      kc[cache_offset(p, p.kc_b, p.kc_s, p.kc_h, b, n, kvh) + c] = kval;
-      vc[cache_offset(p, p.vc_b, p.vc_s, p.vc_h, b, n, kvh) + c] = vn[c];
-    }
-  }
-
-  // q rows: rotated (rounded to the dtype, as the reference does), then scaled into log2 units.
+  // q tile: rotated and rounded to the dtype (as the reference does), swizzled; rows past the
+  // chunk's rows are zero.
+  auto q_at = [&](int r, int c) -> uint16_t& {
+    return *reinterpret_cast<uint16_t*>(reinterpret_cast<uint8_t*>(sm.q) +
+                                        portable::swz<C>(r, c / 8) + (c % 8) * 2);
+  };
   for (int idx = tid; idx < kRows * D; idx += kThreads) {
     const int rr = idx / D, c = idx % D, r = row0 + rr;
-    float val = 0.f;
+    uint16_t val = 0;
     if (r < p.rows) {
       const int i = r / p.group, h = kvh * p.group + r % p.group;
       const auto* qr = static_cast<const uint16_t*>(p.q) + b * p.q_b + int64_t(i) * p.q_s + h * p.q_h;
-      val = to_f<Tag>(qr[c]);
+      val = qr[c];
       if (c < p.rotary_dim) {
         const int pr = p.interleaved ? c / 2 : (c < p.rotary_dim / 2 ? c : c - p.rotary_dim / 2);
         int a, bb;
         pair_of(p, pr, a, bb);
         float x = to_f<Tag>(qr[a]), y = to_f<Tag>(qr[bb]);
         rotate_pair<Tag>(p, p.masked ? L + i : L, pr, x, y);
-        val = to_f<Tag>(from_f<Tag>(c == a ? x : y));
+        val = from_f<Tag>(c == a ? x : y);
       }
     }
-    sm.q[rr][c] = val * p.scale_log2;
+    q_at(rr, c) = val;
   }
 
-  // Keys any row of this CTA sees (bottom-right aligned masks), within the split.
+  // This split's key blocks (of the entry's length, known only here), narrowed to the keys any
+  // row of this CTA sees (bottom-right aligned masks).
+  const int nblocks = (Lk + kBK - 1) / kBK;
+  const int per = (nblocks + p.splits - 1) / p.splits;
+  const int kb0 = min(nblocks, split * per), kb1 = min(nblocks, kb0 + per);
+  if (chunk == 0 && n_new > 0) {  // the new rows of this split's range go into the cache
+    const int n0 = max(L, kb0 * kBK), n1 = min(Lk, kb1 * kBK);
+    for (int idx = tid; idx < (n1 - n0) * D; idx += kThreads) {
+      const int n = n0 + idx / D, c = idx % D, i = n - L;
+      const auto* kn = static_cast<const uint16_t*>(p.k_new) + b * p.kn_b + i * p.kn_s + kvh * p.kn_h;
+      const auto* vn = static_cast<const uint16_t*>(p.v_new) + b * p.vn_b + i * p.vn_s + kvh * p.vn_h;
+      uint16_t kval = kn[c];
+      if (c < p.rotary_dim) {
+        const int pr = p.interleaved ? c / 2 : (c < p.rotary_dim / 2 ? c : c - p.rotary_dim / 2);
+        int a, bb;
+        pair_of(p, pr, a, bb);
+        float x = to_f<Tag>(kn[a]), y = to_f<Tag>(kn[bb]);
+        rotate_pair<Tag>(p, n, pr, x, y);
+        kval = from_f<Tag>(c == a ? x : y);
+      }
+      static_cast<uint16_t*>(p.k_cache)[cache_offset(p, p.kc_b, p.kc_s, p.kc_h, b, n, kvh) + c] =
+          kval;
+      static_cast<uint16_t*>(p.v_cache)[cache_offset(p, p.vc_b, p.vc_s, p.vc_h, b, n, kvh) + c] =
+          vn[c];
+    }
+  }
   const int last_row = min(p.rows, row0 + kRows) - 1;
   const int i_first = row0 / p.group, i_last = max(last_row, row0) / p.group;
   const int off = Lk - p.seqlen_q;
   const int lo_all = p.window_left >= 0 ? max(0, i_first + off - p.window_left) : 0;
   const int hi_all = p.window_right >= 0 ? min(Lk, i_last + off + p.window_right + 1) : Lk;
-  const int jb0 = max(kb0, lo_all / kBlockN);
-  const int jb1 = min(kb1, (hi_all + kBlockN - 1) / kBlockN);
+  const int jb0 = max(kb0, lo_all / kBK);
+  const int jb1 = min(kb1, (hi_all + kBK - 1) / kBK);
 
   // Block loader: cache rows below L, new rows (raw; rotated in smem) below Lk, zeros after.
   auto load = [&](int blk, int st) {
     constexpr int kChunks = D / 8;
-    for (int idx = tid; idx < kBlockN * kChunks; idx += kThreads) {
-      const int j = idx / kChunks, c = (idx % kChunks) * 8, n = blk * kBlockN + j;
-      const uint16_t *ks, *vs;
+    for (int idx = tid; idx < kBK * kChunks; idx += kThreads) {
+      const int j = idx / kChunks, c8 = idx % kChunks, n = blk * kBK + j;
+      const bool valid = n < Lk;
+      const uint16_t *ks = nullptr, *vs = nullptr;
       if (n < L) {
         ks = static_cast<const uint16_t*>(p.k_cache) + cache_offset(p, p.kc_b, p.kc_s, p.kc_h, b, n, kvh);
         vs = static_cast<const uint16_t*>(p.v_cache) + cache_offset(p, p.vc_b, p.vc_s, p.vc_h, b, n, kvh);
-      } else {
-        const int i = min(n - L, max(n_new - 1, 0));
-        ks = static_cast<const uint16_t*>(n_new > 0 ? p.k_new : p.q) + b * p.kn_b + i * p.kn_s + kvh * p.kn_h;
-        vs = static_cast<const uint16_t*>(n_new > 0 ? p.v_new : p.q) + b * p.vn_b + i * p.vn_s + kvh * p.vn_h;
+      } else if (valid) {
+        const int i = n - L;
+        ks = static_cast<const uint16_t*>(p.k_new) + b * p.kn_b + i * p.kn_s + kvh * p.kn_h;
+        vs = static_cast<const uint16_t*>(p.v_new) + b * p.vn_b + i * p.vn_s + kvh * p.vn_h;
       }
-      const bool valid = n < Lk;
-      cp_async_16(&sm.k[st][j][c], valid ? ks + c : static_cast<const uint16_t*>(p.q), valid);
-      cp_async_16(&sm.v[st][j][c], valid ? vs + c : static_cast<const uint16_t*>(p.q), valid);
+      // A zero-fill copy reads nothing; its source only has to be a valid address.
+      const uint16_t* dummy = static_cast<const uint16_t*>(p.k_cache);
+      const uint32_t o = portable::swz<C>(j, c8);
+      cp_async_16(reinterpret_cast<uint8_t*>(sm.k[st]) + o, valid ? ks + 8 * c8 : dummy, valid);
+      cp_async_16(reinterpret_cast<uint8_t*>(sm.v[st]) + o, valid ? vs + 8 * c8 : dummy, valid);
     }
     cp_async_commit();
   };
-  // The new keys of a landed block, rotated in place (pairs may straddle 16-byte chunks).
+  auto k_at = [&](int st, int j, int c) -> uint16_t& {
+    return *reinterpret_cast<uint16_t*>(reinterpret_cast<uint8_t*>(sm.k[st]) +
+                                        portable::swz<C>(j, c / 8) + (c % 8) * 2);
+  };
+  // The new keys of a landed block, rotated in place.
   auto rotate_new = [&](int blk, int st) {
-    if (p.rotary_dim == 0 || n_new == 0) return;
     const int half = p.rotary_dim / 2;
-    for (int idx = tid; idx < kBlockN * half; idx += kThreads) {
-      const int j = idx / half, pr = idx % half, n = blk * kBlockN + j;
+    for (int idx = tid; idx < kBK * half; idx += kThreads) {
+      const int j = idx / half, pr = idx % half, n = blk * kBK + j;
       if (n < L || n >= Lk) continue;
       int a, bb;
       pair_of(p, pr, a, bb);
-      float x = to_f<Tag>(sm.k[st][j][a]), y = to_f<Tag>(sm.k[st][j][bb]);
+      float x = to_f<Tag>(k_at(st, j, a)), y = to_f<Tag>(k_at(st, j, bb));
       rotate_pair<Tag>(p, n, pr, x, y);
-      sm.k[st][j][a] = from_f<Tag>(x);
-      sm.k[st][j][bb] = from_f<Tag>(y);
+      k_at(st, j, a) = from_f<Tag>(x);
+      k_at(st, j, bb) = from_f<Tag>(y);
     }
   };
 
-  constexpr int kCols = D / 32;  // O columns per lane
-  float o[4][kCols], m[4], l[4];
-  int lo[4], hi[4];
+  // Each warp: all 16 rows against its 16-key slice of every block.
+  float o[1][C::kDTiles][4], row_max[1][2], row_sum[1][2];
 #pragma unroll
-  for (int rw = 0; rw < 4; ++rw) {
-    m[rw] = -INFINITY;
-    l[rw] = 0.f;
+  for (int dt = 0; dt < C::kDTiles; ++dt) o[0][dt][0] = o[0][dt][1] = o[0][dt][2] = o[0][dt][3] = 0.f;
+  row_max[0][0] = row_max[0][1] = -INFINITY;
+  row_sum[0][0] = row_sum[0][1] = 0.f;
+  const int g = lane / 4, t4 = lane % 4;
+  int lo[2], hi[2];  // visible keys of this thread's rows g and g + 8
 #pragma unroll
-    for (int c = 0; c < kCols; ++c) o[rw][c] = 0.f;
-    const int r = row0 + warp * 4 + rw;
-    const int i = r / p.group;
-    lo[rw] = r < p.rows && p.window_left >= 0 ? i + off - p.window_left : 0;
-    hi[rw] = r >= p.rows ? 0 : p.window_right >= 0 ? min(Lk, i + off + p.window_right + 1) : Lk;
+  for (int hr = 0; hr < 2; ++hr) {
+    const int r = row0 + g + 8 * hr, i = r / p.group;
+    lo[hr] = p.window_left >= 0 ? i + off - p.window_left : 0;
+    hi[hr] = r >= p.rows ? 0 : p.window_right >= 0 ? min(Lk, i + off + p.window_right + 1) : Lk;
   }
+  const portable::LaneOffsets<C> lanes = portable::LaneOffsets<C>(lane).laundered();
+  const uint32_t sQ = portable::smem_addr(sm.q);
+  const bool rotate = p.rotary_dim > 0 && n_new > 0;
 
   if (jb0 < jb1) load(jb0, 0);
   for (int blk = jb0; blk < jb1; ++blk) {
@@ -248,79 +288,89 @@ __global__ void __launch_bounds__(kThreads, D >= 256 ? 3 : 4) decode_kernel(cons
       cp_async_wait<0>();
     }
     __syncthreads();
-    rotate_new(blk, st);
-    __syncthreads();
-
-    // Scores of this lane's key for the warp's four rows.
-    float s[4] = {0.f, 0.f, 0.f, 0.f};
-    const uint16_t* krow = sm.k[st][lane];
-#pragma unroll 4
-    for (int c = 0; c < D; c += 8) {
-      const uint4 kv = *reinterpret_cast<const uint4*>(krow + c);
-      const uint16_t* ke = reinterpret_cast<const uint16_t*>(&kv);
-      float kf[8];
-#pragma unroll
-      for (int e = 0; e < 8; ++e) kf[e] = to_f<Tag>(ke[e]);
-#pragma unroll
-      for (int rw = 0; rw < 4; ++rw) {
-        const float* qr = &sm.q[warp * 4 + rw][c];
-#pragma unroll
-        for (int e = 0; e < 8; ++e) s[rw] = fmaf(qr[e], kf[e], s[rw]);
-      }
+    if (rotate && (blk + 1) * kBK > L) {
+      rotate_new(blk, st);
+      __syncthreads();
     }
-    const int n = blk * kBlockN + lane;
+    const uint32_t slice = warp * C::kWarpKeys * D * 2;
+    float s[1][C::kNTiles][4];
+    portable::qk_gemm<C, Elem>(s, sQ, portable::smem_addr(sm.k[st]) + slice, lanes);
+    const int n0 = blk * kBK + warp * C::kWarpKeys;
 #pragma unroll
-    for (int rw = 0; rw < 4; ++rw) {
-      const float sv = (n >= lo[rw] && n < hi[rw]) ? s[rw] : -INFINITY;
-      const float m_new = fmaxf(m[rw], warp_max(sv));
-      if (m_new == -INFINITY) continue;  // nothing visible to this row yet
-      const float alpha = m[rw] == -INFINITY ? 0.f : detail::ex2(m[rw] - m_new);
-      const float pj = sv == -INFINITY ? 0.f : detail::ex2(sv - m_new);
-      l[rw] = l[rw] * alpha + warp_sum(pj);
-      m[rw] = m_new;
+    for (int nt = 0; nt < C::kNTiles; ++nt)
 #pragma unroll
-      for (int c = 0; c < kCols; ++c) o[rw][c] *= alpha;
-      for (int j = 0; j < kBlockN; ++j) {
-        const float pb = __shfl_sync(0xffffffffu, pj, j);
-        const uint16_t* vr = &sm.v[st][j][lane * kCols];
-#pragma unroll
-        for (int c = 0; c < kCols; ++c) o[rw][c] = fmaf(pb, to_f<Tag>(vr[c]), o[rw][c]);
+      for (int e = 0; e < 4; ++e) {
+        const int hr = e / 2, n = n0 + nt * 8 + 2 * t4 + (e % 2);
+        if (n < lo[hr] || n >= hi[hr]) s[0][nt][e] = -INFINITY;
       }
-    }
+    portable::online_softmax<C>(s, row_max, row_sum, o, p.scale_log2);
+    portable::pv_gemm<C, Elem>(o, s, portable::smem_addr(sm.v[st]) + slice, lanes);
     __syncthreads();  // the stage is reloaded two blocks on
   }
 
-  // Epilogue: one split writes O and LSE; several leave partials for the last one to merge.
-  auto store = [&](int rw, const float* oc, float mm, float ll) {
-    const int r = row0 + warp * 4 + rw;
+  // The four warps' results (O unnormalised, running max in log2 units, row sum) meet in the
+  // K/V stages, free now; every thread then merges some (row, column) elements.
+  float* mw = reinterpret_cast<float*>(sm.k);
+  constexpr int kPitch = D + 2;
+#pragma unroll
+  for (int hr = 0; hr < 2; ++hr) {
+    float* row = mw + (warp * kRows + g + 8 * hr) * kPitch;
+#pragma unroll
+    for (int dt = 0; dt < C::kDTiles; ++dt) {
+      row[8 * dt + 2 * t4] = o[0][dt][2 * hr];
+      row[8 * dt + 2 * t4 + 1] = o[0][dt][2 * hr + 1];
+    }
+    const float l = detail::quad_sum(row_sum[0][hr]);
+    if (t4 == 0) {
+      row[D] = row_max[0][hr];
+      row[D + 1] = l;
+    }
+  }
+  __syncthreads();
+  // Merges the rows of `count` results laid out like mw (result w at src + w * stride) into
+  // (value, max, sum) per (row, column) for the callback.
+  auto merge = [&](const float* src, int count, int64_t stride, bool global, auto&& emit) {
+    for (int idx = tid; idx < kRows * D; idx += kThreads) {
+      const int rr = idx / D, c = idx % D;
+      float acc = 0.f, mm = -INFINITY, ll = 0.f;
+      for (int w = 0; w < count; ++w) {
+        const float* row = src + w * stride + rr * kPitch;
+        const float ms = global ? __ldcg(row + D) : row[D];
+        if (ms == -INFINITY) continue;
+        const float ls = global ? __ldcg(row + D + 1) : row[D + 1];
+        const float x = global ? __ldcg(row + c) : row[c];
+        const float mx = fmaxf(mm, ms);
+        const float a = mm == -INFINITY ? 0.f : detail::ex2(mm - mx), bs = detail::ex2(ms - mx);
+        acc = acc * a + x * bs;
+        ll = ll * a + ls * bs;
+        mm = mx;
+      }
+      emit(rr, c, acc, mm, ll);
+    }
+  };
+  auto store = [&](int rr, int c, float acc, float mm, float ll) {
+    const int r = row0 + rr;
     if (r >= p.rows) return;
     const int i = r / p.group, h = kvh * p.group + r % p.group;
-    const float inv = ll > 0.f ? 1.f / ll : 0.f;
-    auto* orow = static_cast<uint16_t*>(p.o) + b * p.o_b + int64_t(i) * p.o_s + h * p.o_h;
-#pragma unroll
-    for (int c = 0; c < kCols; ++c) orow[lane * kCols + c] = from_f<Tag>(oc[c] * inv);
-    if (p.lse && lane == 0)
+    static_cast<uint16_t*>(p.o)[b * p.o_b + int64_t(i) * p.o_s + h * p.o_h + c] =
+        from_f<Tag>(ll > 0.f ? acc / ll : 0.f);
+    if (p.lse && c == 0)
       p.lse[(int64_t(b) * p.num_heads_kv * p.group + h) * p.seqlen_q + i] =
           ll > 0.f ? (mm + __log2f(ll)) * 0.6931471805599453f : -INFINITY;
   };
   if (p.splits == 1) {
-#pragma unroll
-    for (int rw = 0; rw < 4; ++rw) store(rw, o[rw], m[rw], l[rw]);
+    merge(mw, 4, kRows * kPitch, false, store);
     return;
   }
   const int unit = (b * p.num_heads_kv + kvh) * p.chunks + chunk;
-  const int64_t pitch = D + 2;
-  float* mine = p.partials + (int64_t(unit) * p.splits + split) * kRows * pitch;
-#pragma unroll
-  for (int rw = 0; rw < 4; ++rw) {
-    float* pr = mine + (warp * 4 + rw) * pitch;
-#pragma unroll
-    for (int c = 0; c < kCols; ++c) __stcg(pr + lane * kCols + c, o[rw][c]);
-    if (lane == 0) {
-      __stcg(pr + D, m[rw]);
-      __stcg(pr + D + 1, l[rw]);
+  float* mine = p.partials + (int64_t(unit) * p.splits + split) * kRows * kPitch;
+  merge(mw, 4, kRows * kPitch, false, [&](int rr, int c, float acc, float mm, float ll) {
+    __stcg(mine + rr * kPitch + c, acc);
+    if (c == 0) {
+      __stcg(mine + rr * kPitch + D, mm);
+      __stcg(mine + rr * kPitch + D + 1, ll);
     }
-  }
+  });
   __threadfence();
   __syncthreads();
   if (tid == 0) {
@@ -332,24 +382,8 @@ __global__ void __launch_bounds__(kThreads, D >= 256 ? 3 : 4) decode_kernel(cons
   if (!sm.flag) return;
   __threadfence();
   // Merge in split order, so the result does not depend on which split came last.
-  for (int rw = 0; rw < 4; ++rw) {
-    float acc[kCols], mm = -INFINITY, ll = 0.f;
-#pragma unroll
-    for (int c = 0; c < kCols; ++c) acc[c] = 0.f;
-    for (int sp = 0; sp < p.splits; ++sp) {
-      const float* pr =
-          p.partials + ((int64_t(unit) * p.splits + sp) * kRows + warp * 4 + rw) * pitch;
-      const float ms = __ldcg(pr + D), ls = __ldcg(pr + D + 1);
-      if (ms == -INFINITY) continue;
-      const float mx = fmaxf(mm, ms);
-      const float a = mm == -INFINITY ? 0.f : detail::ex2(mm - mx), bs = detail::ex2(ms - mx);
-#pragma unroll
-      for (int c = 0; c < kCols; ++c) acc[c] = acc[c] * a + __ldcg(pr + lane * kCols + c) * bs;
-      ll = ll * a + ls * bs;
-      mm = mx;
-    }
-    store(rw, acc, mm, ll);
-  }
+  merge(p.partials + int64_t(unit) * p.splits * kRows * kPitch, p.splits, int64_t(kRows) * kPitch,
+        true, store);
 }
 
 }  // namespace flashcore::decode

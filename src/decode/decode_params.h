@@ -9,9 +9,9 @@
 
 namespace flashcore::decode {
 
-constexpr int kRows = 16;     // query rows (GQA-packed: row = i * group + head in group) a CTA
-constexpr int kBlockN = 32;   // keys per block: one per lane
-constexpr int kThreads = 128; // four warps, four rows each
+constexpr int kRows = 16;      // query rows (GQA-packed: row = i * group + head in group) a CTA
+constexpr int kSplitKeys = 128;  // the fewest keys of the capacity a split is planned for
+constexpr int kThreads = 128;  // four warps
 
 struct DecodeParams {
   const void* q;
@@ -57,7 +57,7 @@ inline DecodePlan plan_decode(const detail::KvProblem& f, int sms) {
   const int64_t units = f.p.batch * f.p.num_heads_kv * pl.chunks;
   // About two waves of CTAs, each split at least four key blocks of the capacity.
   const int64_t by_sms = units > 0 ? (2 * int64_t(sms) + units - 1) / units : 1;
-  const int64_t by_len = (f.capacity + 4 * kBlockN - 1) / (4 * kBlockN);
+  const int64_t by_len = (f.capacity + kSplitKeys - 1) / kSplitKeys;
   int64_t splits = by_sms < by_len ? by_sms : by_len;
   if (splits > 128) splits = 128;
   pl.splits = static_cast<int32_t>(splits < 1 ? 1 : splits);

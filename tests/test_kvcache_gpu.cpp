@@ -70,10 +70,14 @@ struct Workspace {
 };
 
 // Runs spec on the GPU and on the reference; compares everything the call writes.
+// The kernels round P to the dtype before P V, as every forward kernel does; the tolerance is
+// the forward's rule: twice the gap between the exact reference and one with rounded P, plus
+// a floor (test_util.h: compare_output).
 void expect_gpu_matches_reference(const KvSpec& s, uint64_t seed, bool with_workspace = true) {
-  KvHost ref(s, seed), gpu(s, seed);
+  KvHost ref(s, seed), lowp(s, seed), gpu(s, seed);
   ref.p.backend = Backend::kReference;
   ASSERT_TRUE(run(ref.p).ok());
+  ASSERT_TRUE(ref::kvcache(fd::resolve(lowp.p), {/*round_p=*/true, 0}).ok());
   KvDevice dev(gpu);
   const Plan plan = query(dev.p);
   ASSERT_TRUE(plan.status.ok()) << plan.status.message;
@@ -98,7 +102,9 @@ void expect_gpu_matches_reference(const KvSpec& s, uint64_t seed, bool with_work
       bad += !std::isnan(a);
       continue;
     }
-    const double err = std::fabs(a - b), tol = 2 * ulp(s.dtype, b) + 5e-4;
+    const double lp = fd::to_float(s.dtype, lowp.o[i]);
+    const double err = std::fabs(a - b),
+                 tol = 2 * std::fabs(lp - b) + 2 * ulp(s.dtype, b) + 5e-4;
     worst = std::max(worst, err);
     bad += !(err <= tol);  // NaN fails
   }
@@ -257,7 +263,7 @@ TEST(KvGpu, GraphReplaysWhileCacheSeqlensChange) {
   s.lens = {1000, 37};
   s.capacity = 1100;
   s.page_size = 16;
-  KvHost ref(s, 30), gpu(s, 30);
+  KvHost ref(s, 30), lowp(s, 30), gpu(s, 30);
   KvDevice dev(gpu);
   const Plan plan = query(dev.p);
   ASSERT_TRUE(plan.status.ok()) << plan.status.message;
@@ -274,16 +280,19 @@ TEST(KvGpu, GraphReplaysWhileCacheSeqlensChange) {
   ref.p.backend = Backend::kReference;
   for (int step = 0; step < 3; ++step) {
     ASSERT_TRUE(run(ref.p).ok());
+    ASSERT_TRUE(ref::kvcache(fd::resolve(lowp.p), {/*round_p=*/true, 0}).ok());
     ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
     ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
     dev.o.to_host(gpu.o);
     int64_t bad = 0;
     for (size_t i = 0; i < ref.o.size(); ++i) {
       const double a = fd::to_float(s.dtype, gpu.o[i]), b = fd::to_float(s.dtype, ref.o[i]);
-      bad += !(std::fabs(a - b) <= 2 * ulp(s.dtype, b) + 5e-4);
+      const double lp = fd::to_float(s.dtype, lowp.o[i]);
+      bad += !(std::fabs(a - b) <= 2 * std::fabs(lp - b) + 2 * ulp(s.dtype, b) + 5e-4);
     }
     EXPECT_EQ(bad, 0) << "step " << step;
     for (auto& n : ref.seqlens) ++n;  // the next token: one longer cache, same graph
+    for (auto& n : lowp.seqlens) ++n;
     ASSERT_EQ(cudaMemcpy(dev.seqlens.ptr, ref.seqlens.data(), ref.seqlens.size() * 4,
                          cudaMemcpyHostToDevice),
               cudaSuccess);

@@ -45,19 +45,12 @@ __device__ __forceinline__ void cp_async_16(void* dst, const void* src, bool val
   portable::cp_async_16(portable::smem_addr(dst), src, valid);
 }
 
-__device__ __forceinline__ float warp_max(float x) {
-  for (int o = 16; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
-  return x;
-}
-__device__ __forceinline__ float warp_sum(float x) {
-  for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
-  return x;
-}
 
 // The tile shapes the portable warp GEMMs (warp_gemm.cuh) take: one m16 tile of rows per warp,
 // each warp a 16-key slice of a 64-key block.
 template <int D>
 struct MmaCfg {
+  static_assert(D % 64 == 0, "the swizzle needs a multiple of 8 16-byte chunks per row");
   static constexpr int kHeadDim = D, kMTiles = 1, kWarpKeys = 16, kNTiles = kWarpKeys / 8;
   static constexpr int kDTiles = D / 8, kKSteps = D / 16, kChunksPerRow = D / 8;
   static constexpr int kBlockKeys = 4 * kWarpKeys;
@@ -111,7 +104,7 @@ __device__ __forceinline__ void pair_of(const DecodeParams& p, int i, int& a, in
 
 template <class Tag, int D>
 __global__ void __launch_bounds__(kThreads, D >= 256 ? 1 : D >= 128 ? 3 : 4) decode_kernel(const __grid_constant__ DecodeParams p) {
-  extern __shared__ uint8_t smem_raw[];
+  extern __shared__ __align__(128) uint8_t smem_raw[];
   auto& sm = *reinterpret_cast<Smem<D>*>(smem_raw);
   const int split = blockIdx.x, kvh = blockIdx.y / p.chunks, chunk = blockIdx.y % p.chunks;
   const int b = blockIdx.z, tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
@@ -274,7 +267,7 @@ __global__ void __launch_bounds__(kThreads, D >= 256 ? 1 : D >= 128 ? 3 : 4) dec
     lo[hr] = p.window_left >= 0 ? i + off - p.window_left : 0;
     hi[hr] = r >= p.rows ? 0 : p.window_right >= 0 ? min(Lk, i + off + p.window_right + 1) : Lk;
   }
-  const portable::LaneOffsets<C> lanes = portable::LaneOffsets<C>(lane).laundered();
+  const portable::LaneOffsets<C> lanes0(lane);
   const uint32_t sQ = portable::smem_addr(sm.q);
   const bool rotate = p.rotary_dim > 0 && n_new > 0;
 
@@ -292,6 +285,8 @@ __global__ void __launch_bounds__(kThreads, D >= 256 ? 1 : D >= 128 ? 3 : 4) dec
       rotate_new(blk, st);
       __syncthreads();
     }
+    // Laundered per block, as the forward does: addresses recomputed, not hoisted.
+    const portable::LaneOffsets<C> lanes = lanes0.laundered();
     const uint32_t slice = warp * C::kWarpKeys * D * 2;
     float s[1][C::kNTiles][4];
     portable::qk_gemm<C, Elem>(s, sQ, portable::smem_addr(sm.k[st]) + slice, lanes);

@@ -55,7 +55,8 @@ inline DecodePlan plan_decode(const detail::KvProblem& f, int sms) {
   const int64_t rows = f.p.num_heads_q / f.p.num_heads_kv * f.p.seqlen_q;
   pl.chunks = static_cast<int32_t>(rows > 0 ? (rows + kRows - 1) / kRows : 1);
   const int64_t units = f.p.batch * f.p.num_heads_kv * pl.chunks;
-  // About two waves of CTAs, each split at least four key blocks of the capacity.
+  // About two waves of CTAs, each split at least kSplitKeys keys (two 64-key blocks) of the
+  // capacity.
   const int64_t by_sms = units > 0 ? (2 * int64_t(sms) + units - 1) / units : 1;
   const int64_t by_len = (f.capacity + kSplitKeys - 1) / kSplitKeys;
   int64_t splits = by_sms < by_len ? by_sms : by_len;

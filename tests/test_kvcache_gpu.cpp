@@ -70,11 +70,15 @@ struct Workspace {
 };
 
 // Runs spec on the GPU and on the reference; compares everything the call writes.
-// The kernels round P to the dtype before P V, as every forward kernel does; the tolerance is
-// the forward's rule: twice the gap between the exact reference and one with rounded P, plus
-// a floor (test_util.h: compare_output).
+// The kernels round P to the dtype before P V, as every forward kernel does, but relative to
+// their own running maxima (each warp has its own), not the row's final one as the reference
+// with rounded P does: the same noise, other draws. So the tolerance is the forward's rule
+// (twice the gap between the exact reference and the one with rounded P, plus a floor) with
+// the gap taken as its largest over the output row.
 void expect_gpu_matches_reference(const KvSpec& s, uint64_t seed, bool with_workspace = true) {
-  KvHost ref(s, seed), lowp(s, seed), gpu(s, seed);
+  KvHost ref(s, seed), lowp(ref), gpu(ref);  // one random fill (slow for 64k caches), copied
+  lowp.rebuild();
+  gpu.rebuild();
   ref.p.backend = Backend::kReference;
   ASSERT_TRUE(run(ref.p).ok());
   ASSERT_TRUE(ref::kvcache(fd::resolve(lowp.p), {/*round_p=*/true, 0}).ok());
@@ -96,17 +100,21 @@ void expect_gpu_matches_reference(const KvSpec& s, uint64_t seed, bool with_work
 
   double worst = 0, worst_lse = 0;
   int64_t bad = 0;
-  for (size_t i = 0; i < ref.o.size(); ++i) {
-    const double a = fd::to_float(s.dtype, gpu.o[i]), b = fd::to_float(s.dtype, ref.o[i]);
-    if (std::isnan(b)) {
-      bad += !std::isnan(a);
-      continue;
+  for (size_t r0 = 0; r0 < ref.o.size(); r0 += s.d) {  // o is [B, Sq, Hq, D], rows contiguous
+    double gap = 0;
+    for (size_t i = r0; i < r0 + s.d; ++i)
+      gap = std::max(gap, std::fabs(double(fd::to_float(s.dtype, lowp.o[i])) -
+                                    fd::to_float(s.dtype, ref.o[i])));
+    for (size_t i = r0; i < r0 + s.d; ++i) {
+      const double a = fd::to_float(s.dtype, gpu.o[i]), b = fd::to_float(s.dtype, ref.o[i]);
+      if (std::isnan(b)) {
+        bad += !std::isnan(a);
+        continue;
+      }
+      const double err = std::fabs(a - b), tol = 2 * gap + 2 * ulp(s.dtype, b) + 5e-4;
+      worst = std::max(worst, err);
+      bad += !(err <= tol);  // NaN fails
     }
-    const double lp = fd::to_float(s.dtype, lowp.o[i]);
-    const double err = std::fabs(a - b),
-                 tol = 2 * std::fabs(lp - b) + 2 * ulp(s.dtype, b) + 5e-4;
-    worst = std::max(worst, err);
-    bad += !(err <= tol);  // NaN fails
   }
   for (size_t i = 0; i < ref.lse.size(); ++i) {
     const double a = gpu.lse[i], b = ref.lse[i];
@@ -238,6 +246,7 @@ TEST(KvGpu, BadBlockTableEntryWithSplits) {
     ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   }
   dev.o.to_host(gpu.o);
+  dev.lse.to_host(gpu.lse);
   std::vector<int32_t> flag(1);
   dev.flag.to_host(flag);
   EXPECT_EQ(flag[0], kKvBlockTableOutOfRange);

@@ -7,14 +7,12 @@
 // merge in-kernel: the last split of a unit to finish merges all partials in split order.
 #pragma once
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
 #include <cstdint>
-#include <type_traits>
 
 #include "common/device_math.cuh"
 #include "common/dtype_tag.h"
+#include "decode/decode_elem.cuh"
+#include "decode/decode_epilogue.cuh"
 #include "decode/decode_params.h"
 #include "portable/sm80_ops.cuh"
 #include "portable/smem_layout.cuh"
@@ -22,21 +20,6 @@
 #include "portable/warp_gemm.cuh"
 
 namespace flashcore::decode {
-
-template <class Tag>
-__device__ __forceinline__ float to_f(uint16_t x) {
-  if constexpr (std::is_same_v<Tag, detail::Bf16>)
-    return __bfloat162float(__ushort_as_bfloat16(x));
-  else
-    return __half2float(__ushort_as_half(x));
-}
-template <class Tag>
-__device__ __forceinline__ uint16_t from_f(float x) {
-  if constexpr (std::is_same_v<Tag, detail::Bf16>)
-    return __bfloat16_as_ushort(__float2bfloat16_rn(x));
-  else
-    return __half_as_ushort(__float2half_rn(x));
-}
 
 // The portable kernels' cp.async wrappers (sm80_ops.cuh), taking a generic smem pointer.
 using portable::cp_async_commit;
@@ -66,16 +49,6 @@ struct Smem {
   alignas(128) uint16_t k[2][C::kBlockKeys * D];
   alignas(128) uint16_t v[2][C::kBlockKeys * D];
   int flag;
-  static constexpr int kMergeFloats = 4 * kRows * (D + 2);
-};
-
-template <class Tag>
-struct ElemOf {
-  using type = __nv_bfloat16;
-};
-template <>
-struct ElemOf<detail::Fp16> {
-  using type = __half;
 };
 
 // Element offset of key row n (< cache_seqlens) of entry b, kv head h, in a cache.
@@ -150,7 +123,7 @@ __global__ void __launch_bounds__(kThreads, D >= 256 ? 1 : D >= 128 ? 3 : 4) dec
   using C = MmaCfg<D>;
   using Elem = typename ElemOf<Tag>::type;
   constexpr int kBK = C::kBlockKeys;
-  static_assert(Smem<D>::kMergeFloats * 4 <= sizeof(sm.k) + sizeof(sm.v), "merge area");
+  static_assert(sizeof(MergeSmem<D>) <= sizeof(sm.k) + sizeof(sm.v), "the merge overlays K/V");
 
   // q tile: rotated and rounded to the dtype (as the reference does), swizzled; rows past the
   // chunk's rows are zero.
@@ -303,82 +276,8 @@ __global__ void __launch_bounds__(kThreads, D >= 256 ? 1 : D >= 128 ? 3 : 4) dec
     __syncthreads();  // the stage is reloaded two blocks on
   }
 
-  // The four warps' results (O unnormalised, running max in log2 units, row sum) meet in the
-  // K/V stages, free now; every thread then merges some (row, column) elements.
-  float* mw = reinterpret_cast<float*>(sm.k);
-  constexpr int kPitch = D + 2;
-#pragma unroll
-  for (int hr = 0; hr < 2; ++hr) {
-    float* row = mw + (warp * kRows + g + 8 * hr) * kPitch;
-#pragma unroll
-    for (int dt = 0; dt < C::kDTiles; ++dt) {
-      row[8 * dt + 2 * t4] = o[0][dt][2 * hr];
-      row[8 * dt + 2 * t4 + 1] = o[0][dt][2 * hr + 1];
-    }
-    const float l = detail::quad_sum(row_sum[0][hr]);
-    if (t4 == 0) {
-      row[D] = row_max[0][hr];
-      row[D + 1] = l;
-    }
-  }
-  __syncthreads();
-  // Merges the rows of `count` results laid out like mw (result w at src + w * stride) into
-  // (value, max, sum) per (row, column) for the callback.
-  auto merge = [&](const float* src, int count, int64_t stride, bool global, auto&& emit) {
-    for (int idx = tid; idx < kRows * D; idx += kThreads) {
-      const int rr = idx / D, c = idx % D;
-      float acc = 0.f, mm = -INFINITY, ll = 0.f;
-      for (int w = 0; w < count; ++w) {
-        const float* row = src + w * stride + rr * kPitch;
-        const float ms = global ? __ldcg(row + D) : row[D];
-        if (ms == -INFINITY) continue;
-        const float ls = global ? __ldcg(row + D + 1) : row[D + 1];
-        const float x = global ? __ldcg(row + c) : row[c];
-        const float mx = fmaxf(mm, ms);
-        const float a = mm == -INFINITY ? 0.f : detail::ex2(mm - mx), bs = detail::ex2(ms - mx);
-        acc = acc * a + x * bs;
-        ll = ll * a + ls * bs;
-        mm = mx;
-      }
-      emit(rr, c, acc, mm, ll);
-    }
-  };
-  auto store = [&](int rr, int c, float acc, float mm, float ll) {
-    const int r = row0 + rr;
-    if (r >= p.rows) return;
-    const int i = r / p.group, h = kvh * p.group + r % p.group;
-    static_cast<uint16_t*>(p.o)[b * p.o_b + int64_t(i) * p.o_s + h * p.o_h + c] =
-        from_f<Tag>(ll > 0.f ? acc / ll : 0.f);
-    if (p.lse && c == 0)
-      p.lse[(int64_t(b) * p.num_heads_kv * p.group + h) * p.seqlen_q + i] =
-          ll > 0.f ? (mm + __log2f(ll)) * 0.6931471805599453f : -INFINITY;
-  };
-  if (p.splits == 1) {
-    merge(mw, 4, kRows * kPitch, false, store);
-    return;
-  }
-  const int unit = (b * p.num_heads_kv + kvh) * p.chunks + chunk;
-  float* mine = p.partials + (int64_t(unit) * p.splits + split) * kRows * kPitch;
-  merge(mw, 4, kRows * kPitch, false, [&](int rr, int c, float acc, float mm, float ll) {
-    __stcg(mine + rr * kPitch + c, acc);
-    if (c == 0) {
-      __stcg(mine + rr * kPitch + D, mm);
-      __stcg(mine + rr * kPitch + D + 1, ll);
-    }
-  });
-  __threadfence();
-  __syncthreads();
-  if (tid == 0) {
-    const bool last = atomicAdd(p.counters + unit, 1) == p.splits - 1;
-    if (last) p.counters[unit] = 0;  // every split has counted: the next call starts at 0
-    sm.flag = last;
-  }
-  __syncthreads();
-  if (!sm.flag) return;
-  __threadfence();
-  // Merge in split order, so the result does not depend on which split came last.
-  merge(p.partials + int64_t(unit) * p.splits * kRows * kPitch, p.splits, int64_t(kRows) * kPitch,
-        true, store);
+  decode_epilogue<Tag, D>(p, *reinterpret_cast<MergeSmem<D>*>(sm.k), sm.flag, o[0], row_max[0],
+                          row_sum[0], b, kvh, chunk, split);
 }
 
 }  // namespace flashcore::decode

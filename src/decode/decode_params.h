@@ -12,6 +12,7 @@ namespace flashcore::decode {
 constexpr int kRows = 16;      // query rows (GQA-packed: row = i * group + head in group) a CTA
 constexpr int kSplitKeys = 128;  // the fewest keys of the capacity a split is planned for
 constexpr int kThreads = 128;  // four warps
+constexpr int kMaxSplits = 128;  // bounds the last arriver's weight table (decode_epilogue.cuh)
 
 struct DecodeParams {
   const void* q;
@@ -38,7 +39,7 @@ struct DecodeParams {
   bool interleaved, paged, append, masked;
   int32_t rows, chunks, splits;  // rows = group * seqlen_q; chunks of kRows; key splits
   int32_t* counters;             // [batch * num_heads_kv * chunks], zero between calls
-  float* partials;               // [units * splits][kRows][head_dim + 2]
+  float* partials;               // per (unit, split): kRows x D of O, kRows x (max, sum)
 };
 
 // How a problem is cut: row chunks per kv head, and key splits chosen from what the host knows
@@ -60,7 +61,7 @@ inline DecodePlan plan_decode(const detail::KvProblem& f, int sms) {
   const int64_t by_sms = units > 0 ? (2 * int64_t(sms) + units - 1) / units : 1;
   const int64_t by_len = (f.capacity + kSplitKeys - 1) / kSplitKeys;
   int64_t splits = by_sms < by_len ? by_sms : by_len;
-  if (splits > 128) splits = 128;
+  if (splits > kMaxSplits) splits = kMaxSplits;
   pl.splits = static_cast<int32_t>(splits < 1 ? 1 : splits);
   if (pl.splits > 1) {
     pl.counter_bytes = detail::workspace_counter_bytes(sms);

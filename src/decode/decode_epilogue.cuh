@@ -1,0 +1,163 @@
+// The decode kernel's epilogue (decode_kernel.cuh): the four warps' running results merge
+// through shared memory; a CTA then stores its rows, or leaves its split's partial, and the
+// last split of a unit to arrive merges every partial in split order. Each step gives a thread
+// a few independent loads: a merge written as a loop of dependent L2 round trips per element
+// cost 20-75 µs per call at 8-33 splits (perf-notes K3).
+#pragma once
+
+#include <cstdint>
+
+#include "common/device_math.cuh"
+#include "decode/decode_params.h"
+
+namespace flashcore::decode {
+
+// Overlays the K/V stages, free once the key loop has ended with a barrier.
+template <int D>
+struct MergeSmem {
+  // Floats per row: D + 8 keeps each half-warp's float2 fragment writes on distinct banks
+  // and rows 16-byte aligned for the float4 reads.
+  static constexpr int kPitch = D + 8;
+  float o[4][kRows][kPitch];  // each warp's O, scaled to the CTA's row max
+  float m[4][kRows], l[4][kRows];
+  float w[kMaxSplits][kRows];  // last arriver: each split's weight per row
+  float row_m[kRows], row_l[kRows];
+};
+
+// Split s's partial of a unit: kRows x D floats of O (relative to its row max), then
+// kRows x (max in log2 units, sum).
+template <int D>
+__device__ __forceinline__ float* partial_of(const DecodeParams& p, int unit, int s) {
+  return p.partials + (int64_t(unit) * p.splits + s) * kRows * (D + 2);
+}
+
+template <class Tag, int D>
+__device__ __forceinline__ void store_rows(const DecodeParams& p, int b, int kvh, int row0,
+                                           int r, int c, float4 acc, float m, float l) {
+  if (row0 + r >= p.rows) return;
+  const int i = (row0 + r) / p.group, h = kvh * p.group + (row0 + r) % p.group;
+  const float inv = l > 0.f ? 1.f / l : 0.f;  // a row that saw no key: O = 0
+  auto* orow = static_cast<uint16_t*>(p.o) + b * p.o_b + int64_t(i) * p.o_s + h * p.o_h + c;
+  orow[0] = from_f<Tag>(acc.x * inv);
+  orow[1] = from_f<Tag>(acc.y * inv);
+  orow[2] = from_f<Tag>(acc.z * inv);
+  orow[3] = from_f<Tag>(acc.w * inv);
+  if (p.lse && c == 0)
+    p.lse[(int64_t(b) * p.num_heads_kv * p.group + h) * p.seqlen_q + i] =
+        l > 0.f ? (m + __log2f(l)) * 0.6931471805599453f : -INFINITY;
+}
+
+// o: this thread's accumulator fragment (rows g and g + 8 of the warp's m16 tile, columns
+// 8 dt + 2 t4 + {0, 1}); m: its rows' running max (log2 units); l: its share of their sums.
+template <class Tag, int D>
+__device__ void decode_epilogue(const DecodeParams& p, MergeSmem<D>& ms, int& flag,
+                                const float (&o)[D / 8][4], const float (&m)[2], const float (&l)[2],
+                                int b, int kvh, int chunk, int split) {
+  static_assert(kThreads == 4 * 32 && kThreads == kRows * 8, "four warps; 8 threads a row");
+  constexpr int kVec = kRows * D / 4 / kThreads;  // float4 elements a thread merges
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t4 = lane % 4;
+  const int row0 = chunk * kRows;
+#pragma unroll
+  for (int hr = 0; hr < 2; ++hr) {
+    const float ls = detail::quad_sum(l[hr]);
+    if (t4 == 0) ms.m[warp][g + 8 * hr] = m[hr], ms.l[warp][g + 8 * hr] = ls;
+  }
+  __syncthreads();
+  if (tid < kRows) {  // the CTA's max and sum per row
+    float mx = -INFINITY, sum = 0.f;
+    for (int w = 0; w < 4; ++w) mx = fmaxf(mx, ms.m[w][tid]);
+    for (int w = 0; w < 4; ++w)
+      if (ms.m[w][tid] != -INFINITY) sum += ms.l[w][tid] * detail::ex2(ms.m[w][tid] - mx);
+    ms.row_m[tid] = mx, ms.row_l[tid] = sum;
+  }
+#pragma unroll
+  for (int hr = 0; hr < 2; ++hr) {
+    const int r = g + 8 * hr;
+    float mx = -INFINITY;
+    for (int w = 0; w < 4; ++w) mx = fmaxf(mx, ms.m[w][r]);
+    // A warp whose keys this row does not see holds zeros (or nothing defined): weight 0.
+    const float f = m[hr] == -INFINITY ? 0.f : detail::ex2(m[hr] - mx);
+#pragma unroll
+    for (int dt = 0; dt < D / 8; ++dt)
+      *reinterpret_cast<float2*>(&ms.o[warp][r][8 * dt + 2 * t4]) =
+          f == 0.f ? make_float2(0.f, 0.f) : make_float2(o[dt][2 * hr] * f, o[dt][2 * hr + 1] * f);
+  }
+  __syncthreads();
+  float4 acc[kVec];
+#pragma unroll
+  for (int k = 0; k < kVec; ++k) {
+    const int idx = tid + k * kThreads, r = idx / (D / 4), c = idx % (D / 4) * 4;
+    acc[k] = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+    for (int w = 0; w < 4; ++w) {
+      const float4 x = *reinterpret_cast<const float4*>(&ms.o[w][r][c]);
+      acc[k].x += x.x, acc[k].y += x.y, acc[k].z += x.z, acc[k].w += x.w;
+    }
+  }
+  if (p.splits == 1) {
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) {
+      const int idx = tid + k * kThreads, r = idx / (D / 4), c = idx % (D / 4) * 4;
+      store_rows<Tag, D>(p, b, kvh, row0, r, c, acc[k], ms.row_m[r], ms.row_l[r]);
+    }
+    return;
+  }
+
+  const int unit = (b * p.num_heads_kv + kvh) * p.chunks + chunk;
+  float* mine = partial_of<D>(p, unit, split);
+#pragma unroll
+  for (int k = 0; k < kVec; ++k) {
+    const int idx = tid + k * kThreads, r = idx / (D / 4), c = idx % (D / 4) * 4;
+    __stcg(reinterpret_cast<float4*>(mine + r * D + c), acc[k]);
+  }
+  if (tid < kRows) {
+    __stcg(mine + kRows * D + 2 * tid, ms.row_m[tid]);
+    __stcg(mine + kRows * D + 2 * tid + 1, ms.row_l[tid]);
+  }
+  __threadfence();
+  __syncthreads();
+  if (tid == 0) {
+    const bool last = atomicAdd(p.counters + unit, 1) == p.splits - 1;
+    if (last) p.counters[unit] = 0;  // every split has counted: the next call starts at 0
+    flag = last;
+  }
+  __syncthreads();
+  if (!flag) return;
+  __threadfence();
+
+  // Weights: 8 threads per row stride over the splits, then combine by shuffles; the order of
+  // every sum is fixed by the split count alone, so the result does not depend on which split
+  // arrived last.
+  {
+    const int r = tid / 8, t = tid % 8;
+    float mx = -INFINITY;
+    for (int s = t; s < p.splits; s += 8) mx = fmaxf(mx, __ldcg(partial_of<D>(p, unit, s) + kRows * D + 2 * r));
+#pragma unroll
+    for (int x = 1; x < 8; x <<= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, x));
+    float sum = 0.f;
+    for (int s = t; s < p.splits; s += 8) {
+      const float* ml = partial_of<D>(p, unit, s) + kRows * D + 2 * r;
+      const float ms_ = __ldcg(ml), w = ms_ == -INFINITY ? 0.f : detail::ex2(ms_ - mx);
+      ms.w[s][r] = w;
+      sum += __ldcg(ml + 1) * w;
+    }
+#pragma unroll
+    for (int x = 1; x < 8; x <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, x);
+    if (t == 0) ms.row_m[r] = mx, ms.row_l[r] = sum;
+  }
+  __syncthreads();
+#pragma unroll
+  for (int k = 0; k < kVec; ++k) {
+    const int idx = tid + k * kThreads, r = idx / (D / 4), c = idx % (D / 4) * 4;
+    float4 a = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll 4
+    for (int s = 0; s < p.splits; ++s) {
+      const float w = ms.w[s][r];
+      const float4 x = __ldcg(reinterpret_cast<const float4*>(partial_of<D>(p, unit, s) + r * D + c));
+      a.x = fmaf(w, x.x, a.x), a.y = fmaf(w, x.y, a.y), a.z = fmaf(w, x.z, a.z), a.w = fmaf(w, x.w, a.w);
+    }
+    store_rows<Tag, D>(p, b, kvh, row0, r, c, a, ms.row_m[r], ms.row_l[r]);
+  }
+}
+
+}  // namespace flashcore::decode

@@ -24,7 +24,9 @@ inline void cuda_check(cudaError_t err, const char* what) {
 }
 #define DECODE_CUDA(expr) cuda_check((expr), #expr)
 
-inline int run_decode_grid(cudaStream_t stream, const cudaDeviceProp& prop) {
+// filter: only rows whose name contains it (all when empty).
+inline int run_decode_grid(cudaStream_t stream, const cudaDeviceProp& prop,
+                           const std::string& filter) {
   struct Row {
     const char* name;
     int64_t b, len;
@@ -37,7 +39,10 @@ inline int run_decode_grid(cudaStream_t stream, const cudaDeviceProp& prop) {
   constexpr int64_t kHq = 32, kHkv = 8, kD = 128, kCalls = 20, kReplays = 20;
   std::printf("%-16s %10s %8s %8s  %s\n", "name", "median us", "TB/s", "sets", "kernel");
   int failed = 0;
+  int matched = 0;
   for (const Row& r : rows) {
+    if (std::string(r.name).find(filter) == std::string::npos) continue;
+    ++matched;
     const size_t cache_elems = size_t(r.b) * r.len * kHkv * kD;
     const size_t set_bytes = 2 * cache_elems * 2;
     size_t free_b = 0, total_b = 0;
@@ -124,6 +129,10 @@ inline int run_decode_grid(cudaStream_t stream, const cudaDeviceProp& prop) {
     cudaEventDestroy(e0);
     cudaEventDestroy(e1);
     for (void* p : bufs) cudaFree(p);
+  }
+  if (matched == 0) {
+    std::printf("--filter %s: no decode row matches\n", filter.c_str());
+    return 1;
   }
   return failed ? 1 : 0;
 }

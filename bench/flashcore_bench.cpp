@@ -351,7 +351,7 @@ int bench_main(int argc, char** argv) {
     BENCH_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
     std::printf("flashcore-bench %s (git %s) on %s: decode, B x 32/8 heads, D128, bf16\n",
                 FLASHCORE_VERSION, git_revision().c_str(), prop.name);
-    const int rc = run_decode_grid(stream, prop);
+    const int rc = run_decode_grid(stream, prop, o.filter);
     BENCH_CUDA(cudaStreamDestroy(stream));
     return rc;
   }

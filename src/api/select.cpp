@@ -3,6 +3,7 @@
 // else; query and run both ask select_fwd, so they cannot disagree.
 #include "api/select.h"
 
+#include <algorithm>
 #include <cstdint>
 
 #include "api/cuda_env.h"
@@ -156,8 +157,9 @@ KvKernelChoice select_kv(const KvProblem& f, int device) {
     c.status = not_supported("batch/num_heads_kv/seqlen_q: grid over the CUDA limits (65535)");
     return c;
   }
-  int smem_optin = 0, sms = 0;
+  int smem_optin = 0, smem_sm = 0, sms = 0;
   cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  cudaDeviceGetAttribute(&smem_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device);
   cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
   for (const KvEntry& e : kKv) {
     if (e.dtype != f.p.dtype || e.head_dim != f.p.head_dim) continue;
@@ -171,7 +173,9 @@ KvKernelChoice select_kv(const KvProblem& f, int device) {
     c.name = std::string("portable.decode.") + to_string(f.p.dtype) + ".d" +
              std::to_string(e.head_dim);
     c.launch = e.launch;
-    c.plan = decode::plan_decode(f, sms);
+    // The runtime reserves 1 KB of shared memory per CTA.
+    const int by_smem = smem_sm / (decode::smem_bytes(e.head_dim) + 1024);
+    c.plan = decode::plan_decode(f, sms, std::min(by_smem, decode::min_blocks(e.head_dim)));
     return c;
   }
   c.status = not_supported(std::string("dtype/head_dim: no KV-cache kernel compiled for ") +

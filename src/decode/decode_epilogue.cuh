@@ -146,17 +146,28 @@ __device__ void decode_epilogue(const DecodeParams& p, MergeSmem<D>& ms, int& fl
     if (t == 0) ms.row_m[r] = mx, ms.row_l[r] = sum;
   }
   __syncthreads();
+  // Split-major, so each step issues kVec independent loads, kUnroll steps at a time: about
+  // 16 float4 loads in flight per thread.
+  constexpr int kUnroll = 16 / kVec > 1 ? 16 / kVec : 1;
+  float4 a[kVec];
+#pragma unroll
+  for (int k = 0; k < kVec; ++k) a[k] = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll kUnroll
+  for (int s = 0; s < p.splits; ++s) {
+    const float* part = partial_of<D>(p, unit, s);
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) {
+      const int idx = tid + k * kThreads, r = idx / (D / 4), c = idx % (D / 4) * 4;
+      const float w = ms.w[s][r];
+      const float4 x = __ldcg(reinterpret_cast<const float4*>(part + r * D + c));
+      a[k].x = fmaf(w, x.x, a[k].x), a[k].y = fmaf(w, x.y, a[k].y);
+      a[k].z = fmaf(w, x.z, a[k].z), a[k].w = fmaf(w, x.w, a[k].w);
+    }
+  }
 #pragma unroll
   for (int k = 0; k < kVec; ++k) {
     const int idx = tid + k * kThreads, r = idx / (D / 4), c = idx % (D / 4) * 4;
-    float4 a = make_float4(0.f, 0.f, 0.f, 0.f);
-#pragma unroll 4
-    for (int s = 0; s < p.splits; ++s) {
-      const float w = ms.w[s][r];
-      const float4 x = __ldcg(reinterpret_cast<const float4*>(partial_of<D>(p, unit, s) + r * D + c));
-      a.x = fmaf(w, x.x, a.x), a.y = fmaf(w, x.y, a.y), a.z = fmaf(w, x.z, a.z), a.w = fmaf(w, x.w, a.w);
-    }
-    store_rows<Tag, D>(p, b, kvh, row0, r, c, a, ms.row_m[r], ms.row_l[r]);
+    store_rows<Tag, D>(p, b, kvh, row0, r, c, a[k], ms.row_m[r], ms.row_l[r]);
   }
 }
 

@@ -1,7 +1,7 @@
 // KV-cache attention kernel, portable sm80+ (docs/decode-design.md). One CTA per (key split,
 // kv head x row chunk, batch entry): its 16 rows are the GQA-packed query rows of that kv head,
 // so K and V are read once per kv head. Keys stream through shared memory in blocks of
-// 4 x kWarpKeys (cp.async, two stages); each warp takes its quarter of a block with mma.sync
+// 4 x kWarpKeys (cp.async, stages(D) deep); each warp takes its quarter of a block with mma.sync
 // (S = Q K^T and O += P V on the tensor cores, the online softmax on the accumulators, as the
 // portable forward kernel does), and the four warps' running results merge at the end. Splits
 // merge in-kernel: the last split of a unit to finish merges all partials in split order.
@@ -37,17 +37,18 @@ struct MmaCfg {
   static constexpr int kHeadDim = D, kMTiles = 1, kWarpKeys = 16, kNTiles = kWarpKeys / 8;
   static constexpr int kDTiles = D / 8, kKSteps = D / 16, kChunksPerRow = D / 8;
   static constexpr int kBlockKeys = 4 * kWarpKeys;
+  static_assert(kBlockKeys == decode::kBlockKeys, "four warps of 16 keys a block");
 };
 
-// Shared memory: the q tile and two stages of K and V blocks, all swizzled as ldmatrix reads
+// Shared memory: the q tile and stages(D) K and V blocks, all swizzled as ldmatrix reads
 // them (portable/smem_layout.cuh). After the key loop the K and V stages hold the four warps'
 // results for their merge.
 template <int D>
 struct Smem {
   using C = MmaCfg<D>;
   alignas(128) uint16_t q[kRows * D];
-  alignas(128) uint16_t k[2][C::kBlockKeys * D];
-  alignas(128) uint16_t v[2][C::kBlockKeys * D];
+  alignas(128) uint16_t k[stages(D)][C::kBlockKeys * D];
+  alignas(128) uint16_t v[stages(D)][C::kBlockKeys * D];
   int flag;
 };
 
@@ -76,7 +77,7 @@ __device__ __forceinline__ void pair_of(const DecodeParams& p, int i, int& a, in
 }
 
 template <class Tag, int D>
-__global__ void __launch_bounds__(kThreads, D >= 256 ? 1 : D >= 128 ? 3 : 4) decode_kernel(const __grid_constant__ DecodeParams p) {
+__global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const __grid_constant__ DecodeParams p) {
   extern __shared__ __align__(128) uint8_t smem_raw[];
   auto& sm = *reinterpret_cast<Smem<D>*>(smem_raw);
   const int split = blockIdx.x, kvh = blockIdx.y / p.chunks, chunk = blockIdx.y % p.chunks;
@@ -205,7 +206,6 @@ __global__ void __launch_bounds__(kThreads, D >= 256 ? 1 : D >= 128 ? 3 : 4) dec
       cp_async_16(reinterpret_cast<uint8_t*>(sm.k[st]) + o, valid ? ks + 8 * c8 : dummy, valid);
       cp_async_16(reinterpret_cast<uint8_t*>(sm.v[st]) + o, valid ? vs + 8 * c8 : dummy, valid);
     }
-    cp_async_commit();
   };
   auto k_at = [&](int st, int j, int c) -> uint16_t& {
     return *reinterpret_cast<uint16_t*>(reinterpret_cast<uint8_t*>(sm.k[st]) +
@@ -244,16 +244,22 @@ __global__ void __launch_bounds__(kThreads, D >= 256 ? 1 : D >= 128 ? 3 : 4) dec
   const uint32_t sQ = portable::smem_addr(sm.q);
   const bool rotate = p.rotary_dim > 0 && n_new > 0;
 
-  if (jb0 < jb1) load(jb0, 0);
+  // One cp.async group per block slot, empty past the end, so waiting for all but the newest
+  // kS - 2 groups always means block blk has landed.
+  constexpr int kS = stages(D);
+#pragma unroll
+  for (int s = 0; s < kS - 1; ++s) {
+    if (jb0 + s < jb1) load(jb0 + s, s);
+    cp_async_commit();
+  }
   for (int blk = jb0; blk < jb1; ++blk) {
-    const int st = (blk - jb0) & 1;
-    if (blk + 1 < jb1) {
-      load(blk + 1, st ^ 1);
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
+    const int st = (blk - jb0) % kS;
+    cp_async_wait<kS - 2>();
+    // Block blk has landed for every thread, and every warp is done with the stage that block
+    // blk - 1 used, which the next load refills.
     __syncthreads();
+    if (blk + kS - 1 < jb1) load(blk + kS - 1, (blk - jb0 + kS - 1) % kS);
+    cp_async_commit();
     if (rotate && (blk + 1) * kBK > L) {
       rotate_new(blk, st);
       __syncthreads();
@@ -273,8 +279,9 @@ __global__ void __launch_bounds__(kThreads, D >= 256 ? 1 : D >= 128 ? 3 : 4) dec
       }
     portable::online_softmax<C>(s, row_max, row_sum, o, p.scale_log2);
     portable::pv_gemm<C, Elem>(o, s, portable::smem_addr(sm.v[st]) + slice, lanes);
-    __syncthreads();  // the stage is reloaded two blocks on
   }
+  cp_async_wait<0>();  // only empty groups remain; the merge below overlays the stages
+  __syncthreads();
 
   decode_epilogue<Tag, D>(p, *reinterpret_cast<MergeSmem<D>*>(sm.k), sm.flag, o[0], row_max[0],
                           row_sum[0], b, kvh, chunk, split);

@@ -11,8 +11,8 @@ namespace flashcore::decode {
 template <class Tag, int kHeadDim>
 cudaError_t launch_decode(const DecodeParams& p, cudaStream_t stream);
 
-// Shared memory one CTA of head dim D takes (decode_kernel.cuh: Smem<D>: the q tile, two
-// stages of 64-key K and V blocks, the flag; 128-byte aligned parts).
-constexpr int smem_bytes(int d) { return kRows * d * 2 + 2 * 2 * 64 * d * 2 + 128; }
+// Shared memory one CTA of head dim D takes (decode_kernel.cuh: Smem<D>: the q tile, the K and
+// V stages, the flag; 128-byte aligned parts).
+constexpr int smem_bytes(int d) { return kRows * d * 2 + stages(d) * 2 * kBlockKeys * d * 2 + 128; }
 
 }  // namespace flashcore::decode

@@ -13,6 +13,12 @@ constexpr int kRows = 16;      // query rows (GQA-packed: row = i * group + head
 constexpr int kSplitKeys = 128;  // the fewest keys of the capacity a split is planned for
 constexpr int kThreads = 128;  // four warps
 constexpr int kMaxSplits = 128;  // bounds the last arriver's weight table (decode_epilogue.cuh)
+constexpr int kBlockKeys = 64;   // keys a stage holds: 16 per warp
+// K/V stages in flight: three keep about 64 KB per SM in the air at D128 (two CTAs an SM), what
+// HBM's latency asks at full bandwidth; D256 keeps two (the same bytes, and 136 KB fits sm80).
+constexpr int stages(int d) { return d >= 256 ? 2 : 3; }
+// CTAs an SM holds: the register bound the kernel is compiled for, and shared memory.
+constexpr int min_blocks(int d) { return d >= 256 ? 1 : d >= 128 ? 3 : 4; }
 
 struct DecodeParams {
   const void* q;
@@ -45,20 +51,22 @@ struct DecodeParams {
 // How a problem is cut: row chunks per kv head, and key splits chosen from what the host knows
 // (batch, heads, capacity, SMs), never from cache_seqlens, so a captured graph stays valid.
 // Workspace: the counter area every workspace user shares (common/workspace.h; splits > 1 only
-// when there are fewer than 2 * sms units), then the partials.
+// when there are fewer units than CTA slots, which the counter area covers), then the partials.
 struct DecodePlan {
   int32_t chunks = 1, splits = 1;
   int64_t counter_bytes = 0, workspace_bytes = 0;
 };
 
-inline DecodePlan plan_decode(const detail::KvProblem& f, int sms) {
+inline DecodePlan plan_decode(const detail::KvProblem& f, int sms, int ctas_per_sm) {
   DecodePlan pl;
   const int64_t rows = f.p.num_heads_q / f.p.num_heads_kv * f.p.seqlen_q;
   pl.chunks = static_cast<int32_t>(rows > 0 ? (rows + kRows - 1) / kRows : 1);
   const int64_t units = f.p.batch * f.p.num_heads_kv * pl.chunks;
-  // About two waves of CTAs, each split at least kSplitKeys keys (two 64-key blocks) of the
-  // capacity.
-  const int64_t by_sms = units > 0 ? (2 * int64_t(sms) + units - 1) / units : 1;
+  // One wave: as many splits as fill every CTA slot of the GPU (a second, partial wave would
+  // cost a whole split's time), each at least kSplitKeys keys (two blocks) of the capacity.
+  // At most 4 CTAs an SM, so a split unit count stays within the counter area's 2 * sms.
+  const int64_t slots = int64_t(sms) * (ctas_per_sm < 1 ? 1 : ctas_per_sm > 4 ? 4 : ctas_per_sm);
+  const int64_t by_sms = units > 0 ? slots / units : 1;
   const int64_t by_len = (f.capacity + kSplitKeys - 1) / kSplitKeys;
   int64_t splits = by_sms < by_len ? by_sms : by_len;
   if (splits > kMaxSplits) splits = kMaxSplits;

@@ -49,21 +49,24 @@ __device__ __forceinline__ void store_rows(const DecodeParams& p, int b, int kvh
 
 // o: this thread's accumulator fragment (rows g and g + 8 of the warp's m16 tile, columns
 // 8 dt + 2 t4 + {0, 1}); m: its rows' running max (log2 units); l: its share of their sums.
+// Only the chunk's real rows (GQA decode fills 4-8 of the 16) are merged, stored and passed
+// between splits.
 template <class Tag, int D>
 __device__ void decode_epilogue(const DecodeParams& p, MergeSmem<D>& ms, int& flag,
                                 const float (&o)[D / 8][4], const float (&m)[2], const float (&l)[2],
                                 int b, int kvh, int chunk, int split) {
   static_assert(kThreads == 4 * 32 && kThreads == kRows * 8, "four warps; 8 threads a row");
-  constexpr int kVec = kRows * D / 4 / kThreads;  // float4 elements a thread merges
+  constexpr int kCols4 = D / 4;  // float4 columns a row
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t4 = lane % 4;
   const int row0 = chunk * kRows;
+  const int nrows = min(kRows, p.rows - row0), elems = nrows * kCols4;
 #pragma unroll
   for (int hr = 0; hr < 2; ++hr) {
     const float ls = detail::quad_sum(l[hr]);
     if (t4 == 0) ms.m[warp][g + 8 * hr] = m[hr], ms.l[warp][g + 8 * hr] = ls;
   }
   __syncthreads();
-  if (tid < kRows) {  // the CTA's max and sum per row
+  if (tid < nrows) {  // the CTA's max and sum per row
     float mx = -INFINITY, sum = 0.f;
     for (int w = 0; w < 4; ++w) mx = fmaxf(mx, ms.m[w][tid]);
     for (int w = 0; w < 4; ++w)
@@ -73,9 +76,10 @@ __device__ void decode_epilogue(const DecodeParams& p, MergeSmem<D>& ms, int& fl
 #pragma unroll
   for (int hr = 0; hr < 2; ++hr) {
     const int r = g + 8 * hr;
+    if (r >= nrows) continue;
     float mx = -INFINITY;
     for (int w = 0; w < 4; ++w) mx = fmaxf(mx, ms.m[w][r]);
-    // A warp whose keys this row does not see holds zeros (or nothing defined): weight 0.
+    // A warp whose keys this row does not see holds zeros: weight 0.
     const float f = m[hr] == -INFINITY ? 0.f : detail::ex2(m[hr] - mx);
 #pragma unroll
     for (int dt = 0; dt < D / 8; ++dt)
@@ -83,37 +87,25 @@ __device__ void decode_epilogue(const DecodeParams& p, MergeSmem<D>& ms, int& fl
           f == 0.f ? make_float2(0.f, 0.f) : make_float2(o[dt][2 * hr] * f, o[dt][2 * hr + 1] * f);
   }
   __syncthreads();
-  float4 acc[kVec];
-#pragma unroll
-  for (int k = 0; k < kVec; ++k) {
-    const int idx = tid + k * kThreads, r = idx / (D / 4), c = idx % (D / 4) * 4;
-    acc[k] = make_float4(0.f, 0.f, 0.f, 0.f);
+  const int unit = (b * p.num_heads_kv + kvh) * p.chunks + chunk;
+  float* mine = p.splits > 1 ? partial_of<D>(p, unit, split) : nullptr;
+  for (int idx = tid; idx < elems; idx += kThreads) {
+    const int r = idx / kCols4, c = idx % kCols4 * 4;
+    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
 #pragma unroll
     for (int w = 0; w < 4; ++w) {
       const float4 x = *reinterpret_cast<const float4*>(&ms.o[w][r][c]);
-      acc[k].x += x.x, acc[k].y += x.y, acc[k].z += x.z, acc[k].w += x.w;
+      acc.x += x.x, acc.y += x.y, acc.z += x.z, acc.w += x.w;
     }
+    if (mine)
+      __stcg(reinterpret_cast<float4*>(mine + r * D + c), acc);
+    else
+      store_rows<Tag, D>(p, b, kvh, row0, r, c, acc, ms.row_m[r], ms.row_l[r]);
   }
-  if (p.splits == 1) {
-#pragma unroll
-    for (int k = 0; k < kVec; ++k) {
-      const int idx = tid + k * kThreads, r = idx / (D / 4), c = idx % (D / 4) * 4;
-      store_rows<Tag, D>(p, b, kvh, row0, r, c, acc[k], ms.row_m[r], ms.row_l[r]);
-    }
-    return;
-  }
-
-  const int unit = (b * p.num_heads_kv + kvh) * p.chunks + chunk;
-  float* mine = partial_of<D>(p, unit, split);
-#pragma unroll
-  for (int k = 0; k < kVec; ++k) {
-    const int idx = tid + k * kThreads, r = idx / (D / 4), c = idx % (D / 4) * 4;
-    __stcg(reinterpret_cast<float4*>(mine + r * D + c), acc[k]);
-  }
-  if (tid < kRows) {
-    __stcg(mine + kRows * D + 2 * tid, ms.row_m[tid]);
-    __stcg(mine + kRows * D + 2 * tid + 1, ms.row_l[tid]);
-  }
+  if (!mine) return;
+  if (tid < nrows)
+    __stcg(reinterpret_cast<float2*>(mine + kRows * D + 2 * tid),
+           make_float2(ms.row_m[tid], ms.row_l[tid]));
   __threadfence();
   __syncthreads();
   if (tid == 0) {
@@ -125,49 +117,48 @@ __device__ void decode_epilogue(const DecodeParams& p, MergeSmem<D>& ms, int& fl
   if (!flag) return;
   __threadfence();
 
-  // Weights: 8 threads per row stride over the splits, then combine by shuffles; the order of
-  // every sum is fixed by the split count alone, so the result does not depend on which split
-  // arrived last.
+  // Weights: 8 threads a row take every 8th split, all loads at once, then combine by
+  // shuffles; every sum's order is fixed by the split count alone, so the result does not
+  // depend on which split arrived last.
   {
+    constexpr int kPer = kMaxSplits / 8;
     const int r = tid / 8, t = tid % 8;
+    float2 ml[kPer];
+#pragma unroll
+    for (int j = 0; j < kPer; ++j) {
+      const int s = t + 8 * j;
+      ml[j] = r < nrows && s < p.splits
+                  ? __ldcg(reinterpret_cast<const float2*>(partial_of<D>(p, unit, s) + kRows * D + 2 * r))
+                  : make_float2(-INFINITY, 0.f);
+    }
     float mx = -INFINITY;
-    for (int s = t; s < p.splits; s += 8) mx = fmaxf(mx, __ldcg(partial_of<D>(p, unit, s) + kRows * D + 2 * r));
+#pragma unroll
+    for (int j = 0; j < kPer; ++j) mx = fmaxf(mx, ml[j].x);
 #pragma unroll
     for (int x = 1; x < 8; x <<= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, x));
     float sum = 0.f;
-    for (int s = t; s < p.splits; s += 8) {
-      const float* ml = partial_of<D>(p, unit, s) + kRows * D + 2 * r;
-      const float ms_ = __ldcg(ml), w = ms_ == -INFINITY ? 0.f : detail::ex2(ms_ - mx);
-      ms.w[s][r] = w;
-      sum += __ldcg(ml + 1) * w;
+#pragma unroll
+    for (int j = 0; j < kPer; ++j) {
+      const float w = ml[j].x == -INFINITY ? 0.f : detail::ex2(ml[j].x - mx);
+      if (r < nrows && t + 8 * j < p.splits) ms.w[t + 8 * j][r] = w;
+      sum += ml[j].y * w;
     }
 #pragma unroll
     for (int x = 1; x < 8; x <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, x);
-    if (t == 0) ms.row_m[r] = mx, ms.row_l[r] = sum;
+    if (t == 0 && r < nrows) ms.row_m[r] = mx, ms.row_l[r] = sum;
   }
   __syncthreads();
-  // Split-major, so each step issues kVec independent loads, kUnroll steps at a time: about
-  // 16 float4 loads in flight per thread.
-  constexpr int kUnroll = 16 / kVec > 1 ? 16 / kVec : 1;
-  float4 a[kVec];
-#pragma unroll
-  for (int k = 0; k < kVec; ++k) a[k] = make_float4(0.f, 0.f, 0.f, 0.f);
-#pragma unroll kUnroll
-  for (int s = 0; s < p.splits; ++s) {
-    const float* part = partial_of<D>(p, unit, s);
-#pragma unroll
-    for (int k = 0; k < kVec; ++k) {
-      const int idx = tid + k * kThreads, r = idx / (D / 4), c = idx % (D / 4) * 4;
+  // The sum over splits, 16 independent float4 loads in flight a thread.
+  for (int idx = tid; idx < elems; idx += kThreads) {
+    const int r = idx / kCols4, c = idx % kCols4 * 4;
+    float4 a = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll 16
+    for (int s = 0; s < p.splits; ++s) {
       const float w = ms.w[s][r];
-      const float4 x = __ldcg(reinterpret_cast<const float4*>(part + r * D + c));
-      a[k].x = fmaf(w, x.x, a[k].x), a[k].y = fmaf(w, x.y, a[k].y);
-      a[k].z = fmaf(w, x.z, a[k].z), a[k].w = fmaf(w, x.w, a[k].w);
+      const float4 x = __ldcg(reinterpret_cast<const float4*>(partial_of<D>(p, unit, s) + r * D + c));
+      a.x = fmaf(w, x.x, a.x), a.y = fmaf(w, x.y, a.y), a.z = fmaf(w, x.z, a.z), a.w = fmaf(w, x.w, a.w);
     }
-  }
-#pragma unroll
-  for (int k = 0; k < kVec; ++k) {
-    const int idx = tid + k * kThreads, r = idx / (D / 4), c = idx % (D / 4) * 4;
-    store_rows<Tag, D>(p, b, kvh, row0, r, c, a[k], ms.row_m[r], ms.row_l[r]);
+    store_rows<Tag, D>(p, b, kvh, row0, r, c, a, ms.row_m[r], ms.row_l[r]);
   }
 }
 

@@ -94,6 +94,7 @@ __global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const _
   if (L < 0 || lk64 > p.capacity) err = kKvCacheOverflow;
   if (!err && p.paged) {
     bool bad = false;
+#pragma unroll 8
     for (int pg = tid; int64_t(pg) * p.page_size < Lk; pg += kThreads) {
       const int e = p.block_table[b * p.bt_stride + pg];
       bad |= e < 0 || e >= p.num_pages;
@@ -126,57 +127,11 @@ __global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const _
   constexpr int kBK = C::kBlockKeys;
   static_assert(sizeof(MergeSmem<D>) <= sizeof(sm.k) + sizeof(sm.v), "the merge overlays K/V");
 
-  // q tile: rotated and rounded to the dtype (as the reference does), swizzled; rows past the
-  // chunk's rows are zero.
-  auto q_at = [&](int r, int c) -> uint16_t& {
-    return *reinterpret_cast<uint16_t*>(reinterpret_cast<uint8_t*>(sm.q) +
-                                        portable::swz<C>(r, c / 8) + (c % 8) * 2);
-  };
-  for (int idx = tid; idx < kRows * D; idx += kThreads) {
-    const int rr = idx / D, c = idx % D, r = row0 + rr;
-    uint16_t val = 0;
-    if (r < p.rows) {
-      const int i = r / p.group, h = kvh * p.group + r % p.group;
-      const auto* qr = static_cast<const uint16_t*>(p.q) + b * p.q_b + int64_t(i) * p.q_s + h * p.q_h;
-      val = qr[c];
-      if (c < p.rotary_dim) {
-        const int pr = p.interleaved ? c / 2 : (c < p.rotary_dim / 2 ? c : c - p.rotary_dim / 2);
-        int a, bb;
-        pair_of(p, pr, a, bb);
-        float x = to_f<Tag>(qr[a]), y = to_f<Tag>(qr[bb]);
-        rotate_pair<Tag>(p, p.masked ? L + i : L, pr, x, y);
-        val = from_f<Tag>(c == a ? x : y);
-      }
-    }
-    q_at(rr, c) = val;
-  }
-
   // This split's key blocks (of the entry's length, known only here), narrowed to the keys any
   // row of this CTA sees (bottom-right aligned masks).
   const int nblocks = (Lk + kBK - 1) / kBK;
   const int per = (nblocks + p.splits - 1) / p.splits;
   const int kb0 = min(nblocks, split * per), kb1 = min(nblocks, kb0 + per);
-  if (chunk == 0 && n_new > 0) {  // the new rows of this split's range go into the cache
-    const int n0 = max(L, kb0 * kBK), n1 = min(Lk, kb1 * kBK);
-    for (int idx = tid; idx < (n1 - n0) * D; idx += kThreads) {
-      const int n = n0 + idx / D, c = idx % D, i = n - L;
-      const auto* kn = static_cast<const uint16_t*>(p.k_new) + b * p.kn_b + i * p.kn_s + kvh * p.kn_h;
-      const auto* vn = static_cast<const uint16_t*>(p.v_new) + b * p.vn_b + i * p.vn_s + kvh * p.vn_h;
-      uint16_t kval = kn[c];
-      if (c < p.rotary_dim) {
-        const int pr = p.interleaved ? c / 2 : (c < p.rotary_dim / 2 ? c : c - p.rotary_dim / 2);
-        int a, bb;
-        pair_of(p, pr, a, bb);
-        float x = to_f<Tag>(kn[a]), y = to_f<Tag>(kn[bb]);
-        rotate_pair<Tag>(p, n, pr, x, y);
-        kval = from_f<Tag>(c == a ? x : y);
-      }
-      static_cast<uint16_t*>(p.k_cache)[cache_offset(p, p.kc_b, p.kc_s, p.kc_h, b, n, kvh) + c] =
-          kval;
-      static_cast<uint16_t*>(p.v_cache)[cache_offset(p, p.vc_b, p.vc_s, p.vc_h, b, n, kvh) + c] =
-          vn[c];
-    }
-  }
   const int last_row = min(p.rows, row0 + kRows) - 1;
   const int i_first = row0 / p.group, i_last = max(last_row, row0) / p.group;
   const int off = Lk - p.seqlen_q;
@@ -244,6 +199,7 @@ __global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const _
   const uint32_t sQ = portable::smem_addr(sm.q);
   const bool rotate = p.rotary_dim > 0 && n_new > 0;
 
+  // K/V loads go out first, so their latency overlaps the q tile and the append below.
   // One cp.async group per block slot, empty past the end, so waiting for all but the newest
   // kS - 2 groups always means block blk has landed.
   constexpr int kS = stages(D);
@@ -251,6 +207,54 @@ __global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const _
   for (int s = 0; s < kS - 1; ++s) {
     if (jb0 + s < jb1) load(jb0 + s, s);
     cp_async_commit();
+  }
+  // q tile: rotated and rounded to the dtype (as the reference does), swizzled; rows past the
+  // chunk's rows are zero.
+  auto q_at = [&](int r, int c) -> uint16_t& {
+    return *reinterpret_cast<uint16_t*>(reinterpret_cast<uint8_t*>(sm.q) +
+                                        portable::swz<C>(r, c / 8) + (c % 8) * 2);
+  };
+  for (int idx = tid; idx < kRows * D; idx += kThreads) {
+    const int rr = idx / D, c = idx % D, r = row0 + rr;
+    uint16_t val = 0;
+    if (r < p.rows) {
+      const int i = r / p.group, h = kvh * p.group + r % p.group;
+      const auto* qr = static_cast<const uint16_t*>(p.q) + b * p.q_b + int64_t(i) * p.q_s + h * p.q_h;
+      val = qr[c];
+      if (c < p.rotary_dim) {
+        const int pr = p.interleaved ? c / 2 : (c < p.rotary_dim / 2 ? c : c - p.rotary_dim / 2);
+        int a, bb;
+        pair_of(p, pr, a, bb);
+        float x = to_f<Tag>(qr[a]), y = to_f<Tag>(qr[bb]);
+        rotate_pair<Tag>(p, p.masked ? L + i : L, pr, x, y);
+        val = from_f<Tag>(c == a ? x : y);
+      }
+    }
+    q_at(rr, c) = val;
+  }
+
+  // The new rows of this split's range go into the cache (the loads above take them from
+  // k_new/v_new, so no ordering with them is needed).
+  if (chunk == 0 && n_new > 0) {
+    const int n0 = max(L, kb0 * kBK), n1 = min(Lk, kb1 * kBK);
+    for (int idx = tid; idx < (n1 - n0) * D; idx += kThreads) {
+      const int n = n0 + idx / D, c = idx % D, i = n - L;
+      const auto* kn = static_cast<const uint16_t*>(p.k_new) + b * p.kn_b + i * p.kn_s + kvh * p.kn_h;
+      const auto* vn = static_cast<const uint16_t*>(p.v_new) + b * p.vn_b + i * p.vn_s + kvh * p.vn_h;
+      uint16_t kval = kn[c];
+      if (c < p.rotary_dim) {
+        const int pr = p.interleaved ? c / 2 : (c < p.rotary_dim / 2 ? c : c - p.rotary_dim / 2);
+        int a, bb;
+        pair_of(p, pr, a, bb);
+        float x = to_f<Tag>(kn[a]), y = to_f<Tag>(kn[bb]);
+        rotate_pair<Tag>(p, n, pr, x, y);
+        kval = from_f<Tag>(c == a ? x : y);
+      }
+      static_cast<uint16_t*>(p.k_cache)[cache_offset(p, p.kc_b, p.kc_s, p.kc_h, b, n, kvh) + c] =
+          kval;
+      static_cast<uint16_t*>(p.v_cache)[cache_offset(p, p.vc_b, p.vc_s, p.vc_h, b, n, kvh) + c] =
+          vn[c];
+    }
   }
   for (int blk = jb0; blk < jb1; ++blk) {
     const int st = (blk - jb0) % kS;

@@ -38,10 +38,9 @@ __device__ __forceinline__ void store_rows(const DecodeParams& p, int b, int kvh
   const int i = (row0 + r) / p.group, h = kvh * p.group + (row0 + r) % p.group;
   const float inv = l > 0.f ? 1.f / l : 0.f;  // a row that saw no key: O = 0
   auto* orow = static_cast<uint16_t*>(p.o) + b * p.o_b + int64_t(i) * p.o_s + h * p.o_h + c;
-  orow[0] = from_f<Tag>(acc.x * inv);
-  orow[1] = from_f<Tag>(acc.y * inv);
-  orow[2] = from_f<Tag>(acc.z * inv);
-  orow[3] = from_f<Tag>(acc.w * inv);
+  const uint2 packed = make_uint2(from_f<Tag>(acc.x * inv) | uint32_t(from_f<Tag>(acc.y * inv)) << 16,
+                                  from_f<Tag>(acc.z * inv) | uint32_t(from_f<Tag>(acc.w * inv)) << 16);
+  *reinterpret_cast<uint2*>(orow) = packed;  // o is 16-byte aligned, strides multiples of 8
   if (p.lse && c == 0)
     p.lse[(int64_t(b) * p.num_heads_kv * p.group + h) * p.seqlen_q + i] =
         l > 0.f ? (m + __log2f(l)) * 0.6931471805599453f : -INFINITY;

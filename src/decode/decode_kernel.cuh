@@ -199,7 +199,21 @@ __global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const _
   const uint32_t sQ = portable::smem_addr(sm.q);
   const bool rotate = p.rotary_dim > 0 && n_new > 0;
 
-  // K/V loads go out first, so their latency overlaps the q tile and the append below.
+  // q tile, its own cp.async group (rows past the chunk's rows zero-filled), then the first K/V
+  // blocks: all of it in flight before anything waits (perf-notes K6).
+  auto q_at = [&](int r, int c) -> uint16_t& {
+    return *reinterpret_cast<uint16_t*>(reinterpret_cast<uint8_t*>(sm.q) +
+                                        portable::swz<C>(r, c / 8) + (c % 8) * 2);
+  };
+  for (int idx = tid; idx < kRows * (D / 8); idx += kThreads) {
+    const int rr = idx / (D / 8), c8 = idx % (D / 8), r = row0 + rr;
+    const bool valid = r < p.rows;
+    const auto* src = static_cast<const uint16_t*>(p.q);
+    if (valid)
+      src += b * p.q_b + int64_t(r / p.group) * p.q_s + (kvh * p.group + r % p.group) * p.q_h + 8 * c8;
+    cp_async_16(reinterpret_cast<uint8_t*>(sm.q) + portable::swz<C>(rr, c8), src, valid);
+  }
+  cp_async_commit();
   // One cp.async group per block slot, empty past the end, so waiting for all but the newest
   // kS - 2 groups always means block blk has landed.
   constexpr int kS = stages(D);
@@ -208,31 +222,23 @@ __global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const _
     if (jb0 + s < jb1) load(jb0 + s, s);
     cp_async_commit();
   }
-  // q tile: rotated and rounded to the dtype (as the reference does), swizzled; rows past the
-  // chunk's rows are zero.
-  auto q_at = [&](int r, int c) -> uint16_t& {
-    return *reinterpret_cast<uint16_t*>(reinterpret_cast<uint8_t*>(sm.q) +
-                                        portable::swz<C>(r, c / 8) + (c % 8) * 2);
-  };
-  for (int idx = tid; idx < kRows * D; idx += kThreads) {
-    const int rr = idx / D, c = idx % D, r = row0 + rr;
-    uint16_t val = 0;
-    if (r < p.rows) {
-      const int i = r / p.group, h = kvh * p.group + r % p.group;
-      const auto* qr = static_cast<const uint16_t*>(p.q) + b * p.q_b + int64_t(i) * p.q_s + h * p.q_h;
-      val = qr[c];
-      if (c < p.rotary_dim) {
-        const int pr = p.interleaved ? c / 2 : (c < p.rotary_dim / 2 ? c : c - p.rotary_dim / 2);
-        int a, bb;
-        pair_of(p, pr, a, bb);
-        float x = to_f<Tag>(qr[a]), y = to_f<Tag>(qr[bb]);
-        rotate_pair<Tag>(p, p.masked ? L + i : L, pr, x, y);
-        val = from_f<Tag>(c == a ? x : y);
-      }
+  // q rotated in place once landed, rounded to the dtype as the reference does; the key loop's
+  // first barrier orders this before the tile is read.
+  if (p.rotary_dim > 0) {
+    cp_async_wait<kS - 1>();  // the q group; the K/V groups after it may still be in flight
+    __syncthreads();
+    const int half = p.rotary_dim / 2;
+    for (int idx = tid; idx < kRows * half; idx += kThreads) {
+      const int rr = idx / half, pr = idx % half, r = row0 + rr;
+      if (r >= p.rows) continue;
+      int a, bb;
+      pair_of(p, pr, a, bb);
+      float x = to_f<Tag>(q_at(rr, a)), y = to_f<Tag>(q_at(rr, bb));
+      rotate_pair<Tag>(p, p.masked ? L + r / p.group : L, pr, x, y);
+      q_at(rr, a) = from_f<Tag>(x);
+      q_at(rr, bb) = from_f<Tag>(y);
     }
-    q_at(rr, c) = val;
   }
-
   // The new rows of this split's range go into the cache (the loads above take them from
   // k_new/v_new, so no ordering with them is needed).
   if (chunk == 0 && n_new > 0) {

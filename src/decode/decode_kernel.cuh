@@ -82,6 +82,27 @@ __global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const _
   auto& sm = *reinterpret_cast<Smem<D>*>(smem_raw);
   const int split = blockIdx.x, kvh = blockIdx.y / p.chunks, chunk = blockIdx.y % p.chunks;
   const int b = blockIdx.z, tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  using C = MmaCfg<D>;
+  using Elem = typename ElemOf<Tag>::type;
+  constexpr int kBK = C::kBlockKeys;
+  static_assert(sizeof(MergeSmem<D>) <= sizeof(sm.k) + sizeof(sm.v), "the merge overlays K/V");
+
+  // q tile first, its own cp.async group (rows past the chunk's rows zero-filled): it needs no
+  // cache length, so its latency overlaps the cache_seqlens load; the first K/V blocks follow
+  // as soon as the length is known (perf-notes K6).
+  auto q_at = [&](int r, int c) -> uint16_t& {
+    return *reinterpret_cast<uint16_t*>(reinterpret_cast<uint8_t*>(sm.q) +
+                                        portable::swz<C>(r, c / 8) + (c % 8) * 2);
+  };
+  for (int idx = tid; idx < kRows * (D / 8); idx += kThreads) {
+    const int rr = idx / (D / 8), c8 = idx % (D / 8), r = chunk * kRows + rr;
+    const bool valid = r < p.rows;
+    const auto* src = static_cast<const uint16_t*>(p.q);
+    if (valid)
+      src += b * p.q_b + int64_t(r / p.group) * p.q_s + (kvh * p.group + r % p.group) * p.q_h + 8 * c8;
+    cp_async_16(reinterpret_cast<uint8_t*>(sm.q) + portable::swz<C>(rr, c8), src, valid);
+  }
+  cp_async_commit();
   const int L = p.cache_seqlens[b];
   const int n_new = p.append ? p.seqlen_q : 0;
   const int64_t lk64 = int64_t(L) + n_new;
@@ -89,7 +110,7 @@ __global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const _
   const int row0 = chunk * kRows;
 
   // Every CTA of entry b checks the whole entry the same way, so all of them agree on whether
-  // it is bad; a bad entry reads and writes nothing but its NaN output rows.
+  // it is bad; a bad entry reads none of its cache and writes nothing but its NaN output rows.
   int err = 0;
   if (L < 0 || lk64 > p.capacity) err = kKvCacheOverflow;
   if (!err && p.paged) {
@@ -107,6 +128,7 @@ __global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const _
       err = kKvRotaryOutOfRange;
   }
   if (err) {
+    cp_async_wait<0>();  // the q tile's copies, before the CTA's shared memory goes away
     if (tid == 0) atomicOr(p.error_flag, err);
     if (split != 0) return;
     const uint16_t nan = from_f<Tag>(__int_as_float(0x7fc00000));
@@ -121,11 +143,6 @@ __global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const _
     }
     return;
   }
-
-  using C = MmaCfg<D>;
-  using Elem = typename ElemOf<Tag>::type;
-  constexpr int kBK = C::kBlockKeys;
-  static_assert(sizeof(MergeSmem<D>) <= sizeof(sm.k) + sizeof(sm.v), "the merge overlays K/V");
 
   // This split's key blocks (of the entry's length, known only here), narrowed to the keys any
   // row of this CTA sees (bottom-right aligned masks).
@@ -199,21 +216,6 @@ __global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const _
   const uint32_t sQ = portable::smem_addr(sm.q);
   const bool rotate = p.rotary_dim > 0 && n_new > 0;
 
-  // q tile, its own cp.async group (rows past the chunk's rows zero-filled), then the first K/V
-  // blocks: all of it in flight before anything waits (perf-notes K6).
-  auto q_at = [&](int r, int c) -> uint16_t& {
-    return *reinterpret_cast<uint16_t*>(reinterpret_cast<uint8_t*>(sm.q) +
-                                        portable::swz<C>(r, c / 8) + (c % 8) * 2);
-  };
-  for (int idx = tid; idx < kRows * (D / 8); idx += kThreads) {
-    const int rr = idx / (D / 8), c8 = idx % (D / 8), r = row0 + rr;
-    const bool valid = r < p.rows;
-    const auto* src = static_cast<const uint16_t*>(p.q);
-    if (valid)
-      src += b * p.q_b + int64_t(r / p.group) * p.q_s + (kvh * p.group + r % p.group) * p.q_h + 8 * c8;
-    cp_async_16(reinterpret_cast<uint8_t*>(sm.q) + portable::swz<C>(rr, c8), src, valid);
-  }
-  cp_async_commit();
   // One cp.async group per block slot, empty past the end, so waiting for all but the newest
   // kS - 2 groups always means block blk has landed.
   constexpr int kS = stages(D);

@@ -10,7 +10,7 @@
 namespace flashcore::decode {
 
 constexpr int kRows = 16;      // query rows (GQA-packed: row = i * group + head in group) a CTA
-constexpr int kSplitKeys = 128;  // the fewest keys of the capacity a split is planned for
+constexpr int kSplitKeys = 64;  // the fewest keys of the capacity a split is planned for
 constexpr int kThreads = 128;  // four warps
 constexpr int kMaxSplits = 128;  // bounds the last arriver's weight table (decode_epilogue.cuh)
 constexpr int kBlockKeys = 64;   // keys a stage holds: 16 per warp
@@ -63,7 +63,7 @@ inline DecodePlan plan_decode(const detail::KvProblem& f, int sms, int ctas_per_
   pl.chunks = static_cast<int32_t>(rows > 0 ? (rows + kRows - 1) / kRows : 1);
   const int64_t units = f.p.batch * f.p.num_heads_kv * pl.chunks;
   // One wave: as many splits as fill every CTA slot of the GPU (a second, partial wave would
-  // cost a whole split's time), each at least kSplitKeys keys (two blocks) of the capacity.
+  // cost a whole split's time), each at least kSplitKeys keys (one block) of the capacity.
   // At most 4 CTAs an SM, so a split unit count stays within the counter area's 2 * sms.
   const int64_t slots = int64_t(sms) * (ctas_per_sm < 1 ? 1 : ctas_per_sm > 4 ? 4 : ctas_per_sm);
   const int64_t by_sms = units > 0 ? slots / units : 1;

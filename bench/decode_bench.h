@@ -1,7 +1,9 @@
 // flashcore-bench --grid decode: the ANCHORS decode rows (one query token, GQA 32/8, D128, bf16,
 // contiguous cache) timed as ANCHORS times them: 20 calls captured in a CUDA graph, caches
 // rotated over a ring larger than twice the L2 so every call reads from HBM, µs = replay / 20
-// (median of 20 replays). TB/s counts the K and V bytes the call must read.
+// (median of 20 replays). TB/s counts the K and V bytes the call must read. The _page rows
+// are the same problems on a paged cache (pages of that many rows, a shuffled block table):
+// flashcore's paged cost next to its contiguous one (SDPA has no paged cache to compare).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -9,6 +11,8 @@
 #include <algorithm>
 #include <cstdio>
 #include <memory>
+#include <numeric>
+#include <random>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -29,13 +33,16 @@ inline int run_decode_grid(cudaStream_t stream, const cudaDeviceProp& prop,
                            const std::string& filter) {
   struct Row {
     const char* name;
-    int64_t b, len;
+    int64_t b, len, page;  // page 0: contiguous
   };
-  const Row rows[] = {{"decode_b1_1k", 1, 1024},
-                      {"decode_b1_4k", 1, 4096},
-                      {"decode_b1_16k", 1, 16384},
-                      {"decode_b1_64k", 1, 65536},
-                      {"decode_b16_4k", 16, 4096}};
+  const Row rows[] = {{"decode_b1_1k", 1, 1024, 0},
+                      {"decode_b1_4k", 1, 4096, 0},
+                      {"decode_b1_16k", 1, 16384, 0},
+                      {"decode_b1_64k", 1, 65536, 0},
+                      {"decode_b16_4k", 16, 4096, 0},
+                      {"decode_b1_16k_page16", 1, 16384, 16},
+                      {"decode_b1_64k_page256", 1, 65536, 256},
+                      {"decode_b16_4k_page64", 16, 4096, 64}};
   constexpr int64_t kHq = 32, kHkv = 8, kD = 128, kCalls = 20, kReplays = 20;
   std::printf("%-16s %10s %8s %8s  %s\n", "name", "median us", "TB/s", "sets", "kernel");
   int failed = 0;
@@ -64,6 +71,15 @@ inline int run_decode_grid(cudaStream_t stream, const cudaDeviceProp& prop,
     DECODE_CUDA(cudaMemset(flag, 0, 4));
     std::vector<int32_t> lens(r.b, static_cast<int32_t>(r.len));
     DECODE_CUDA(cudaMemcpy(seqlens, lens.data(), r.b * 4, cudaMemcpyHostToDevice));
+    const int64_t pages_per_seq = r.page > 0 ? r.len / r.page : 0;
+    int32_t* table = nullptr;
+    if (r.page > 0) {  // one shuffled table for every set: the pages of all entries, permuted
+      std::vector<int32_t> t(r.b * pages_per_seq);
+      std::iota(t.begin(), t.end(), 0);
+      std::shuffle(t.begin(), t.end(), std::mt19937(1));
+      table = static_cast<int32_t*>(alloc(t.size() * 4));
+      DECODE_CUDA(cudaMemcpy(table, t.data(), t.size() * 4, cudaMemcpyHostToDevice));
+    }
     std::vector<KvCacheParams> ps;
     for (size_t s = 0; s < nsets; ++s) {
       KvCacheParams p;
@@ -74,8 +90,16 @@ inline int run_decode_grid(cudaStream_t stream, const cudaDeviceProp& prop,
       p.v_cache = alloc(cache_elems * 2);
       DECODE_CUDA(cudaMemset(p.k_cache, 0x3c, cache_elems * 2));
       DECODE_CUDA(cudaMemset(p.v_cache, 0x3c, cache_elems * 2));
-      p.k_cache_strides = p.v_cache_strides = {r.len * kHkv * kD, kHkv * kD, kD};
-      p.cache_capacity = r.len;
+      if (r.page > 0) {
+        p.k_cache_strides = p.v_cache_strides = {r.page * kHkv * kD, kHkv * kD, kD};
+        p.block_table = table;
+        p.block_table_stride = p.max_pages_per_seq = pages_per_seq;
+        p.num_pages = r.b * pages_per_seq;
+        p.page_size = r.page;
+      } else {
+        p.k_cache_strides = p.v_cache_strides = {r.len * kHkv * kD, kHkv * kD, kD};
+        p.cache_capacity = r.len;
+      }
       p.cache_seqlens = seqlens;
       p.error_flag = flag;
       p.dtype = DType::kBFloat16;

@@ -44,7 +44,8 @@ inline int run_decode_grid(cudaStream_t stream, const cudaDeviceProp& prop,
                       {"decode_b1_64k_page256", 1, 65536, 256},
                       {"decode_b16_4k_page64", 16, 4096, 64}};
   constexpr int64_t kHq = 32, kHkv = 8, kD = 128, kCalls = 20, kReplays = 20;
-  std::printf("%-16s %10s %8s %8s  %s\n", "name", "median us", "TB/s", "sets", "kernel");
+  std::printf("%-22s %10s %8s %6s %6s  %s\n", "name", "median us", "TB/s", "sets", "splits",
+              "kernel");
   int failed = 0;
   int matched = 0;
   for (const Row& r : rows) {
@@ -113,7 +114,7 @@ inline int run_decode_grid(cudaStream_t stream, const cudaDeviceProp& prop,
     }
     const Plan plan = query(ps[0]);
     if (!plan.status.ok()) {
-      std::printf("%-16s %s\n", r.name, plan.status.message.c_str());
+      std::printf("%-22s %s\n", r.name, plan.status.message.c_str());
       ++failed;
       for (void* p : bufs) cudaFree(p);
       continue;
@@ -145,8 +146,9 @@ inline int run_decode_grid(cudaStream_t stream, const cudaDeviceProp& prop,
     const double med = us[us.size() / 2];
     int32_t flag_h = 0;
     DECODE_CUDA(cudaMemcpy(&flag_h, flag, 4, cudaMemcpyDeviceToHost));
-    std::printf("%-16s %10.2f %8.2f %8zu  %s%s%s\n", r.name, med, set_bytes / med / 1e6, nsets,
-                plan.kernel.c_str(), st.ok() ? "" : "  error: ", st.message.c_str());
+    std::printf("%-22s %10.2f %8.2f %6zu %6lld  %s%s%s\n", r.name, med, set_bytes / med / 1e6,
+                nsets, static_cast<long long>(plan.kv_splits), plan.kernel.c_str(),
+                st.ok() ? "" : "  error: ", st.message.c_str());
     failed += !st.ok() || flag_h != 0;
     cudaGraphExecDestroy(exec);
     cudaGraphDestroy(graph);

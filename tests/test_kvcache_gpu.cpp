@@ -194,6 +194,40 @@ TEST_P(KvGrid, MatchesReference) {
 INSTANTIATE_TEST_SUITE_P(Kv, KvGrid, ::testing::ValuesIn(grid()),
                          [](const auto& info) { return spec_name(info.param); });
 
+// query reports the split plan: a B = 1 cache is split across many CTAs, a batch that fills
+// the GPU is not, and the workspace follows the split.
+TEST(KvGpu, PlanReportsSplits) {
+  SKIP_WITHOUT_GPU();
+  auto plan_for = [](int64_t batch, int64_t capacity) {
+    const int64_t hq = 32, hkv = 8, d = 128;
+    void *q = nullptr, *o = nullptr, *kc = nullptr, *vc = nullptr, *lens = nullptr, *flag = nullptr;
+    const size_t cache = size_t(batch * capacity * hkv * d * 2);
+    if (cudaMalloc(&q, batch * hq * d * 2) || cudaMalloc(&o, batch * hq * d * 2) ||
+        cudaMalloc(&kc, cache) || cudaMalloc(&vc, cache) || cudaMalloc(&lens, batch * 4) ||
+        cudaMalloc(&flag, 4))
+      ADD_FAILURE() << "cudaMalloc";
+    KvCacheParams p;
+    p.q = q, p.o = o, p.k_cache = kc, p.v_cache = vc;
+    p.q_strides = p.o_strides = {hq * d, hq * d, d};
+    p.k_cache_strides = p.v_cache_strides = {capacity * hkv * d, hkv * d, d};
+    p.cache_capacity = capacity;
+    p.cache_seqlens = static_cast<const int32_t*>(lens);
+    p.error_flag = static_cast<int32_t*>(flag);
+    p.batch = batch, p.seqlen_q = 1, p.num_heads_q = hq, p.num_heads_kv = hkv, p.head_dim = d;
+    p.backend = Backend::kCuda;
+    const Plan plan = query(p);
+    for (void* ptr : {q, o, kc, vc, lens, flag}) cudaFree(ptr);
+    return plan;
+  };
+  const Plan one = plan_for(1, 16384), many = plan_for(64, 1024);
+  ASSERT_TRUE(one.status.ok()) << one.status.message;
+  ASSERT_TRUE(many.status.ok()) << many.status.message;
+  EXPECT_GT(one.kv_splits, 8) << "8 kv heads on a whole GPU";
+  EXPECT_GT(one.workspace_bytes, 0);
+  EXPECT_EQ(many.kv_splits, 1) << "512 units fill the GPU";
+  EXPECT_EQ(many.workspace_bytes, 0);
+}
+
 TEST(KvGpu, WithoutWorkspaceRunsUnsplit) {
   SKIP_WITHOUT_GPU();
   KvSpec s;
@@ -239,6 +273,7 @@ TEST(KvGpu, BadBlockTableEntryWithSplits) {
   const Plan plan = query(dev.p);
   ASSERT_TRUE(plan.status.ok()) << plan.status.message;
   ASSERT_GT(plan.workspace_bytes, 0) << "the cache should split";
+  ASSERT_GT(plan.kv_splits, 1);
   Workspace ws(plan.workspace_bytes);
   ASSERT_NE(ws.ptr, nullptr);
   for (int call = 0; call < 2; ++call) {  // the second call finds the counters at zero again

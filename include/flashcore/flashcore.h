@@ -92,6 +92,10 @@ struct Plan {
   Backend backend = Backend::kReference;
   std::string kernel;  ///< e.g. "hopper.fwd.bf16.d128.causal", "portable.fwd.fp16.d64"
   int64_t workspace_bytes = 0;
+  /// KV-cache calls (kvcache.h) on the CUDA backend: the CTAs each cache is split across when
+  /// run() gets a workspace (chosen from the SM count, the batch, the heads and the capacity,
+  /// never from cache_seqlens, so a captured graph keeps it); 1 for every other call.
+  int64_t kv_splits = 1;
 };
 
 /// Validates and plans without running anything. Safe to call anywhere.

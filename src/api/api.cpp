@@ -208,6 +208,7 @@ KvDecision decide_kv(const KvCacheParams& p) {
   plan.status = d.choice.status;
   plan.kernel = d.choice.name;
   plan.workspace_bytes = d.choice.plan.workspace_bytes;
+  plan.kv_splits = d.choice.plan.splits;
   return d;
 }
 

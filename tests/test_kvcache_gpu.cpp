@@ -228,6 +228,24 @@ TEST(KvGpu, PlanReportsSplits) {
   EXPECT_EQ(many.workspace_bytes, 0);
 }
 
+// Page sizes below a loader pass's row step (16 rows at D64, 8 at D128) and not powers of
+// two: every row of a block on another page, pages straddling blocks.
+TEST(KvGpu, OddPageSizes) {
+  SKIP_WITHOUT_GPU();
+  for (int64_t page : {1, 3, 17})
+    for (int64_t d : {64, 128}) {
+      KvSpec s;
+      s.batch = 2;
+      s.hq = 8, s.hkv = 2, s.d = d;
+      s.seqlen_q = 4;
+      s.lens = {1000, 333};
+      s.capacity = 1100;
+      s.page_size = page;
+      SCOPED_TRACE("page " + std::to_string(page) + ", d " + std::to_string(d));
+      expect_gpu_matches_reference(s, 9);
+    }
+}
+
 TEST(KvGpu, WithoutWorkspaceRunsUnsplit) {
   SKIP_WITHOUT_GPU();
   KvSpec s;

@@ -45,7 +45,10 @@ enum KvCacheError : int32_t {
 /// strides {batch, seq, head}. Paged cache (block_table non-null): they are [num_pages,
 /// page_size, num_heads_kv, head_dim] with strides {page, slot in page, head} given as {batch,
 /// seq, head}; row r of entry b is slot r % page_size of page block_table[b * block_table_stride
-/// + r / page_size]; the capacity is max_pages_per_seq * page_size.
+/// + r / page_size]; the capacity is max_pages_per_seq * page_size. Entries may share pages
+/// they only read (a common prefix), but a page that receives appended rows (k_new/v_new) must
+/// be mapped by that entry alone: the call writes and reads it without ordering between
+/// entries.
 struct KvCacheParams {
   const void* q = nullptr;  ///< [batch, seqlen_q, num_heads_q, head_dim]
   void* o = nullptr;        ///< like q

@@ -4,6 +4,7 @@
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -168,6 +169,9 @@ std::vector<KvSpec> grid() {
         s.hkv = heads[n % 4][1];
         if (len == 65536) s.hq = 32, s.hkv = 8;
         s.d = n % 5 == 4 ? 64 : n % 5 == 2 ? 256 : 128;
+        // 64 entries x 32 kv heads at D256 is a 2 GB cache on the host and ~40 s of a GPU
+        // run (reference and fill); D256 is covered at batch 1 and 3.
+        if (s.batch == 64 && s.hkv == 32) s.d = std::min<int64_t>(s.d, 128);
         s.dtype = (n / 2) % 2 ? DType::kFloat16 : DType::kBFloat16;  // not in step with causal
         s.seqlen_q = sq;
         s.causal = causal;

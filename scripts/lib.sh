@@ -49,8 +49,8 @@ configure_and_build() {
 }
 
 ensure_python_test_deps() {
-  if ! python3 -c "import numpy, pytest" 2>/dev/null; then
-    echo "installing Python test dependencies (tests/python/requirements.txt)"
+  if ! python3 -c "import numpy, pytest, nanobind, scikit_build_core" 2>/dev/null; then
+    echo "installing Python test and build dependencies (tests/python/requirements.txt)"
     python3 -m pip install -q -r "$ROOT/tests/python/requirements.txt"
   fi
 }

@@ -1,0 +1,42 @@
+"""Framework-neutral helpers: allocate outputs next to an input tensor (same framework, same
+device) and find the stream a call should run on. flashcore takes any DLPack tensor; outputs
+are made with the caller's own framework so they come back as the caller's type."""
+
+
+def framework(x):
+    return type(x).__module__.split(".")[0]
+
+
+def empty(like, shape, float32=False):
+    """An uninitialised tensor of `shape` with like's dtype (or float32), framework and device."""
+    fw = framework(like)
+    if fw == "torch":
+        import torch
+
+        return torch.empty(shape, dtype=torch.float32 if float32 else like.dtype, device=like.device)
+    if fw == "numpy":
+        import numpy
+
+        return numpy.empty(shape, dtype=numpy.float32 if float32 else like.dtype)
+    if fw == "cupy":
+        import cupy
+
+        with cupy.cuda.Device(like.device.id):
+            return cupy.empty(shape, dtype=cupy.float32 if float32 else like.dtype)
+    raise TypeError(
+        f"flashcore allocates outputs for torch, numpy and cupy arrays; got {type(like).__name__}"
+    )
+
+
+def stream_of(like):
+    """The framework's current CUDA stream for like's device, as an integer (0: host or default)."""
+    fw = framework(like)
+    if fw == "torch" and like.is_cuda:
+        import torch
+
+        return torch.cuda.current_stream(like.device).cuda_stream
+    if fw == "cupy":
+        import cupy
+
+        return cupy.cuda.get_current_stream().ptr
+    return 0

@@ -1,0 +1,179 @@
+"""The flashcore Python package on the CPU reference backend (numpy float16 arrays): the
+FlashAttention-2 2.8.3 signatures, results against a float64 numpy reference, the packed
+forms, and ValueError for every option the core does not support. scripts/test installs the
+package (pip install python/) before running these."""
+
+import inspect
+
+import numpy as np
+import pytest
+
+import flashcore
+
+# flash-attn 2.8.3, flash_attn/flash_attn_interface.py: parameter lists, defaults included.
+FA2_SIGNATURES = {
+    "flash_attn_func": "(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, "
+    "window_size=(-1, -1), softcap=0.0, alibi_slopes=None, deterministic=False, "
+    "return_attn_probs=False)",
+    "flash_attn_varlen_func": "(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, "
+    "dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0, "
+    "alibi_slopes=None, deterministic=False, return_attn_probs=False, block_table=None)",
+    "flash_attn_qkvpacked_func": "(qkv, dropout_p=0.0, softmax_scale=None, causal=False, "
+    "window_size=(-1, -1), softcap=0.0, alibi_slopes=None, deterministic=False, "
+    "return_attn_probs=False)",
+    "flash_attn_kvpacked_func": "(q, kv, dropout_p=0.0, softmax_scale=None, causal=False, "
+    "window_size=(-1, -1), softcap=0.0, alibi_slopes=None, deterministic=False, "
+    "return_attn_probs=False)",
+    "flash_attn_varlen_qkvpacked_func": "(qkv, cu_seqlens, max_seqlen, dropout_p=0.0, "
+    "softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None, "
+    "deterministic=False, return_attn_probs=False)",
+    "flash_attn_varlen_kvpacked_func": "(q, kv, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, "
+    "max_seqlen_k, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1), "
+    "softcap=0.0, alibi_slopes=None, deterministic=False, return_attn_probs=False)",
+}
+
+
+@pytest.mark.parametrize("name", sorted(FA2_SIGNATURES))
+def test_signature_is_flash_attn_2_8_3(name):
+    assert str(inspect.signature(getattr(flashcore, name))) == FA2_SIGNATURES[name]
+
+
+def reference(q, k, v, causal=False, window=(-1, -1), scale=None):
+    """float64 attention of one sequence: q (Sq, Hq, D), k/v (Sk, Hkv, D); bottom-right masks."""
+    sq, hq, d = q.shape
+    sk, hkv = k.shape[0], k.shape[1]
+    g = hq // hkv
+    kk = np.repeat(k.astype(np.float64), g, axis=1)
+    vv = np.repeat(v.astype(np.float64), g, axis=1)
+    s = np.einsum("ihd,jhd->hij", q.astype(np.float64), kk) * (scale or 1 / np.sqrt(d))
+    i = np.arange(sq)[:, None] + sk - sq
+    j = np.arange(sk)[None, :]
+    left, right = window
+    if causal:
+        right = 0
+    visible = np.ones((sq, sk), bool)
+    if right >= 0:
+        visible &= j <= i + right
+    if left >= 0:
+        visible &= j >= i - left
+    s = np.where(visible, s, -np.inf)
+    m = s.max(-1, keepdims=True)
+    p = np.where(visible, np.exp(s - np.where(np.isfinite(m), m, 0)), 0.0)
+    l = p.sum(-1, keepdims=True)
+    o = np.einsum("hij,jhd->ihd", p / np.where(l > 0, l, 1), vv)
+    lse = np.where(l[..., 0] > 0, (m + np.log(np.where(l > 0, l, 1)))[..., 0], -np.inf)
+    return o, lse  # (Sq, Hq, D), (Hq, Sq)
+
+
+def randn(rng, *shape):
+    return rng.standard_normal(shape).astype(np.float16)
+
+
+def assert_close(out, ref, lse=None, ref_lse=None):
+    np.testing.assert_allclose(out.astype(np.float64), ref, atol=4e-3, rtol=4e-3)
+    if lse is not None:
+        np.testing.assert_array_equal(np.isinf(lse), np.isinf(ref_lse))
+        finite = np.isfinite(ref_lse)
+        np.testing.assert_allclose(lse[finite], ref_lse[finite], atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("causal,window", [(False, (-1, -1)), (True, (-1, -1)), (False, (7, 3))])
+def test_flash_attn_func_matches_reference(d, causal, window):
+    rng = np.random.default_rng(d)
+    q, k, v = randn(rng, 2, 19, 4, d), randn(rng, 2, 33, 2, d), randn(rng, 2, 33, 2, d)
+    out, lse, s_dmask = flashcore.flash_attn_func(q, k, v, causal=causal, window_size=window,
+                                                  return_attn_probs=True)
+    assert out.shape == q.shape and out.dtype == q.dtype
+    assert lse.shape == (2, 4, 19) and lse.dtype == np.float32
+    assert s_dmask.size == 0
+    for b in range(2):
+        ref, ref_lse = reference(q[b], k[b], v[b], causal, window)
+        assert_close(out[b], ref, lse[b], ref_lse)
+
+
+def test_rows_that_see_no_key_get_zero_and_lse_minus_inf():
+    rng = np.random.default_rng(1)
+    q, k, v = randn(rng, 1, 8, 2, 64), randn(rng, 1, 3, 2, 64), randn(rng, 1, 3, 2, 64)
+    out, lse, _ = flashcore.flash_attn_func(q, k, v, causal=True, return_attn_probs=True)
+    # Bottom-right causal with Sq > Sk: rows 0..4 see no key (FlashAttention-3's -inf).
+    assert np.all(out[0, :5] == 0) and np.all(np.isneginf(lse[0, :, :5]))
+    ref, ref_lse = reference(q[0], k[0], v[0], causal=True)
+    assert_close(out[0], ref, lse[0], ref_lse)
+
+
+def test_softmax_scale_is_used():
+    rng = np.random.default_rng(2)
+    q, k, v = randn(rng, 1, 5, 2, 64), randn(rng, 1, 9, 2, 64), randn(rng, 1, 9, 2, 64)
+    out = flashcore.flash_attn_func(q, k, v, softmax_scale=0.3)
+    assert_close(out[0], reference(q[0], k[0], v[0], scale=0.3)[0])
+
+
+def test_varlen_matches_each_sequence():
+    rng = np.random.default_rng(3)
+    lq, lk = [5, 1, 12], [9, 4, 12]
+    cu_q = np.array([0, *np.cumsum(lq)], np.int32)
+    cu_k = np.array([0, *np.cumsum(lk)], np.int32)
+    q, k, v = randn(rng, sum(lq), 4, 64), randn(rng, sum(lk), 1, 64), randn(rng, sum(lk), 1, 64)
+    out, lse, _ = flashcore.flash_attn_varlen_func(q, k, v, cu_q, cu_k, max(lq), max(lk),
+                                                   causal=True, return_attn_probs=True)
+    assert lse.shape == (4, sum(lq))
+    for b in range(3):
+        sq, sk = slice(cu_q[b], cu_q[b + 1]), slice(cu_k[b], cu_k[b + 1])
+        ref, ref_lse = reference(q[sq], k[sk], v[sk], causal=True)
+        assert_close(out[sq], ref, lse[:, sq], ref_lse)
+
+
+def test_packed_forms_are_views_of_the_unpacked_calls():
+    rng = np.random.default_rng(4)
+    qkv = randn(rng, 2, 11, 3, 2, 64)
+    q, kv = randn(rng, 2, 7, 4, 64), randn(rng, 2, 11, 2, 2, 64)
+    np.testing.assert_array_equal(
+        flashcore.flash_attn_qkvpacked_func(qkv, causal=True),
+        flashcore.flash_attn_func(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], causal=True))
+    np.testing.assert_array_equal(
+        flashcore.flash_attn_kvpacked_func(q, kv),
+        flashcore.flash_attn_func(q, kv[:, :, 0], kv[:, :, 1]))
+    cu = np.array([0, 4, 11], np.int32)
+    pq = qkv[0]  # (11, 3, 2, 64): two sequences packed
+    np.testing.assert_array_equal(
+        flashcore.flash_attn_varlen_qkvpacked_func(pq, cu, 7),
+        flashcore.flash_attn_varlen_func(pq[:, 0], pq[:, 1], pq[:, 2], cu, cu, 7, 7))
+    pkv = kv[0]
+    np.testing.assert_array_equal(
+        flashcore.flash_attn_varlen_kvpacked_func(q[0], pkv, np.array([0, 7], np.int32),
+                                                  np.array([0, 11], np.int32), 7, 11),
+        flashcore.flash_attn_varlen_func(q[0], pkv[:, 0], pkv[:, 1], np.array([0, 7], np.int32),
+                                         np.array([0, 11], np.int32), 7, 11))
+
+
+@pytest.mark.parametrize("kwargs,argument", [
+    ({"dropout_p": 0.1}, "dropout_p"),
+    ({"softcap": 30.0}, "softcap"),
+    ({"alibi_slopes": np.zeros(4, np.float32)}, "alibi_slopes"),
+])
+def test_unsupported_options_raise_naming_the_argument(kwargs, argument):
+    rng = np.random.default_rng(5)
+    q, k, v = randn(rng, 1, 4, 4, 64), randn(rng, 1, 4, 4, 64), randn(rng, 1, 4, 4, 64)
+    with pytest.raises(ValueError, match=argument):
+        flashcore.flash_attn_func(q, k, v, **kwargs)
+
+
+def test_varlen_block_table_raises():
+    rng = np.random.default_rng(6)
+    q = randn(rng, 4, 2, 64)
+    cu = np.array([0, 4], np.int32)
+    with pytest.raises(ValueError, match="block_table"):
+        flashcore.flash_attn_varlen_func(q, q, q, cu, cu, 4, 4, block_table=np.zeros((1, 1), np.int32))
+
+
+def test_core_errors_carry_the_cpp_message():
+    rng = np.random.default_rng(7)
+    q = randn(rng, 1, 4, 2, 48)
+    with pytest.raises(ValueError, match="head_dim"):
+        flashcore.flash_attn_func(q, q, q)
+    q64 = randn(rng, 1, 4, 2, 64)
+    with pytest.raises(ValueError, match="dtype"):
+        flashcore.flash_attn_func(q64, q64.astype(np.float32), q64)
+    with pytest.raises(ValueError, match="num_heads"):
+        flashcore.flash_attn_func(randn(rng, 1, 4, 3, 64), q64, q64)

@@ -28,6 +28,43 @@ def empty(like, shape, float32=False):
     )
 
 
+def zeros(like, shape, dtype):
+    """A zero-filled tensor of `shape` and dtype ("int32" or "uint8") next to like."""
+    fw = framework(like)
+    if fw == "torch":
+        import torch
+
+        return torch.zeros(shape, dtype=getattr(torch, dtype), device=like.device)
+    if fw == "numpy":
+        import numpy
+
+        return numpy.zeros(shape, dtype=dtype)
+    if fw == "cupy":
+        import cupy
+
+        with cupy.cuda.Device(like.device.id):
+            return cupy.zeros(shape, dtype=dtype)
+    raise TypeError(
+        f"flashcore allocates outputs for torch, numpy and cupy arrays; got {type(like).__name__}"
+    )
+
+
+def full_int32(like, n, value):
+    t = zeros(like, (n,), "int32")
+    t[:] = value
+    return t
+
+
+def device_key(like):
+    """Identifies like's framework and device: the key of flashcore's per-device buffers."""
+    fw = framework(like)
+    if fw == "torch":
+        return fw, str(like.device)
+    if fw == "cupy":
+        return fw, like.device.id
+    return fw, "cpu"
+
+
 def stream_of(like):
     """The framework's current CUDA stream for like's device, as an integer (0: host or default)."""
     fw = framework(like)

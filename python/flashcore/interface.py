@@ -5,7 +5,10 @@ ignored. One documented difference: a query row that sees no key gets LSE -inf (
 FlashAttention-3 returns), not +inf."""
 
 from . import _flashcore as _C
+from ._tensors import device_key as _device_key
 from ._tensors import empty, stream_of
+from ._tensors import full_int32 as _full_int32
+from ._tensors import zeros as _zeros
 
 
 def _unsupported(dropout_p=0.0, softcap=0.0, alibi_slopes=None, block_table=None):
@@ -163,3 +166,89 @@ def flash_attn_varlen_kvpacked_func(
     return flash_attn_varlen_func(q, kv[:, 0], kv[:, 1], cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                                   max_seqlen_k, dropout_p, softmax_scale, causal, window_size,
                                   softcap, alibi_slopes, deterministic, return_attn_probs)
+
+
+# Per (framework, device): the int32 error flag every KV-cache call ORs its bits into, and the
+# zero-filled split-KV workspace (grown, never shrunk; the kernels leave it zeroed).
+_buffers = {}
+
+
+def kvcache_error_flag(like):
+    """The int32 tensor of shape (1,) that flash_attn_with_kvcache calls on like's device OR
+    their error bits into (flashcore/kvcache.h: 1 cache overflow, 2 block-table entry out of
+    range, 4 rotary position out of range); 0 while every call stayed inside its cache. An entry
+    with an error writes nothing to the cache and gets NaN output rows. The calls never read it
+    (no host synchronisation); the caller reads it and clears it (flag[0] = 0)."""
+    state = _buffers.setdefault(_device_key(like), {})
+    if "flag" not in state:
+        state["flag"] = _zeros(like, (1,), "int32")
+    return state["flag"]
+
+
+def _workspace(like, nbytes):
+    state = _buffers.setdefault(_device_key(like), {})
+    ws = state.get("workspace")
+    if ws is None or ws.shape[0] < nbytes:
+        ws = state["workspace"] = _zeros(like, (nbytes,), "uint8")
+    return ws
+
+
+def flash_attn_with_kvcache(
+    q,
+    k_cache,
+    v_cache,
+    k=None,
+    v=None,
+    rotary_cos=None,
+    rotary_sin=None,
+    cache_seqlens=None,
+    cache_batch_idx=None,
+    cache_leftpad=None,
+    block_table=None,
+    softmax_scale=None,
+    causal=False,
+    window_size=(-1, -1),
+    softcap=0.0,
+    rotary_interleaved=True,
+    alibi_slopes=None,
+    num_splits=0,
+    return_softmax_lse=False,
+):
+    """q (B, Sq, Hq, D); k_cache/v_cache (B, capacity, Hkv, D), or pages (num_pages, page_size,
+    Hkv, D) with block_table (B, max_pages) int32. k/v (B, Sq, Hkv, D), when given, are written
+    into the cache in place at cache_seqlens (rotated when rotary_cos/sin are given) before the
+    attention over the updated cache. cache_seqlens: int or int32 (B,). Returns out, or
+    (out, softmax_lse (B, Hq, Sq) fp32). Errors on the device (overflow, bad block-table
+    entries) set bits in kvcache_error_flag(q) and NaN rows, never out-of-bounds writes."""
+    _unsupported(softcap=softcap, alibi_slopes=alibi_slopes)
+    if cache_batch_idx is not None:
+        raise ValueError("cache_batch_idx: not supported by flashcore yet; must be None")
+    if cache_leftpad is not None:
+        raise ValueError("cache_leftpad: not supported by flashcore yet; must be None")
+    if num_splits not in (0, 1):
+        raise ValueError(
+            f"num_splits: flashcore picks the split itself; 0 (automatic) or 1 (no split), "
+            f"got {num_splits}"
+        )
+    if (k is None) != (v is None):
+        raise ValueError("k/v: give both new-key tensors or neither")
+    batch = q.shape[0]
+    if cache_seqlens is None:
+        if k is not None:
+            raise ValueError("cache_seqlens: required when k/v are appended")
+        rows = (block_table.shape[1] * k_cache.shape[1]) if block_table is not None else k_cache.shape[1]
+        cache_seqlens = rows
+    if isinstance(cache_seqlens, int):
+        cache_seqlens = _full_int32(q, batch, cache_seqlens)
+    out = empty(q, tuple(q.shape))
+    lse = empty(q, (batch, q.shape[2], q.shape[1]), float32=True) if return_softmax_lse else None
+    left, right = _window(window_size)
+    args = (q, k_cache, v_cache, out, k, v, cache_seqlens, block_table, rotary_cos, rotary_sin,
+            bool(rotary_interleaved), lse, _scale(softmax_scale), bool(causal), left, right,
+            kvcache_error_flag(q))
+    workspace = None
+    if num_splits == 0:
+        nbytes = _C.kvcache_workspace_size(*args)
+        workspace = _workspace(q, nbytes) if nbytes > 0 else None
+    _C.kvcache(*args, workspace, stream_of(q))
+    return (out, lse) if return_softmax_lse else out

@@ -13,10 +13,12 @@
 #include <string>
 
 #include "flashcore/flashcore.h"
+#include "flashcore/kvcache.h"
 
 namespace nb = nanobind;
 using flashcore::AttentionParams;
 using flashcore::DType;
+using flashcore::KvCacheParams;
 using flashcore::Status;
 using flashcore::StatusCode;
 using flashcore::Strides;
@@ -143,6 +145,135 @@ void fwd(const Tensor& q, const Tensor& k, const Tensor& v, const OutTensor& out
   raise_if_failed(s);
 }
 
+template <class T>
+const void* data_or_null(const std::optional<T>& t) {
+  return t ? t->data() : nullptr;
+}
+
+// Attention against a KV cache (kvcache.h): q/out (B, Sq, Hq, D); caches (B, capacity, Hkv, D),
+// or pages (num_pages, page_size, Hkv, D) with block_table (B, max_pages) int32; k_new/v_new
+// (B, Sq, Hkv, D); cache_seqlens (B) int32; rotary cos/sin (max_position, rotary_dim / 2).
+KvCacheParams kv_params(const Tensor& q, const OutTensor& k_cache, const OutTensor& v_cache,
+                        const OutTensor& out, const std::optional<Tensor>& k_new,
+                        const std::optional<Tensor>& v_new, const Tensor& cache_seqlens,
+                        const std::optional<Tensor>& block_table,
+                        const std::optional<Tensor>& rotary_cos,
+                        const std::optional<Tensor>& rotary_sin, bool rotary_interleaved,
+                        const std::optional<OutTensor>& softmax_lse, double softmax_scale,
+                        bool causal, int64_t window_left, int64_t window_right,
+                        const OutTensor& error_flag) {
+  KvCacheParams p;
+  p.q = q.data();
+  p.o = out.data();
+  p.q_strides = strides_of(q, "q", false);
+  p.o_strides = strides_of(out, "out", false);
+  p.dtype = dtype_of(q, "q");
+  if (dtype_of(k_cache, "k_cache") != p.dtype || dtype_of(v_cache, "v_cache") != p.dtype)
+    fail("k_cache/v_cache: dtype must match q's");
+  if (dtype_of(out, "out") != p.dtype) fail("out: dtype must match q's");
+  p.k_cache = k_cache.data();
+  p.v_cache = v_cache.data();
+  p.k_cache_strides = strides_of(k_cache, "k_cache", false);
+  p.v_cache_strides = strides_of(v_cache, "v_cache", false);
+  p.batch = int64_t(q.shape(0));
+  p.seqlen_q = int64_t(q.shape(1));
+  p.num_heads_q = int64_t(q.shape(2));
+  p.head_dim = int64_t(q.shape(3));
+  p.num_heads_kv = int64_t(k_cache.shape(2));
+  if (block_table) {
+    if (block_table->ndim() != 2 || (block_table->shape(1) > 1 && block_table->stride(1) != 1))
+      fail("block_table: must be a 2-d int32 tensor (batch, max_pages) with contiguous rows");
+    const nb::dlpack::dtype d = block_table->dtype();
+    if (d.code != uint8_t(nb::dlpack::dtype_code::Int) || d.bits != 32 || d.lanes != 1)
+      fail("block_table: dtype must be int32");
+    p.block_table = static_cast<const int32_t*>(block_table->data());
+    p.max_pages_per_seq = int64_t(block_table->shape(1));
+    p.block_table_stride = block_table->stride(0);
+    p.num_pages = int64_t(k_cache.shape(0));
+    p.page_size = int64_t(k_cache.shape(1));
+  } else {
+    p.cache_capacity = int64_t(k_cache.shape(1));
+  }
+  p.cache_seqlens = int32_data(std::optional<Tensor>(cache_seqlens), "cache_seqlens");
+  if (k_new.has_value() != v_new.has_value()) fail("k/v: give both new-key tensors or neither");
+  if (k_new) {
+    if (dtype_of(*k_new, "k") != p.dtype || dtype_of(*v_new, "v") != p.dtype)
+      fail("k/v: dtype must match q's");
+    p.k_new = k_new->data();
+    p.v_new = v_new->data();
+    p.k_new_strides = strides_of(*k_new, "k", false);
+    p.v_new_strides = strides_of(*v_new, "v", false);
+    if (int64_t(k_new->shape(1)) != p.seqlen_q || int64_t(v_new->shape(1)) != p.seqlen_q)
+      fail("k/v: flashcore appends as many new rows as q has (seqlen_q = " +
+           std::to_string(p.seqlen_q) + "), got " + std::to_string(k_new->shape(1)));
+  }
+  if (rotary_cos.has_value() != rotary_sin.has_value())
+    fail("rotary_cos/rotary_sin: give both or neither");
+  if (rotary_cos) {
+    for (const auto* t : {&*rotary_cos, &*rotary_sin}) {
+      if (t->ndim() != 2) fail("rotary_cos/rotary_sin: must be 2-d (max_position, rotary_dim / 2)");
+      if (dtype_of(*t, "rotary_cos/rotary_sin") != p.dtype)
+        fail("rotary_cos/rotary_sin: dtype must match q's");
+      if ((t->shape(0) > 1 && t->stride(0) != int64_t(t->shape(1))) ||
+          (t->shape(1) > 1 && t->stride(1) != 1))
+        fail("rotary_cos/rotary_sin: must be contiguous");
+    }
+    if (rotary_sin->shape(0) != rotary_cos->shape(0) || rotary_sin->shape(1) != rotary_cos->shape(1))
+      fail("rotary_cos/rotary_sin: shapes must match");
+    p.rotary = {rotary_cos->data(), rotary_sin->data(), 2 * int64_t(rotary_cos->shape(1)),
+                int64_t(rotary_cos->shape(0)), rotary_interleaved};
+  }
+  p.lse = lse_data(softmax_lse);
+  p.softmax_scale = float(softmax_scale);
+  p.causal = causal;
+  p.window_left = window_left;
+  p.window_right = window_right;
+  const nb::dlpack::dtype fd = error_flag.dtype();
+  if (fd.code != uint8_t(nb::dlpack::dtype_code::Int) || fd.bits != 32 || error_flag.size() < 1)
+    fail("error_flag: must be an int32 tensor");
+  p.error_flag = static_cast<int32_t*>(error_flag.data());
+  if (on_cuda(q)) p.device = q.device_id();
+  return p;
+}
+
+int64_t kvcache_workspace_size(const Tensor& q, const OutTensor& k_cache, const OutTensor& v_cache,
+                               const OutTensor& out, const std::optional<Tensor>& k_new,
+                               const std::optional<Tensor>& v_new, const Tensor& cache_seqlens,
+                               const std::optional<Tensor>& block_table,
+                               const std::optional<Tensor>& rotary_cos,
+                               const std::optional<Tensor>& rotary_sin, bool rotary_interleaved,
+                               const std::optional<OutTensor>& softmax_lse, double softmax_scale,
+                               bool causal, int64_t window_left, int64_t window_right,
+                               const OutTensor& error_flag) {
+  const flashcore::Plan plan = flashcore::query(
+      kv_params(q, k_cache, v_cache, out, k_new, v_new, cache_seqlens, block_table, rotary_cos,
+                rotary_sin, rotary_interleaved, softmax_lse, softmax_scale, causal, window_left,
+                window_right, error_flag));
+  raise_if_failed(plan.status);
+  return plan.workspace_bytes;
+}
+
+void kvcache(const Tensor& q, const OutTensor& k_cache, const OutTensor& v_cache,
+             const OutTensor& out, const std::optional<Tensor>& k_new,
+             const std::optional<Tensor>& v_new, const Tensor& cache_seqlens,
+             const std::optional<Tensor>& block_table, const std::optional<Tensor>& rotary_cos,
+             const std::optional<Tensor>& rotary_sin, bool rotary_interleaved,
+             const std::optional<OutTensor>& softmax_lse, double softmax_scale, bool causal,
+             int64_t window_left, int64_t window_right, const OutTensor& error_flag,
+             const std::optional<OutTensor>& workspace, uintptr_t stream) {
+  const KvCacheParams p =
+      kv_params(q, k_cache, v_cache, out, k_new, v_new, cache_seqlens, block_table, rotary_cos,
+                rotary_sin, rotary_interleaved, softmax_lse, softmax_scale, causal, window_left,
+                window_right, error_flag);
+  void* ws = workspace ? workspace->data() : nullptr;
+  Status s;
+  {
+    nb::gil_scoped_release release;
+    s = flashcore::run(p, ws, reinterpret_cast<void*>(stream));
+  }
+  raise_if_failed(s);
+}
+
 }  // namespace
 
 NB_MODULE(_flashcore, m) {
@@ -152,5 +283,18 @@ NB_MODULE(_flashcore, m) {
         nb::arg("cu_seqlens_k").none(), nb::arg("max_seqlen_q"), nb::arg("max_seqlen_k"),
         nb::arg("softmax_scale"), nb::arg("causal"), nb::arg("window_left"),
         nb::arg("window_right"), nb::arg("stream"));
+  m.def("kvcache", &kvcache, nb::arg("q"), nb::arg("k_cache"), nb::arg("v_cache"),
+        nb::arg("out"), nb::arg("k").none(), nb::arg("v").none(), nb::arg("cache_seqlens"),
+        nb::arg("block_table").none(), nb::arg("rotary_cos").none(),
+        nb::arg("rotary_sin").none(), nb::arg("rotary_interleaved"),
+        nb::arg("softmax_lse").none(), nb::arg("softmax_scale"), nb::arg("causal"),
+        nb::arg("window_left"), nb::arg("window_right"), nb::arg("error_flag"),
+        nb::arg("workspace").none(), nb::arg("stream"));
+  m.def("kvcache_workspace_size", &kvcache_workspace_size, nb::arg("q"), nb::arg("k_cache"),
+        nb::arg("v_cache"), nb::arg("out"), nb::arg("k").none(), nb::arg("v").none(),
+        nb::arg("cache_seqlens"), nb::arg("block_table").none(), nb::arg("rotary_cos").none(),
+        nb::arg("rotary_sin").none(), nb::arg("rotary_interleaved"),
+        nb::arg("softmax_lse").none(), nb::arg("softmax_scale"), nb::arg("causal"),
+        nb::arg("window_left"), nb::arg("window_right"), nb::arg("error_flag"));
   m.def("cuda_device_count", &flashcore::cuda_device_count);
 }

@@ -177,3 +177,123 @@ def test_core_errors_carry_the_cpp_message():
         flashcore.flash_attn_func(q64, q64.astype(np.float32), q64)
     with pytest.raises(ValueError, match="num_heads"):
         flashcore.flash_attn_func(randn(rng, 1, 4, 3, 64), q64, q64)
+
+
+def test_with_kvcache_signature_is_flash_attn_2_8_3():
+    # flash-attn 2.8.3 annotates four of these parameters with torch types; names, order and
+    # defaults are what a caller sees, and what must match.
+    expected = [("q", None), ("k_cache", None), ("v_cache", None), ("k", None), ("v", None),
+                ("rotary_cos", None), ("rotary_sin", None), ("cache_seqlens", None),
+                ("cache_batch_idx", None), ("cache_leftpad", None), ("block_table", None),
+                ("softmax_scale", None), ("causal", False), ("window_size", (-1, -1)),
+                ("softcap", 0.0), ("rotary_interleaved", True), ("alibi_slopes", None),
+                ("num_splits", 0), ("return_softmax_lse", False)]
+    params = inspect.signature(flashcore.flash_attn_with_kvcache).parameters.values()
+    got = [(p.name, None if p.default is inspect.Parameter.empty else p.default) for p in params]
+    assert got == expected
+    first_three = list(inspect.signature(flashcore.flash_attn_with_kvcache).parameters.values())[:3]
+    assert all(p.default is inspect.Parameter.empty for p in first_three)
+
+
+def rotate(x, cos, sin, pos, interleaved):
+    """x (S, H, D) float64 rotated at positions pos (S,) with tables (P, R/2), rounded to fp16."""
+    x = x.astype(np.float64).copy()
+    half = cos.shape[1]
+    c = cos[pos].astype(np.float64)[:, None, :]
+    s = sin[pos].astype(np.float64)[:, None, :]
+    a = x[..., 0:2 * half:2] if interleaved else x[..., :half]
+    b = x[..., 1:2 * half:2] if interleaved else x[..., half:2 * half]
+    ra, rb = a * c - b * s, a * s + b * c
+    if interleaved:
+        x[..., 0:2 * half:2], x[..., 1:2 * half:2] = ra, rb
+    else:
+        x[..., :half], x[..., half:2 * half] = ra, rb
+    return x.astype(np.float16)
+
+
+@pytest.mark.parametrize("paged", [False, True])
+@pytest.mark.parametrize("rotary", [None, "interleaved", "half"])
+def test_with_kvcache_appends_in_place_then_attends(paged, rotary):
+    rng = np.random.default_rng(8)
+    batch, sq, hq, hkv, d, cap = 2, 3, 4, 2, 64, 40
+    lens = [17, 5]
+    q = randn(rng, batch, sq, hq, d)
+    k_new, v_new = randn(rng, batch, sq, hkv, d), randn(rng, batch, sq, hkv, d)
+    k_dense, v_dense = randn(rng, batch, cap, hkv, d), randn(rng, batch, cap, hkv, d)
+    cos = sin = None
+    if rotary:
+        ang = np.arange(64)[:, None] * 10000.0 ** (-np.arange(0, d, 2) / d)[None, :]
+        cos, sin = np.cos(ang).astype(np.float16), np.sin(ang).astype(np.float16)
+    if paged:  # pages of 8 rows, shuffled
+        page, pages = 8, cap // 8
+        perm = rng.permutation(batch * pages).astype(np.int32)
+        table = perm.reshape(batch, pages)
+        k_cache = np.empty((batch * pages, page, hkv, d), np.float16)
+        v_cache = np.empty_like(k_cache)
+        for b in range(batch):
+            for p in range(pages):
+                k_cache[table[b, p]] = k_dense[b, p * page:(p + 1) * page]
+                v_cache[table[b, p]] = v_dense[b, p * page:(p + 1) * page]
+    else:
+        table, k_cache, v_cache = None, k_dense.copy(), v_dense.copy()
+    out, lse = flashcore.flash_attn_with_kvcache(
+        q, k_cache, v_cache, k_new, v_new, cos, sin, np.array(lens, np.int32), block_table=table,
+        causal=True, rotary_interleaved=rotary == "interleaved", return_softmax_lse=True)
+    assert flashcore.kvcache_error_flag(q)[0] == 0
+    for b in range(batch):
+        L = lens[b]
+        pos = np.arange(L, L + sq)
+        kb = rotate(k_new[b], cos, sin, pos, rotary == "interleaved") if rotary else k_new[b]
+        qb = rotate(q[b], cos, sin, pos, rotary == "interleaved") if rotary else q[b]
+        keys = np.concatenate([k_dense[b, :L], kb])
+        vals = np.concatenate([v_dense[b, :L], v_new[b]])
+        ref, ref_lse = reference(qb, keys, vals, causal=True)
+        assert_close(out[b], ref, lse[b], ref_lse)
+        # The cache now holds the (rotated) new rows at L.., and nothing else changed.
+        if paged:
+            got_k = np.concatenate([k_cache[table[b, p]] for p in range(cap // 8)])
+            got_v = np.concatenate([v_cache[table[b, p]] for p in range(cap // 8)])
+        else:
+            got_k, got_v = k_cache[b], v_cache[b]
+        np.testing.assert_array_equal(got_k[L:L + sq], kb)
+        np.testing.assert_array_equal(got_v[L:L + sq], v_new[b])
+        np.testing.assert_array_equal(got_k[:L], k_dense[b, :L])
+        np.testing.assert_array_equal(got_k[L + sq:], k_dense[b, L + sq:])
+
+
+def test_with_kvcache_int_seqlens_and_no_append():
+    rng = np.random.default_rng(9)
+    q, kc, vc = randn(rng, 2, 1, 4, 64), randn(rng, 2, 30, 1, 64), randn(rng, 2, 30, 1, 64)
+    out = flashcore.flash_attn_with_kvcache(q, kc, vc, cache_seqlens=21, num_splits=1)
+    for b in range(2):
+        assert_close(out[b], reference(q[b], kc[b, :21], vc[b, :21])[0])
+    whole = flashcore.flash_attn_with_kvcache(q, kc, vc)  # no cache_seqlens: the whole cache
+    assert_close(whole[1], reference(q[1], kc[1], vc[1])[0])
+
+
+def test_with_kvcache_overflow_sets_the_flag_and_nan_rows():
+    rng = np.random.default_rng(10)
+    q, kc, vc = randn(rng, 2, 2, 2, 64), randn(rng, 2, 8, 2, 64), randn(rng, 2, 8, 2, 64)
+    kn, vn = randn(rng, 2, 2, 2, 64), randn(rng, 2, 2, 2, 64)
+    flag = flashcore.kvcache_error_flag(q)
+    flag[0] = 0
+    before = kc.copy()
+    out = flashcore.flash_attn_with_kvcache(q, kc, vc, kn, vn, cache_seqlens=np.array([3, 7], np.int32))
+    assert flag[0] == 1  # entry 1: 7 + 2 > 8 rows
+    assert np.all(np.isnan(out[1])) and not np.any(np.isnan(out[0]))
+    np.testing.assert_array_equal(kc[1], before[1])  # the bad entry wrote nothing
+    flag[0] = 0
+
+
+@pytest.mark.parametrize("kwargs,argument", [
+    ({"cache_batch_idx": np.zeros(1, np.int32)}, "cache_batch_idx"),
+    ({"cache_leftpad": np.zeros(1, np.int32)}, "cache_leftpad"),
+    ({"softcap": 5.0}, "softcap"),
+    ({"alibi_slopes": np.zeros(2, np.float32)}, "alibi_slopes"),
+    ({"num_splits": 4}, "num_splits"),
+])
+def test_with_kvcache_unsupported_options_raise(kwargs, argument):
+    rng = np.random.default_rng(11)
+    q, kc = randn(rng, 1, 1, 2, 64), randn(rng, 1, 8, 2, 64)
+    with pytest.raises(ValueError, match=argument):
+        flashcore.flash_attn_with_kvcache(q, kc, kc, cache_seqlens=4, **kwargs)

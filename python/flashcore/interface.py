@@ -39,6 +39,12 @@ def _dmask(q):
     return empty(q, (0,))
 
 
+def _fwd(q, *args):
+    # The per-device workspace (below) lets the Hopper kernels split their last round of tiles.
+    nbytes = _C.fwd_workspace_size(q, *args)
+    _C.fwd(q, *args, _workspace(q, nbytes) if nbytes > 0 else None, stream_of(q))
+
+
 def flash_attn_func(
     q,
     k,
@@ -58,8 +64,7 @@ def flash_attn_func(
     out = empty(q, tuple(q.shape))
     lse = empty(q, (q.shape[0], q.shape[2], q.shape[1]), float32=True) if return_attn_probs else None
     left, right = _window(window_size)
-    _C.fwd(q, k, v, out, lse, None, None, 0, 0, _scale(softmax_scale), bool(causal), left, right,
-           stream_of(q))
+    _fwd(q, k, v, out, lse, None, None, 0, 0, _scale(softmax_scale), bool(causal), left, right)
     return (out, lse, _dmask(q)) if return_attn_probs else out
 
 
@@ -87,8 +92,8 @@ def flash_attn_varlen_func(
     out = empty(q, tuple(q.shape))
     lse = empty(q, (q.shape[1], q.shape[0]), float32=True) if return_attn_probs else None
     left, right = _window(window_size)
-    _C.fwd(q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k),
-           _scale(softmax_scale), bool(causal), left, right, stream_of(q))
+    _fwd(q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k),
+         _scale(softmax_scale), bool(causal), left, right)
     return (out, lse, _dmask(q)) if return_attn_probs else out
 
 
@@ -169,7 +174,8 @@ def flash_attn_varlen_kvpacked_func(
 
 
 # Per (framework, device): the int32 error flag every KV-cache call ORs its bits into, and the
-# zero-filled split-KV workspace (grown, never shrunk; the kernels leave it zeroed).
+# zero-filled workspace both entry points share (grown, never shrunk; every call leaves it
+# zeroed, flashcore.h).
 _buffers = {}
 
 

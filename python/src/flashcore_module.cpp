@@ -94,11 +94,12 @@ float* lse_data(const std::optional<OutTensor>& t) {
 }
 
 // Forward attention: q/k/v/out (B, S, H, D), or packed (total, H, D) with cu_seqlens_q/k.
-void fwd(const Tensor& q, const Tensor& k, const Tensor& v, const OutTensor& out,
-         const std::optional<OutTensor>& softmax_lse, const std::optional<Tensor>& cu_seqlens_q,
-         const std::optional<Tensor>& cu_seqlens_k, int64_t max_seqlen_q, int64_t max_seqlen_k,
-         double softmax_scale, bool causal, int64_t window_left, int64_t window_right,
-         uintptr_t stream) {
+AttentionParams fwd_params(const Tensor& q, const Tensor& k, const Tensor& v, const OutTensor& out,
+                           const std::optional<OutTensor>& softmax_lse,
+                           const std::optional<Tensor>& cu_seqlens_q,
+                           const std::optional<Tensor>& cu_seqlens_k, int64_t max_seqlen_q,
+                           int64_t max_seqlen_k, double softmax_scale, bool causal,
+                           int64_t window_left, int64_t window_right) {
   const bool varlen = cu_seqlens_q.has_value() || cu_seqlens_k.has_value();
   AttentionParams p;
   p.q = q.data();
@@ -137,18 +138,39 @@ void fwd(const Tensor& q, const Tensor& k, const Tensor& v, const OutTensor& out
   p.window_left = window_left;
   p.window_right = window_right;
   if (on_cuda(q)) p.device = q.device_id();
+  return p;
+}
+
+int64_t fwd_workspace_size(const Tensor& q, const Tensor& k, const Tensor& v, const OutTensor& out,
+                           const std::optional<OutTensor>& softmax_lse,
+                           const std::optional<Tensor>& cu_seqlens_q,
+                           const std::optional<Tensor>& cu_seqlens_k, int64_t max_seqlen_q,
+                           int64_t max_seqlen_k, double softmax_scale, bool causal,
+                           int64_t window_left, int64_t window_right) {
+  const flashcore::Plan plan = flashcore::query(
+      fwd_params(q, k, v, out, softmax_lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                 max_seqlen_k, softmax_scale, causal, window_left, window_right));
+  raise_if_failed(plan.status);
+  return plan.workspace_bytes;
+}
+
+void fwd(const Tensor& q, const Tensor& k, const Tensor& v, const OutTensor& out,
+         const std::optional<OutTensor>& softmax_lse, const std::optional<Tensor>& cu_seqlens_q,
+         const std::optional<Tensor>& cu_seqlens_k, int64_t max_seqlen_q, int64_t max_seqlen_k,
+         double softmax_scale, bool causal, int64_t window_left, int64_t window_right,
+         const std::optional<OutTensor>& workspace, uintptr_t stream) {
+  const AttentionParams p =
+      fwd_params(q, k, v, out, softmax_lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                 max_seqlen_k, softmax_scale, causal, window_left, window_right);
+  void* ws = workspace ? workspace->data() : nullptr;
   Status s;
   {
     nb::gil_scoped_release release;
-    s = flashcore::run(p, nullptr, reinterpret_cast<void*>(stream));
+    s = flashcore::run(p, ws, reinterpret_cast<void*>(stream));
   }
   raise_if_failed(s);
 }
 
-template <class T>
-const void* data_or_null(const std::optional<T>& t) {
-  return t ? t->data() : nullptr;
-}
 
 // Attention against a KV cache (kvcache.h): q/out (B, Sq, Hq, D); caches (B, capacity, Hkv, D),
 // or pages (num_pages, page_size, Hkv, D) with block_table (B, max_pages) int32; k_new/v_new
@@ -282,7 +304,12 @@ NB_MODULE(_flashcore, m) {
         nb::arg("softmax_lse").none(), nb::arg("cu_seqlens_q").none(),
         nb::arg("cu_seqlens_k").none(), nb::arg("max_seqlen_q"), nb::arg("max_seqlen_k"),
         nb::arg("softmax_scale"), nb::arg("causal"), nb::arg("window_left"),
-        nb::arg("window_right"), nb::arg("stream"));
+        nb::arg("window_right"), nb::arg("workspace").none(), nb::arg("stream"));
+  m.def("fwd_workspace_size", &fwd_workspace_size, nb::arg("q"), nb::arg("k"), nb::arg("v"),
+        nb::arg("out"), nb::arg("softmax_lse").none(), nb::arg("cu_seqlens_q").none(),
+        nb::arg("cu_seqlens_k").none(), nb::arg("max_seqlen_q"), nb::arg("max_seqlen_k"),
+        nb::arg("softmax_scale"), nb::arg("causal"), nb::arg("window_left"),
+        nb::arg("window_right"));
   m.def("kvcache", &kvcache, nb::arg("q"), nb::arg("k_cache"), nb::arg("v_cache"),
         nb::arg("out"), nb::arg("k").none(), nb::arg("v").none(), nb::arg("cache_seqlens"),
         nb::arg("block_table").none(), nb::arg("rotary_cos").none(),

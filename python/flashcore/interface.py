@@ -6,7 +6,7 @@ FlashAttention-3 returns), not +inf."""
 
 from . import _flashcore as _C
 from ._tensors import device_key as _device_key
-from ._tensors import empty, stream_of
+from ._tensors import empty, framework, stream_of
 from ._tensors import full_int32 as _full_int32
 from ._tensors import zeros as _zeros
 
@@ -23,6 +23,16 @@ def _unsupported(dropout_p=0.0, softcap=0.0, alibi_slopes=None, block_table=None
             "block_table: not supported in flash_attn_varlen_func by flashcore yet; paged caches "
             "are served by flash_attn_with_kvcache"
         )
+
+
+def _torch_ops(q):
+    """True for torch tensors: they go through the torch.library ops (torch_ops.py), which
+    torch.compile traces; everything else calls the core directly."""
+    if framework(q) != "torch":
+        return False
+    from . import torch_ops  # noqa: F401  (registers torch.ops.flashcore.*)
+
+    return True
 
 
 def _window(window_size):
@@ -61,6 +71,16 @@ def flash_attn_func(
     """q (B, Sq, Hq, D), k/v (B, Sk, Hkv, D). Returns out (B, Sq, Hq, D), or
     (out, softmax_lse (B, Hq, Sq) fp32, S_dmask (empty)) with return_attn_probs."""
     _unsupported(dropout_p, softcap, alibi_slopes)
+    left, right = _window(window_size)
+    if _torch_ops(q):
+        import torch
+
+        out, lse = torch.ops.flashcore.fwd(q, k, v, softmax_scale, bool(causal), left, right)
+        return (out, lse, _dmask(q)) if return_attn_probs else out
+    return _flash_attn(q, k, v, softmax_scale, causal, (left, right), return_attn_probs)
+
+
+def _flash_attn(q, k, v, softmax_scale, causal, window_size, return_attn_probs):
     out = empty(q, tuple(q.shape))
     lse = empty(q, (q.shape[0], q.shape[2], q.shape[1]), float32=True) if return_attn_probs else None
     left, right = _window(window_size)
@@ -89,6 +109,20 @@ def flash_attn_varlen_func(
     """Packed q (total_q, Hq, D), k/v (total_k, Hkv, D), int32 cu_seqlens (B + 1). Returns out,
     or (out, softmax_lse (Hq, total_q) fp32, S_dmask (empty)) with return_attn_probs."""
     _unsupported(dropout_p, softcap, alibi_slopes, block_table)
+    left, right = _window(window_size)
+    if _torch_ops(q):
+        import torch
+
+        out, lse = torch.ops.flashcore.varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k,
+                                                   int(max_seqlen_q), int(max_seqlen_k),
+                                                   softmax_scale, bool(causal), left, right)
+        return (out, lse, _dmask(q)) if return_attn_probs else out
+    return _flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                              softmax_scale, causal, (left, right), return_attn_probs)
+
+
+def _flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                       softmax_scale, causal, window_size, return_attn_probs):
     out = empty(q, tuple(q.shape))
     lse = empty(q, (q.shape[1], q.shape[0]), float32=True) if return_attn_probs else None
     left, right = _window(window_size)
@@ -246,15 +280,33 @@ def flash_attn_with_kvcache(
         cache_seqlens = rows
     if isinstance(cache_seqlens, int):
         cache_seqlens = _full_int32(q, batch, cache_seqlens)
+    left, right = _window(window_size)
+    if _torch_ops(q):
+        import torch
+
+        out, lse = torch.ops.flashcore.kvcache(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin,
+                                               cache_seqlens, block_table, softmax_scale,
+                                               bool(causal), left, right,
+                                               bool(rotary_interleaved), num_splits == 0)
+        return (out, lse) if return_softmax_lse else out
+    out, lse = _with_kvcache(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens,
+                             block_table, softmax_scale, causal, (left, right),
+                             rotary_interleaved, num_splits == 0, return_softmax_lse)
+    return (out, lse) if return_softmax_lse else out
+
+
+def _with_kvcache(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, block_table,
+                  softmax_scale, causal, window_size, rotary_interleaved, split, return_lse):
+    batch = q.shape[0]
     out = empty(q, tuple(q.shape))
-    lse = empty(q, (batch, q.shape[2], q.shape[1]), float32=True) if return_softmax_lse else None
+    lse = empty(q, (batch, q.shape[2], q.shape[1]), float32=True) if return_lse else None
     left, right = _window(window_size)
     args = (q, k_cache, v_cache, out, k, v, cache_seqlens, block_table, rotary_cos, rotary_sin,
             bool(rotary_interleaved), lse, _scale(softmax_scale), bool(causal), left, right,
             kvcache_error_flag(q))
     workspace = None
-    if num_splits == 0:
+    if split:
         nbytes = _C.kvcache_workspace_size(*args)
         workspace = _workspace(q, nbytes) if nbytes > 0 else None
     _C.kvcache(*args, workspace, stream_of(q))
-    return (out, lse) if return_softmax_lse else out
+    return out, lse

@@ -1,0 +1,1 @@
+"""Integrations of flashcore with other libraries (import the submodule you need)."""

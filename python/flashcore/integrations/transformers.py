@@ -1,0 +1,61 @@
+"""flashcore as a transformers attention implementation: after register(),
+`from_pretrained(..., attn_implementation="flashcore")` works, on the first selection in a
+fresh process.
+
+transformers decides "is this a FlashAttention flavour?" by a substring test ("flash" in the
+name), then takes its FlashAttention path (`integrations/flash_attention.py` ->
+`modeling_flash_attention_utils._flash_attention_forward`), which imports FA2-named functions
+lazily by implementation name and fails for a name it does not know. flashcore's functions
+have FlashAttention-2's exact signatures, so register() hands them to that path: the unpadded
+varlen call for padded batches, the dense call otherwise, bottom-right causal masks. These are
+transformers internals; the versions this was tested with are pinned below and any other
+version is refused loudly rather than run untested."""
+
+import importlib
+
+TESTED_TRANSFORMERS = ("5.17",)  # major.minor
+NAME = "flashcore"
+
+
+def _check_version():
+    import transformers
+
+    major_minor = ".".join(transformers.__version__.split(".")[:2])
+    if major_minor not in TESTED_TRANSFORMERS:
+        raise RuntimeError(
+            f"flashcore.integrations.transformers was tested with transformers "
+            f"{', '.join(v + '.x' for v in TESTED_TRANSFORMERS)}; found {transformers.__version__}. "
+            f"It hooks transformers internals (modeling_flash_attention_utils), so it refuses to "
+            f"run untested; use attn_implementation='sdpa' or a tested version."
+        )
+
+
+def register():
+    """Registers attn_implementation="flashcore" (attention and mask functions) and points
+    transformers' FlashAttention path at flashcore's functions for that name."""
+    _check_version()
+    import flashcore
+    from transformers import AttentionInterface
+    from transformers.integrations.flash_attention import flash_attention_forward
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+
+    fa_utils = importlib.import_module("transformers.modeling_flash_attention_utils")
+    AttentionInterface.register(NAME, flash_attention_forward)
+    # Without a mask function under the same name transformers builds no mask at all: padding
+    # would be dropped silently. The FlashAttention one passes the 2-d padding mask through.
+    AttentionMaskInterface.register(NAME, ALL_MASK_ATTENTION_FUNCTIONS["flash_attention_2"])
+
+    functions = (flashcore.flash_attn_func, flashcore.flash_attn_varlen_func,
+                 flashcore.flash_attn_with_kvcache, fa_utils._pad_input, fa_utils._unpad_input)
+    original = fa_utils._lazy_imports
+    if getattr(original, "_flashcore", False):
+        original = original._flashcore_original
+
+    def lazy_imports(implementation, attention_wrapper=None, allow_all_kernels=False):
+        if fa_utils.split_attention_implementation(implementation)[1] == NAME:
+            return functions
+        return original(implementation, attention_wrapper, allow_all_kernels=allow_all_kernels)
+
+    lazy_imports._flashcore = True
+    lazy_imports._flashcore_original = original
+    fa_utils._lazy_imports = lazy_imports

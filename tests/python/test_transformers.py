@@ -1,0 +1,67 @@
+"""attn_implementation="flashcore" in transformers: selected on the first try in a fresh
+process (a subprocess, as a user's script would), a tiny LLaMA-shaped model with random bf16
+weights and GQA gives the logits and greedy tokens of attn_implementation="sdpa" on the CPU,
+a left-padded batch included (the padding mask must reach the kernel: the FlashAttention path
+unpads into flash_attn_varlen_func). Skipped without torch or transformers."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+SCRIPT = textwrap.dedent("""
+    import copy, json, torch, transformers
+    import flashcore.integrations.transformers as fct
+    fct.register()
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=256, hidden_size=256, intermediate_size=512,
+                                      num_hidden_layers=2, num_attention_heads=4,
+                                      num_key_value_heads=2, max_position_embeddings=256)
+    base = transformers.LlamaForCausalLM(config).to(torch.bfloat16).eval()
+    state = base.state_dict()
+    models = {}
+    for impl in ("flashcore", "sdpa"):
+        m = transformers.LlamaForCausalLM._from_config(copy.deepcopy(config), attn_implementation=impl,
+                                                       dtype=torch.bfloat16).eval()
+        m.load_state_dict(state)
+        models[impl] = m
+    ids = torch.randint(0, 256, (2, 12))
+    mask = torch.ones_like(ids)
+    mask[1, :5] = 0  # left padding in the second row
+    out = {"impl": [m.config._attn_implementation for m in models.values()]}
+    with torch.no_grad():
+        logits = {k: m(input_ids=ids, attention_mask=mask).logits.float() for k, m in models.items()}
+        real = mask.bool()
+        out["max_logit_diff"] = (logits["flashcore"] - logits["sdpa"])[real].abs().max().item()
+        gen = {k: m.generate(input_ids=ids, attention_mask=mask, max_new_tokens=16,
+                             do_sample=False, pad_token_id=0)[:, 12:].tolist()
+               for k, m in models.items()}
+    out["tokens_flashcore"], out["tokens_sdpa"] = gen["flashcore"], gen["sdpa"]
+    print(json.dumps(out))
+""")
+
+
+def test_llama_flashcore_matches_sdpa_in_a_fresh_process():
+    run = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["impl"] == ["flashcore", "sdpa"]
+    assert result["max_logit_diff"] < 0.1, result
+    agree = sum(a == b for ra, rb in zip(result["tokens_flashcore"], result["tokens_sdpa"])
+                for a, b in zip(ra, rb))
+    assert agree == 32, result  # both rows, 16 greedy tokens each
+
+
+def test_other_transformers_versions_are_refused(monkeypatch):
+    import transformers
+
+    import flashcore.integrations.transformers as fct
+
+    monkeypatch.setattr(transformers, "__version__", "5.99.0")
+    with pytest.raises(RuntimeError, match="tested with transformers 5.17"):
+        fct.register()

@@ -65,3 +65,34 @@ def test_other_transformers_versions_are_refused(monkeypatch):
     monkeypatch.setattr(transformers, "__version__", "5.99.0")
     with pytest.raises(RuntimeError, match="tested with transformers 5.17"):
         fct.register()
+
+
+def test_a_custom_4d_mask_falls_back_to_sdpa_with_a_warning():
+    import copy
+
+    import torch
+    import transformers
+
+    import flashcore.integrations.transformers as fct
+
+    fct.register()
+    fct._warned_masks = False
+    torch.manual_seed(1)
+    config = transformers.LlamaConfig(vocab_size=128, hidden_size=128, intermediate_size=256,
+                                      num_hidden_layers=1, num_attention_heads=2,
+                                      num_key_value_heads=1)
+    models = {}
+    for impl in ("flashcore", "sdpa"):
+        models[impl] = transformers.LlamaForCausalLM._from_config(
+            copy.deepcopy(config), attn_implementation=impl, dtype=torch.bfloat16).eval()
+    models["sdpa"].load_state_dict(models["flashcore"].state_dict())
+    ids = torch.randint(0, 128, (1, 10))
+    # Two packed segments, causal within each: not expressible as padding + causal.
+    seg = torch.tensor([0] * 4 + [1] * 6)
+    mask = (seg[:, None] == seg[None, :]) & torch.ones(10, 10, dtype=torch.bool).tril()
+    mask4 = mask[None, None]
+    with torch.no_grad(), pytest.warns(UserWarning, match="4-d attention mask"):
+        got = models["flashcore"](input_ids=ids, attention_mask=mask4).logits
+    with torch.no_grad():
+        want = models["sdpa"](input_ids=ids, attention_mask=mask4).logits
+    torch.testing.assert_close(got, want)

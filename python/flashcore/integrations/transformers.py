@@ -12,6 +12,7 @@ transformers internals; the versions this was tested with are pinned below and a
 version is refused loudly rather than run untested."""
 
 import importlib
+import warnings
 
 TESTED_TRANSFORMERS = ("5.17",)  # major.minor
 NAME = "flashcore"
@@ -30,17 +31,39 @@ def _check_version():
         )
 
 
+_warned_masks = False
+
+
+def _attention(module, query, key, value, attention_mask, **kwargs):
+    """transformers' FlashAttention forward, except for masks it cannot honour: a prepared 4-d
+    mask (custom patterns, passed through by transformers as given) goes to sdpa, with a
+    warning the first time, instead of being reduced to padding plus causal."""
+    from transformers.integrations.flash_attention import flash_attention_forward
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    global _warned_masks
+    if attention_mask is not None and attention_mask.dim() != 2:
+        if not _warned_masks:
+            _warned_masks = True
+            warnings.warn(
+                "flashcore: a 4-d attention mask (a custom pattern) cannot be expressed as "
+                "padding + causal/window; these calls run on sdpa",
+                stacklevel=2,
+            )
+        return ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, attention_mask, **kwargs)
+    return flash_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
 def register():
     """Registers attn_implementation="flashcore" (attention and mask functions) and points
     transformers' FlashAttention path at flashcore's functions for that name."""
     _check_version()
     import flashcore
     from transformers import AttentionInterface
-    from transformers.integrations.flash_attention import flash_attention_forward
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 
     fa_utils = importlib.import_module("transformers.modeling_flash_attention_utils")
-    AttentionInterface.register(NAME, flash_attention_forward)
+    AttentionInterface.register(NAME, _attention)
     # Without a mask function under the same name transformers builds no mask at all: padding
     # would be dropped silently. The FlashAttention one passes the 2-d padding mask through.
     AttentionMaskInterface.register(NAME, ALL_MASK_ATTENTION_FUNCTIONS["flash_attention_2"])

@@ -296,6 +296,78 @@ void kvcache(const Tensor& q, const OutTensor& k_cache, const OutTensor& v_cache
   raise_if_failed(s);
 }
 
+// What query() answers for a problem shape on the CPU reference backend ("" = supported, else
+// the reason), for the README's support table (flashcore/support.py). The tensors are small
+// host buffers that query never reads.
+DType dtype_named(const std::string& name) {
+  if (name == "float16") return DType::kFloat16;
+  if (name == "bfloat16") return DType::kBFloat16;
+  fail("dtype: float16 or bfloat16");
+}
+constexpr int64_t kShapeRows = 4, kMaxElems = kShapeRows * 32 * 512;
+alignas(256) uint16_t g_q[kMaxElems], g_k[kMaxElems], g_v[kMaxElems], g_o[kMaxElems];
+alignas(256) float g_lse[kShapeRows * 32];
+alignas(256) int32_t g_ints[64];
+
+std::string query_forward(const std::string& dtype, int64_t head_dim, int64_t num_heads_q,
+                          int64_t num_heads_kv, bool causal, int64_t window_left,
+                          int64_t window_right, bool varlen, bool lse) {
+  if (num_heads_q > 32 || num_heads_kv > 32 || head_dim > 512 || head_dim < 1)
+    fail("query_forward: at most 32 heads and head_dim 512 here");
+  AttentionParams p;
+  p.q = g_q, p.k = g_k, p.v = g_v, p.o = g_o;
+  const Strides qs{kShapeRows * num_heads_q * head_dim, num_heads_q * head_dim, head_dim};
+  const Strides ks{kShapeRows * num_heads_kv * head_dim, num_heads_kv * head_dim, head_dim};
+  p.q_strides = p.o_strides = qs;
+  p.k_strides = p.v_strides = ks;
+  p.dtype = dtype_named(dtype);
+  p.batch = 1, p.seqlen_q = p.seqlen_k = kShapeRows;
+  p.num_heads_q = num_heads_q, p.num_heads_kv = num_heads_kv, p.head_dim = head_dim;
+  if (varlen) {
+    g_ints[0] = 0, g_ints[1] = int32_t(kShapeRows);
+    p.cu_seqlens_q = p.cu_seqlens_k = g_ints;
+  }
+  p.lse = lse ? g_lse : nullptr;
+  p.causal = causal, p.window_left = window_left, p.window_right = window_right;
+  p.backend = flashcore::Backend::kReference;
+  const flashcore::Plan plan = flashcore::query(p);
+  return plan.status.ok() ? std::string() : plan.status.message;
+}
+
+std::string query_kvcache(const std::string& dtype, int64_t head_dim, int64_t page_size,
+                          bool append, int64_t rotary_dim, bool rotary_interleaved, bool causal,
+                          int64_t window_left, int64_t window_right) {
+  if (head_dim > 512 || head_dim < 1) fail("query_kvcache: head_dim up to 512 here");
+  const int64_t hq = 4, hkv = 2, cap = 16;
+  KvCacheParams p;
+  p.q = g_q, p.o = g_o, p.k_cache = g_k, p.v_cache = g_v;
+  p.q_strides = p.o_strides = {hq * head_dim, hq * head_dim, head_dim};
+  p.dtype = dtype_named(dtype);
+  p.batch = 1, p.seqlen_q = 1, p.num_heads_q = hq, p.num_heads_kv = hkv, p.head_dim = head_dim;
+  if (page_size > 0) {
+    p.k_cache_strides = p.v_cache_strides = {page_size * hkv * head_dim, hkv * head_dim, head_dim};
+    g_ints[0] = 0;
+    p.block_table = g_ints + 8;
+    p.block_table_stride = p.max_pages_per_seq = cap / page_size;
+    p.num_pages = cap / page_size;
+    p.page_size = page_size;
+  } else {
+    p.k_cache_strides = p.v_cache_strides = {cap * hkv * head_dim, hkv * head_dim, head_dim};
+    p.cache_capacity = cap;
+  }
+  p.cache_seqlens = g_ints;
+  if (append) {
+    p.k_new = g_q, p.v_new = g_q;
+    p.k_new_strides = p.v_new_strides = {hkv * head_dim, hkv * head_dim, head_dim};
+  }
+  p.error_flag = g_ints + 4;
+  p.causal = causal, p.window_left = window_left, p.window_right = window_right;
+  if (rotary_dim > 0) p.rotary = {g_o, g_o, rotary_dim, 8, rotary_interleaved};
+  p.backend = flashcore::Backend::kReference;
+  const flashcore::Plan plan = flashcore::query(p);
+  return plan.status.ok() ? std::string() : plan.status.message;
+}
+
 }  // namespace
 
 NB_MODULE(_flashcore, m) {
@@ -323,5 +395,13 @@ NB_MODULE(_flashcore, m) {
         nb::arg("rotary_sin").none(), nb::arg("rotary_interleaved"),
         nb::arg("softmax_lse").none(), nb::arg("softmax_scale"), nb::arg("causal"),
         nb::arg("window_left"), nb::arg("window_right"), nb::arg("error_flag"));
+  m.def("query_forward", &query_forward, nb::arg("dtype"), nb::arg("head_dim"),
+        nb::arg("num_heads_q"), nb::arg("num_heads_kv"), nb::arg("causal") = false,
+        nb::arg("window_left") = -1, nb::arg("window_right") = -1, nb::arg("varlen") = false,
+        nb::arg("lse") = false);
+  m.def("query_kvcache", &query_kvcache, nb::arg("dtype"), nb::arg("head_dim"),
+        nb::arg("page_size") = 0, nb::arg("append") = false, nb::arg("rotary_dim") = 0,
+        nb::arg("rotary_interleaved") = false, nb::arg("causal") = false,
+        nb::arg("window_left") = -1, nb::arg("window_right") = -1);
   m.def("cuda_device_count", &flashcore::cuda_device_count);
 }

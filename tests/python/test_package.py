@@ -297,3 +297,14 @@ def test_with_kvcache_unsupported_options_raise(kwargs, argument):
     q, kc = randn(rng, 1, 1, 2, 64), randn(rng, 1, 8, 2, 64)
     with pytest.raises(ValueError, match=argument):
         flashcore.flash_attn_with_kvcache(q, kc, kc, cache_seqlens=4, **kwargs)
+
+
+def test_readme_support_table_is_the_generated_one():
+    import pathlib
+
+    from flashcore import support
+
+    readme = (pathlib.Path(__file__).resolve().parents[2] / "README.md").read_text()
+    start = readme.index("<!-- support-table -->\n") + len("<!-- support-table -->\n")
+    end = readme.index("\n<!-- /support-table -->")
+    assert readme[start:end] == support.table(), "regenerate: python -m flashcore.support"

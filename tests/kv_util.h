@@ -37,6 +37,7 @@ struct KvSpec {
   bool interleaved = false;
   int64_t max_position = 64;
   bool nan_past_len = true;  // cache rows at or past cache_seqlens (and spare pages) hold NaN
+  std::vector<int> leftpad;  // cache_leftpad per entry (empty: none); rows before it hold NaN
 };
 
 // A problem in host memory: random q, cache and new rows (no zeros), o and lse set to 7.
@@ -44,7 +45,7 @@ struct KvHost {
   KvSpec spec;
   std::vector<uint16_t> q, o, k_cache, v_cache, k_new, v_new, cos, sin;
   std::vector<float> lse;
-  std::vector<int32_t> seqlens, block_table;
+  std::vector<int32_t> seqlens, leftpads, block_table;
   int32_t flag = 0;
   KvCacheParams p;
   int64_t max_pages = 0, num_pages = 0;
@@ -99,11 +100,13 @@ struct KvHost {
       fill(v_cache, k_cache.size());
     }
     seqlens.assign(s.lens.begin(), s.lens.end());
+    leftpads.assign(s.leftpad.begin(), s.leftpad.end());
     if (s.nan_past_len) {  // a kernel that reads them leaks NaN into its output
       const uint16_t nan = fd::from_float(s.dtype, std::numeric_limits<float>::quiet_NaN());
       std::vector<bool> used(k_cache.size() / d, false);
       for (int64_t b = 0; b < B; ++b)
-        for (int64_t r = 0; r < std::max<int64_t>(s.lens[b], 0) && r < s.capacity; ++r)
+        for (int64_t r = s.leftpad.empty() ? 0 : std::max(s.leftpad[b], 0);
+             r < std::max<int64_t>(s.lens[b], 0) && r < s.capacity; ++r)
           for (int64_t h = 0; h < s.hkv; ++h) used[cache_index(b, r, h) / d] = true;
       for (size_t rowi = 0; rowi < used.size(); ++rowi)
         if (!used[rowi])
@@ -142,6 +145,7 @@ struct KvHost {
       p.cache_capacity = s.capacity;
     }
     p.cache_seqlens = seqlens.data();
+    p.cache_leftpad = leftpads.empty() ? nullptr : leftpads.data();
     if (s.append) {
       p.k_new = k_new.data();
       p.v_new = v_new.data();
@@ -190,7 +194,10 @@ inline std::vector<uint16_t> rotated(const KvHost& kh, const uint16_t* row, int6
 // cache rows the entry had before the call followed by its new rows (rotated where asked).
 inline void expect_entry_matches_forward(const KvHost& before, const KvHost& after, int64_t b) {
   const KvSpec& s = before.spec;
-  const int64_t len = s.lens[b], sk = len + (s.append ? s.seqlen_q : 0), d = s.d;
+  const int64_t len = s.lens[b], d = s.d;
+  // Keys: cache rows from the left pad on, then the new rows; positions stay the rows'.
+  const int64_t pad = s.leftpad.empty() ? 0 : s.leftpad[b];
+  const int64_t sk = len + (s.append ? s.seqlen_q : 0) - pad;
   const bool masked = s.causal || s.wl >= 0 || s.wr >= 0;
   std::vector<uint16_t> q(s.seqlen_q * s.hq * d), k(sk * s.hkv * d), v(k.size());
   for (int64_t i = 0; i < s.seqlen_q; ++i)
@@ -200,8 +207,9 @@ inline void expect_entry_matches_forward(const KvHost& before, const KvHost& aft
       if (s.rotary_dim > 0) row = rotated(before, src, masked ? len + i : len);
       std::copy(row.begin(), row.end(), &q[(i * s.hq + h) * d]);
     }
-  for (int64_t r = 0; r < sk; ++r)
+  for (int64_t rk = 0; rk < sk; ++rk)
     for (int64_t h = 0; h < s.hkv; ++h) {
+      const int64_t r = pad + rk;
       std::vector<uint16_t> kr(d), vr(d);
       if (r < len) {
         const uint16_t* kc = &before.k_cache[before.cache_index(b, r, h)];
@@ -215,8 +223,8 @@ inline void expect_entry_matches_forward(const KvHost& before, const KvHost& aft
         kr = s.rotary_dim > 0 ? rotated(before, kn, r) : std::vector<uint16_t>(kn, kn + d);
         vr.assign(vn, vn + d);
       }
-      std::copy(kr.begin(), kr.end(), &k[(r * s.hkv + h) * d]);
-      std::copy(vr.begin(), vr.end(), &v[(r * s.hkv + h) * d]);
+      std::copy(kr.begin(), kr.end(), &k[(rk * s.hkv + h) * d]);
+      std::copy(vr.begin(), vr.end(), &v[(rk * s.hkv + h) * d]);
     }
   std::vector<uint16_t> o(q.size());
   std::vector<float> lse(s.hq * s.seqlen_q);

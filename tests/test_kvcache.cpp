@@ -141,7 +141,9 @@ TEST(KvCache, BadEntriesAreFlaggedPoisonedAndWriteNothing) {
   };
   for (const Bad bad : {Bad{"overflow", kKvCacheOverflow}, Bad{"negative length", kKvCacheOverflow},
                         Bad{"block table", kKvBlockTableOutOfRange},
-                        Bad{"rotary position", kKvRotaryOutOfRange}}) {
+                        Bad{"rotary position", kKvRotaryOutOfRange},
+                        Bad{"left pad past the length", kKvLeftpadOutOfRange},
+                        Bad{"negative left pad", kKvLeftpadOutOfRange}}) {
     SCOPED_TRACE(bad.what);
     KvSpec s;
     s.seqlen_q = 4;
@@ -151,6 +153,8 @@ TEST(KvCache, BadEntriesAreFlaggedPoisonedAndWriteNothing) {
     if (w == "overflow") s.lens[1] = 29;  // 29 + 4 > 32
     if (w == "negative length") s.lens[1] = -1;
     if (w == "block table") s.page_size = 16;
+    if (w == "left pad past the length") s.leftpad = {2, 11, 0};  // 11 > 10
+    if (w == "negative left pad") s.leftpad = {2, -1, 0};
     if (w == "rotary position") {
       s.rotary_dim = 64;
       s.max_position = 14;
@@ -172,6 +176,27 @@ TEST(KvCache, BadEntriesAreFlaggedPoisonedAndWriteNothing) {
       EXPECT_TRUE(std::equal(&kh.k_cache[n], &kh.k_cache[2 * n], &before.k_cache[n]));
     }
   }
+}
+
+// FlashAttention-2's cache_leftpad: entry b's keys start at row cache_leftpad[b] (the rows
+// before hold NaN here, so reading them fails), positions and masks stay the rows'; contiguous
+// and paged, with append, rotary and windows.
+TEST(KvCache, LeftPadHidesTheRowsBeforeIt) {
+  for (int64_t page : {0, 4})
+    for (bool causal : {true, false}) {
+      KvSpec s;
+      s.seqlen_q = 3;
+      s.capacity = 40;
+      s.page_size = page;
+      s.causal = causal;
+      s.lens = {20, 9, 30};
+      s.leftpad = {5, 9, 0};  // entry 1: only the new rows
+      s.rotary_dim = 64;
+      SCOPED_TRACE("page " + std::to_string(page) + (causal ? " causal" : ""));
+      expect_every_entry_matches_forward(s, 21);
+      s.wl = 6;  // a window reaching below the pad sees nothing there
+      expect_every_entry_matches_forward(s, 22);
+    }
 }
 
 TEST(KvCache, UnusedBlockTableEntriesAreNotChecked) {

@@ -36,11 +36,11 @@ struct Dev {
 struct KvDevice {
   Dev<uint16_t> q, o, kc, vc, kn, vn, cos, sin;
   Dev<float> lse;
-  Dev<int32_t> seqlens, table, flag;
+  Dev<int32_t> seqlens, leftpads, table, flag;
   KvCacheParams p;
   explicit KvDevice(const KvHost& h)
       : q(h.q), o(h.o), kc(h.k_cache), vc(h.v_cache), kn(h.k_new), vn(h.v_new), cos(h.cos),
-        sin(h.sin), lse(h.lse), seqlens(h.seqlens), table(h.block_table),
+        sin(h.sin), lse(h.lse), seqlens(h.seqlens), leftpads(h.leftpads), table(h.block_table),
         flag(std::vector<int32_t>{0}) {
     p = h.p;
     auto shift = [](auto* dev, const auto* host_ptr, const auto* host_base) {
@@ -55,6 +55,7 @@ struct KvDevice {
     p.v_new = shift(vn.ptr, static_cast<const uint16_t*>(h.p.v_new), h.v_new.data());
     p.block_table = shift(table.ptr, h.p.block_table, h.block_table.data());
     p.cache_seqlens = seqlens.ptr;
+    p.cache_leftpad = shift(leftpads.ptr, h.p.cache_leftpad, h.leftpads.data());
     p.error_flag = flag.ptr;
     p.rotary.cos = shift(cos.ptr, static_cast<const uint16_t*>(h.p.rotary.cos), h.cos.data());
     p.rotary.sin = shift(sin.ptr, static_cast<const uint16_t*>(h.p.rotary.sin), h.sin.data());
@@ -248,6 +249,20 @@ TEST(KvGpu, OddPageSizes) {
       SCOPED_TRACE("page " + std::to_string(page) + ", d " + std::to_string(d));
       expect_gpu_matches_reference(s, 9);
     }
+}
+
+// cache_leftpad runs on the CPU reference only for now: the CUDA backend must say so, naming
+// it, rather than ignore it.
+TEST(KvGpu, LeftPadIsRefusedByTheCudaBackendForNow) {
+  SKIP_WITHOUT_GPU();
+  KvSpec s;
+  s.leftpad = {1, 0, 2};
+  KvHost host(s, 5);
+  KvDevice dev(host);
+  ASSERT_NE(dev.p.cache_leftpad, nullptr);
+  const Plan plan = query(dev.p);
+  EXPECT_EQ(plan.status.code, StatusCode::kNotSupported);
+  EXPECT_NE(plan.status.message.find("cache_leftpad"), std::string::npos) << plan.status.message;
 }
 
 TEST(KvGpu, WithoutWorkspaceRunsUnsplit) {

@@ -32,14 +32,15 @@ enum KvCacheError : int32_t {
   kKvCacheOverflow = 1,       ///< cache_seqlens[b] < 0 or cache_seqlens[b] + new keys > capacity
   kKvBlockTableOutOfRange = 2,  ///< a block-table entry the call needs is outside [0, num_pages)
   kKvRotaryOutOfRange = 4,    ///< a rotary position is >= Rotary::max_position
+  kKvLeftpadOutOfRange = 8,   ///< cache_leftpad[b] < 0 or > cache_seqlens[b]
 };
 
 /// O[b, i, h] = softmax(scale * Q[b, i, h] K_b^T) V_b where K_b, V_b are the first L_b =
 /// cache_seqlens[b] (+ seqlen_q when k_new is given) rows of batch entry b's cache, after the
 /// new keys have been written at rows cache_seqlens[b] .. + seqlen_q - 1. Masks are aligned
 /// bottom-right: query i sees key j iff j <= i + L_b - seqlen_q + window_right (causal:
-/// window_right = 0) and j >= i + L_b - seqlen_q - window_left, as in AttentionParams.
-/// cache_seqlens itself is not updated. A call with seqlen_q = 0 reads and writes nothing.
+/// window_right = 0) and j >= i + L_b - seqlen_q - window_left, as in AttentionParams; with
+/// cache_leftpad, also j >= cache_leftpad[b]. cache_seqlens itself is not updated. A call with seqlen_q = 0 reads and writes nothing.
 ///
 /// Contiguous cache: k_cache/v_cache are [batch, cache_capacity, num_heads_kv, head_dim] with
 /// strides {batch, seq, head}. Paged cache (block_table non-null): they are [num_pages,
@@ -67,6 +68,11 @@ struct KvCacheParams {
   int64_t page_size = 0;
 
   const int32_t* cache_seqlens = nullptr;  ///< [batch] int32, in the same memory as q
+  /// Optional [batch] int32, same memory as q (FlashAttention-2's cache_leftpad): entry b's
+  /// keys start at cache row cache_leftpad[b]; rows before it are neither read nor attended.
+  /// Positions (rotary, masks) stay those of the cache rows. CPU reference only for now: the
+  /// CUDA backend answers kNotSupported.
+  const int32_t* cache_leftpad = nullptr;
 
   /// Optional, both or neither: [batch, seqlen_q, num_heads_kv, head_dim], appended to the cache
   /// (after rotary) before attending.

@@ -35,7 +35,7 @@ std::array<NamedPtr, 7> pointers(const AttentionParams& p) {
            {"cu_seqlens_q", p.cu_seqlens_q},
            {"cu_seqlens_k", p.cu_seqlens_k}}};
 }
-std::array<NamedPtr, 12> pointers(const KvCacheParams& p) {
+std::array<NamedPtr, 13> pointers(const KvCacheParams& p) {
   return {{{"q", p.q},
            {"o", p.o},
            {"lse", p.lse},
@@ -43,6 +43,7 @@ std::array<NamedPtr, 12> pointers(const KvCacheParams& p) {
            {"v_cache", p.v_cache},
            {"block_table", p.block_table},
            {"cache_seqlens", p.cache_seqlens},
+           {"cache_leftpad", p.cache_leftpad},
            {"k_new", p.k_new},
            {"v_new", p.v_new},
            {"error_flag", p.error_flag},

@@ -240,6 +240,8 @@ Status validate_kv_args(const KvCacheParams& p) {
   const bool any_q = any && p.seqlen_q > 0;
   if (any && p.cache_seqlens == nullptr) return invalid("cache_seqlens: must not be null");
   if (any && !(s = check_aligned4("cache_seqlens", p.cache_seqlens)).ok()) return s;
+  if (p.cache_leftpad != nullptr && !(s = check_aligned4("cache_leftpad", p.cache_leftpad)).ok())
+    return s;
   if (!(s = check_tensor("q", p.q, p.q_strides, any_q, false)).ok()) return s;
   if (!(s = check_tensor("o", p.o, p.o_strides, any_q, false)).ok()) return s;
   if (!(s = check_tensor("k_cache", p.k_cache, p.k_cache_strides, any, false)).ok()) return s;

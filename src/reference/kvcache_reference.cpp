@@ -32,13 +32,15 @@ CacheRow cache_row(const KvProblem& f, int64_t b, int64_t r) {
   return {p.block_table[b * p.block_table_stride + r / p.page_size], r % p.page_size};
 }
 
-// KvCacheError bits for entry b (0: fine). len: cache_seqlens[b].
-int32_t entry_error(const KvProblem& f, int64_t b, int64_t len) {
+// KvCacheError bits for entry b (0: fine). len: cache_seqlens[b]; pad: cache_leftpad[b] (0
+// without it): rows [pad, len + new keys) are the entry's keys.
+int32_t entry_error(const KvProblem& f, int64_t b, int64_t len, int64_t pad) {
   const KvCacheParams& p = f.p;
   const int64_t total = len + f.new_keys();
   if (len < 0 || total > f.capacity) return kKvCacheOverflow;
+  if (pad < 0 || pad > len) return kKvLeftpadOutOfRange;
   if (f.paged) {
-    for (int64_t pg = 0; pg * p.page_size < total; ++pg) {
+    for (int64_t pg = pad / p.page_size; pg * p.page_size < total; ++pg) {
       const int32_t e = p.block_table[b * p.block_table_stride + pg];
       if (e < 0 || e >= p.num_pages) return kKvBlockTableOutOfRange;
     }
@@ -88,11 +90,12 @@ Status kvcache(const KvProblem& f, const Options& opt) {
   if (sq == 0) return {};  // no rows and no new keys: nothing is read or written (kvcache.h)
 
   // Checks first: an entry with an error writes nothing and gets NaN rows.
-  std::vector<int64_t> len(static_cast<size_t>(B));
+  std::vector<int64_t> len(static_cast<size_t>(B)), pad(static_cast<size_t>(B), 0);
   std::vector<bool> ok(static_cast<size_t>(B));
   for (int64_t b = 0; b < B; ++b) {
     len[b] = p.cache_seqlens[b];
-    const int32_t err = entry_error(f, b, len[b]);
+    if (p.cache_leftpad) pad[b] = p.cache_leftpad[b];
+    const int32_t err = entry_error(f, b, len[b], pad[b]);
     ok[b] = err == 0;
     *p.error_flag |= err;
     if (ok[b]) continue;
@@ -118,14 +121,15 @@ Status kvcache(const KvProblem& f, const Options& opt) {
     }
   }
 
-  // Gather every good entry into one packed problem: q rotated, keys = the entry's cache rows.
+  // Gather every good entry into one packed problem: q rotated, keys = the entry's cache rows
+  // from its left pad on. Dropping leading keys keeps the bottom-right alignment in positions.
   std::vector<int> lens_q, lens_k;
   std::vector<int64_t> entries;
   for (int64_t b = 0; b < B; ++b)
     if (ok[b]) {
       entries.push_back(b);
       lens_q.push_back(static_cast<int>(sq));
-      lens_k.push_back(static_cast<int>(len[b] + f.new_keys()));
+      lens_k.push_back(static_cast<int>(len[b] + f.new_keys() - pad[b]));
     }
   if (entries.empty() || sq == 0) return {};
   std::vector<int32_t> cu_q(1, 0), cu_k(1, 0);
@@ -143,8 +147,8 @@ Status kvcache(const KvProblem& f, const Options& opt) {
       for (int64_t h = 0; h < hq; ++h)
         copy_row(f, at(p.q, p.q_strides, b, i, h), f.query_position(len[b], i),
                  &q[((cu_q[e] + i) * hq + h) * d]);
-    for (int64_t r = 0; r < lens_k[e]; ++r) {
-      const CacheRow cr = cache_row(f, b, r);
+    for (int64_t r = 0; r < lens_k[e]; ++r) {  // keys from row pad on: positions pad + r
+      const CacheRow cr = cache_row(f, b, pad[b] + r);
       for (int64_t h = 0; h < hkv; ++h) {
         std::memcpy(&k[((cu_k[e] + r) * hkv + h) * d],
                     at(p.k_cache, p.k_cache_strides, cr.outer, cr.row, h), d * 2);

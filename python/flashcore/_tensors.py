@@ -75,5 +75,15 @@ def stream_of(like):
     if fw == "cupy":
         import cupy
 
-        return cupy.cuda.get_current_stream().ptr
+        with cupy.cuda.Device(like.device.id):
+            return cupy.cuda.get_current_stream().ptr
     return 0
+
+
+def capturing(like):
+    """True while like's framework is capturing a CUDA graph on the current stream."""
+    if framework(like) == "torch" and like.is_cuda:
+        import torch
+
+        return torch.cuda.is_current_stream_capturing()
+    return False

@@ -6,7 +6,7 @@ FlashAttention-3 returns), not +inf."""
 
 from . import _flashcore as _C
 from ._tensors import device_key as _device_key
-from ._tensors import empty, framework, stream_of
+from ._tensors import capturing, empty, framework, stream_of
 from ._tensors import full_int32 as _full_int32
 from ._tensors import zeros as _zeros
 
@@ -41,8 +41,13 @@ def _window(window_size):
 
 
 def _scale(softmax_scale):
-    # 0 selects 1/sqrt(head_dim) in the core, as None does in FlashAttention-2.
-    return 0.0 if softmax_scale is None else float(softmax_scale)
+    # The core reads 0 as 1/sqrt(head_dim), FlashAttention-2's None; a literal 0 (uniform
+    # attention in FlashAttention-2) would silently mean something else.
+    if softmax_scale is None:
+        return 0.0
+    if float(softmax_scale) == 0.0:
+        raise ValueError("softmax_scale: 0 is not supported (None gives 1/sqrt(head_dim))")
+    return float(softmax_scale)
 
 
 def _dmask(q):
@@ -207,29 +212,46 @@ def flash_attn_varlen_kvpacked_func(
                                   softcap, alibi_slopes, deterministic, return_attn_probs)
 
 
-# Per (framework, device): the int32 error flag every KV-cache call ORs its bits into, and the
-# zero-filled workspace both entry points share (grown, never shrunk; every call leaves it
-# zeroed, flashcore.h).
-_buffers = {}
+# Per (framework, device): the int32 error flag every KV-cache call ORs its bits into. Per
+# (framework, device, stream): the zero-filled workspace both entry points share (every call
+# leaves it zeroed, flashcore.h; concurrent streams must not share one). Buffers are never
+# freed: a captured CUDA graph keeps using the address it was captured with.
+_flags = {}
+_workspaces = {}
+_retired = []
 
 
 def kvcache_error_flag(like):
     """The int32 tensor of shape (1,) that flash_attn_with_kvcache calls on like's device OR
     their error bits into (flashcore/kvcache.h: 1 cache overflow, 2 block-table entry out of
-    range, 4 rotary position out of range); 0 while every call stayed inside its cache. An entry
-    with an error writes nothing to the cache and gets NaN output rows. The calls never read it
-    (no host synchronisation); the caller reads it and clears it (flag[0] = 0)."""
-    state = _buffers.setdefault(_device_key(like), {})
-    if "flag" not in state:
-        state["flag"] = _zeros(like, (1,), "int32")
-    return state["flag"]
+    range, 4 rotary position out of range, 8 cache_leftpad out of range); 0 while every call
+    stayed inside its cache. An entry with an error writes nothing to the cache and gets NaN
+    output rows. The calls never read it (no host synchronisation); the caller reads it and
+    clears it (flag[0] = 0). It is made on first use, which must not be inside a CUDA-graph
+    capture (a captured allocation is only zeroed when the graph replays): warm up first."""
+    key = _device_key(like)
+    if key not in _flags:
+        if capturing(like):
+            raise RuntimeError(
+                "flashcore: the first KV-cache call on a device is inside a CUDA-graph capture; "
+                "call flashcore.kvcache_error_flag(q) (or run the step once) before capturing"
+            )
+        _flags[key] = _zeros(like, (1,), "int32")
+    return _flags[key]
 
 
 def _workspace(like, nbytes):
-    state = _buffers.setdefault(_device_key(like), {})
-    ws = state.get("workspace")
-    if ws is None or ws.shape[0] < nbytes:
-        ws = state["workspace"] = _zeros(like, (nbytes,), "uint8")
+    """The stream's workspace if it holds nbytes; None (the call runs unsplit: same result,
+    slower) where it would have to be made or grown inside a CUDA-graph capture."""
+    key = (*_device_key(like), stream_of(like))
+    ws = _workspaces.get(key)
+    if ws is not None and ws.shape[0] >= nbytes:
+        return ws
+    if capturing(like):
+        return None
+    if ws is not None:
+        _retired.append(ws)
+    ws = _workspaces[key] = _zeros(like, (nbytes,), "uint8")
     return ws
 
 
@@ -272,6 +294,9 @@ def flash_attn_with_kvcache(
         )
     if (k is None) != (v is None):
         raise ValueError("k/v: give both new-key tensors or neither")
+    if (rotary_cos is not None or rotary_sin is not None) and k is None:
+        raise ValueError("rotary_cos/rotary_sin: rotary needs the new k and v (as in "
+                         "FlashAttention-2); q alone is not rotated")
     batch = q.shape[0]
     if cache_seqlens is None:
         if k is not None:

@@ -1,4 +1,5 @@
-"""PyTorch custom ops (torch.library) over the flashcore functions, with fake implementations,
+"""PyTorch custom ops (torch.library) over the flashcore functions, with fake implementations
+(their outputs contiguous, as the real ops return them, whatever q's strides),
 so torch.compile(fullgraph=True) traces them and CUDA graphs capture them. The
 FlashAttention-2 compatible functions route torch tensors through these ops. The forward ops
 are out-of-place; the KV-cache op declares that it writes k_cache and v_cache."""
@@ -21,7 +22,7 @@ def fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_scale: Option
 
 @fwd.register_fake
 def _(q, k, v, softmax_scale, causal, window_left, window_right):
-    return torch.empty_like(q), q.new_empty((q.shape[0], q.shape[2], q.shape[1]), dtype=torch.float32)
+    return q.new_empty(q.shape), q.new_empty((q.shape[0], q.shape[2], q.shape[1]), dtype=torch.float32)
 
 
 @torch.library.custom_op("flashcore::varlen_fwd", mutates_args=())
@@ -39,7 +40,7 @@ def varlen_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: 
 @varlen_fwd.register_fake
 def _(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale, causal,
       window_left, window_right):
-    return torch.empty_like(q), q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32)
+    return q.new_empty(q.shape), q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32)
 
 
 @torch.library.custom_op("flashcore::kvcache", mutates_args=("k_cache", "v_cache"))
@@ -58,4 +59,4 @@ def kvcache(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
 @kvcache.register_fake
 def _(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, block_table,
       softmax_scale, causal, window_left, window_right, rotary_interleaved, split):
-    return torch.empty_like(q), q.new_empty((q.shape[0], q.shape[2], q.shape[1]), dtype=torch.float32)
+    return q.new_empty(q.shape), q.new_empty((q.shape[0], q.shape[2], q.shape[1]), dtype=torch.float32)

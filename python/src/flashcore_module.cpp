@@ -70,6 +70,22 @@ Strides strides_of(const T& t, const char* name, bool packed) {
   return {t.stride(0), t.stride(1), t.stride(2)};
 }
 
+// Every tensor's shape must be the one the call's dimensions give it: the core only sees
+// pointers, strides and the dimensions taken from q and k.
+template <class T>
+void expect_shape(const T& t, const char* name, std::initializer_list<int64_t> shape) {
+  bool ok = t.ndim() == shape.size();
+  size_t i = 0;
+  for (int64_t d : shape) ok = ok && i < t.ndim() && int64_t(t.shape(i++)) == d;
+  if (ok) return;
+  std::string want = "(", got = "(";
+  for (int64_t d : shape) want += std::to_string(d) + ", ";
+  for (size_t j = 0; j < t.ndim(); ++j) got += std::to_string(t.shape(j)) + ", ";
+  want = want.substr(0, want.size() - 2) + ")";
+  got = (t.ndim() ? got.substr(0, got.size() - 2) : got) + ")";
+  fail(std::string(name) + ": shape must be " + want + " (got " + got + ")");
+}
+
 const int32_t* int32_data(const std::optional<Tensor>& t, const char* name) {
   if (!t) return nullptr;
   const nb::dlpack::dtype d = t->dtype();
@@ -118,10 +134,16 @@ AttentionParams fwd_params(const Tensor& q, const Tensor& k, const Tensor& v, co
   p.num_heads_q = int64_t(q.shape(h));
   p.num_heads_kv = int64_t(k.shape(h));
   p.head_dim = int64_t(q.shape(h + 1));
+  const int64_t d = p.head_dim, hq = p.num_heads_q, hkv = p.num_heads_kv;
   if (varlen) {
     p.cu_seqlens_q = int32_data(cu_seqlens_q, "cu_seqlens_q");
     p.cu_seqlens_k = int32_data(cu_seqlens_k, "cu_seqlens_k");
     if (!p.cu_seqlens_q || !p.cu_seqlens_k) fail("cu_seqlens_q/cu_seqlens_k: give both or neither");
+    expect_shape(*cu_seqlens_k, "cu_seqlens_k", {int64_t(cu_seqlens_q->shape(0))});
+    const int64_t tk = int64_t(k.shape(0));
+    expect_shape(k, "k", {tk, hkv, d});
+    expect_shape(v, "v", {tk, hkv, d});
+    expect_shape(out, "out", {int64_t(q.shape(0)), hq, d});
     p.batch = int64_t(cu_seqlens_q->shape(0)) - 1;
     p.seqlen_q = max_seqlen_q;
     p.seqlen_k = max_seqlen_k;
@@ -131,6 +153,15 @@ AttentionParams fwd_params(const Tensor& q, const Tensor& k, const Tensor& v, co
     p.batch = int64_t(q.shape(0));
     p.seqlen_q = int64_t(q.shape(1));
     p.seqlen_k = int64_t(k.shape(1));
+    expect_shape(k, "k", {p.batch, p.seqlen_k, hkv, d});
+    expect_shape(v, "v", {p.batch, p.seqlen_k, hkv, d});
+    expect_shape(out, "out", {p.batch, p.seqlen_q, hq, d});
+  }
+  if (softmax_lse) {
+    if (varlen)
+      expect_shape(*softmax_lse, "softmax_lse", {hq, int64_t(q.shape(0))});
+    else
+      expect_shape(*softmax_lse, "softmax_lse", {p.batch, hq, p.seqlen_q});
   }
   p.lse = lse_data(softmax_lse);
   p.softmax_scale = float(softmax_scale);
@@ -202,12 +233,19 @@ KvCacheParams kv_params(const Tensor& q, const OutTensor& k_cache, const OutTens
   p.num_heads_q = int64_t(q.shape(2));
   p.head_dim = int64_t(q.shape(3));
   p.num_heads_kv = int64_t(k_cache.shape(2));
+  const int64_t d = p.head_dim, hkv = p.num_heads_kv;
+  expect_shape(out, "out", {p.batch, p.seqlen_q, p.num_heads_q, d});
+  expect_shape(k_cache, "k_cache", {int64_t(k_cache.shape(0)), int64_t(k_cache.shape(1)), hkv, d});
+  expect_shape(v_cache, "v_cache", {int64_t(k_cache.shape(0)), int64_t(k_cache.shape(1)), hkv, d});
+  expect_shape(cache_seqlens, "cache_seqlens", {p.batch});
+  if (!block_table) expect_shape(k_cache, "k_cache", {p.batch, int64_t(k_cache.shape(1)), hkv, d});
   if (block_table) {
     if (block_table->ndim() != 2 || (block_table->shape(1) > 1 && block_table->stride(1) != 1))
       fail("block_table: must be a 2-d int32 tensor (batch, max_pages) with contiguous rows");
     const nb::dlpack::dtype d = block_table->dtype();
     if (d.code != uint8_t(nb::dlpack::dtype_code::Int) || d.bits != 32 || d.lanes != 1)
       fail("block_table: dtype must be int32");
+    expect_shape(*block_table, "block_table", {p.batch, int64_t(block_table->shape(1))});
     p.block_table = static_cast<const int32_t*>(block_table->data());
     p.max_pages_per_seq = int64_t(block_table->shape(1));
     p.block_table_stride = block_table->stride(0);
@@ -225,9 +263,11 @@ KvCacheParams kv_params(const Tensor& q, const OutTensor& k_cache, const OutTens
     p.v_new = v_new->data();
     p.k_new_strides = strides_of(*k_new, "k", false);
     p.v_new_strides = strides_of(*v_new, "v", false);
-    if (int64_t(k_new->shape(1)) != p.seqlen_q || int64_t(v_new->shape(1)) != p.seqlen_q)
+    if (k_new->ndim() == 4 && int64_t(k_new->shape(1)) != p.seqlen_q)
       fail("k/v: flashcore appends as many new rows as q has (seqlen_q = " +
            std::to_string(p.seqlen_q) + "), got " + std::to_string(k_new->shape(1)));
+    expect_shape(*k_new, "k", {p.batch, p.seqlen_q, hkv, d});
+    expect_shape(*v_new, "v", {p.batch, p.seqlen_q, hkv, d});
   }
   if (rotary_cos.has_value() != rotary_sin.has_value())
     fail("rotary_cos/rotary_sin: give both or neither");
@@ -245,6 +285,7 @@ KvCacheParams kv_params(const Tensor& q, const OutTensor& k_cache, const OutTens
     p.rotary = {rotary_cos->data(), rotary_sin->data(), 2 * int64_t(rotary_cos->shape(1)),
                 int64_t(rotary_cos->shape(0)), rotary_interleaved};
   }
+  if (softmax_lse) expect_shape(*softmax_lse, "softmax_lse", {p.batch, p.num_heads_q, p.seqlen_q});
   p.lse = lse_data(softmax_lse);
   p.softmax_scale = float(softmax_scale);
   p.causal = causal;

@@ -124,27 +124,56 @@ def test_varlen_matches_each_sequence():
         assert_close(out[sq], ref, lse[:, sq], ref_lse)
 
 
-def test_packed_forms_are_views_of_the_unpacked_calls():
+def test_packed_forms_match_the_reference():
     rng = np.random.default_rng(4)
     qkv = randn(rng, 2, 11, 3, 2, 64)
     q, kv = randn(rng, 2, 7, 4, 64), randn(rng, 2, 11, 2, 2, 64)
-    np.testing.assert_array_equal(
-        flashcore.flash_attn_qkvpacked_func(qkv, causal=True),
-        flashcore.flash_attn_func(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], causal=True))
-    np.testing.assert_array_equal(
-        flashcore.flash_attn_kvpacked_func(q, kv),
-        flashcore.flash_attn_func(q, kv[:, :, 0], kv[:, :, 1]))
+    out = flashcore.flash_attn_qkvpacked_func(qkv, causal=True)
+    for b in range(2):
+        assert_close(out[b], reference(qkv[b, :, 0], qkv[b, :, 1], qkv[b, :, 2], causal=True)[0])
+    out = flashcore.flash_attn_kvpacked_func(q, kv)
+    for b in range(2):
+        assert_close(out[b], reference(q[b], kv[b, :, 0], kv[b, :, 1])[0])
     cu = np.array([0, 4, 11], np.int32)
     pq = qkv[0]  # (11, 3, 2, 64): two sequences packed
-    np.testing.assert_array_equal(
-        flashcore.flash_attn_varlen_qkvpacked_func(pq, cu, 7),
-        flashcore.flash_attn_varlen_func(pq[:, 0], pq[:, 1], pq[:, 2], cu, cu, 7, 7))
-    pkv = kv[0]
-    np.testing.assert_array_equal(
-        flashcore.flash_attn_varlen_kvpacked_func(q[0], pkv, np.array([0, 7], np.int32),
-                                                  np.array([0, 11], np.int32), 7, 11),
-        flashcore.flash_attn_varlen_func(q[0], pkv[:, 0], pkv[:, 1], np.array([0, 7], np.int32),
-                                         np.array([0, 11], np.int32), 7, 11))
+    out = flashcore.flash_attn_varlen_qkvpacked_func(pq, cu, 7, causal=True)
+    for lo, hi in ((0, 4), (4, 11)):
+        assert_close(out[lo:hi], reference(pq[lo:hi, 0], pq[lo:hi, 1], pq[lo:hi, 2], causal=True)[0])
+    out = flashcore.flash_attn_varlen_kvpacked_func(q[0], kv[0], np.array([0, 7], np.int32),
+                                                    np.array([0, 11], np.int32), 7, 11)
+    assert_close(out, reference(q[0], kv[0, :, 0], kv[0, :, 1])[0])
+
+
+def test_mismatched_shapes_raise_naming_the_tensor():
+    rng = np.random.default_rng(13)
+    q, k = randn(rng, 2, 4, 4, 64), randn(rng, 2, 6, 2, 64)
+    cases = [((q, k, randn(rng, 2, 6, 2, 128)), "v"),   # head_dim differs
+             ((q, k[:1], k[:1]), "k"),                  # batch differs
+             ((q, k, k[:, :5]), "v")]                   # length differs
+    for args, name in cases:
+        with pytest.raises(ValueError, match=f"^{name}: shape"):
+            flashcore.flash_attn_func(*args)
+    cu = np.array([0, 4], np.int32)
+    with pytest.raises(ValueError, match="cu_seqlens_k: shape"):
+        flashcore.flash_attn_varlen_func(q[0], k[0], k[0], cu, np.array([0, 3, 6], np.int32), 4, 6)
+    kc = randn(rng, 1, 16, 2, 64)
+    with pytest.raises(ValueError, match="cache_seqlens: shape"):
+        flashcore.flash_attn_with_kvcache(q[:1, :1], kc, kc, cache_seqlens=np.array([3, 3], np.int32))
+    with pytest.raises(ValueError, match="k_cache: shape"):  # an entry without a cache
+        flashcore.flash_attn_with_kvcache(q[:, :1], kc, kc, k[:, :1], k[:, :1], cache_seqlens=3)
+    with pytest.raises(ValueError, match="k: shape"):
+        flashcore.flash_attn_with_kvcache(q[:1, :1], kc, kc, randn(rng, 1, 1, 1, 64),
+                                          randn(rng, 1, 1, 1, 64), cache_seqlens=3)
+
+
+def test_options_flash_attn_treats_otherwise_raise():
+    rng = np.random.default_rng(14)
+    q, kc = randn(rng, 1, 1, 2, 64), randn(rng, 1, 8, 2, 64)
+    with pytest.raises(ValueError, match="softmax_scale"):
+        flashcore.flash_attn_func(q, kc, kc, softmax_scale=0.0)
+    cos = np.ones((16, 32), np.float16)
+    with pytest.raises(ValueError, match="rotary_cos"):
+        flashcore.flash_attn_with_kvcache(q, kc, kc, rotary_cos=cos, rotary_sin=cos, cache_seqlens=3)
 
 
 @pytest.mark.parametrize("kwargs,argument", [

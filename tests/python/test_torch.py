@@ -54,6 +54,19 @@ def test_ops_pass_opcheck():
                                               True, -1, -1, True, True))
 
 
+def test_compile_inductor_with_transformers_layout():
+    # transformers hands over (B, H, S, D) tensors transposed to (B, S, H, D): strided inputs,
+    # contiguous outputs; the fake implementations must say so or inductor's stride asserts fail.
+    g = torch.Generator().manual_seed(4)
+    q = torch.randn(1, 4, 6, 64, generator=g).half().transpose(1, 2)
+    k = torch.randn(1, 2, 9, 64, generator=g).half().transpose(1, 2)
+
+    def attn(q, k):
+        return flashcore.flash_attn_func(q, k, k, causal=True) * 2
+
+    torch.testing.assert_close(torch.compile(attn, fullgraph=True)(q, k), attn(q, k))
+
+
 def test_compile_fullgraph_traces_the_ops():
     g = torch.Generator().manual_seed(2)
     q = torch.randn(1, 4, 4, 64, generator=g).half()

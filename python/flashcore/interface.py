@@ -55,9 +55,19 @@ def _dmask(q):
 
 
 def _fwd(q, *args):
-    # The per-device workspace (below) lets the Hopper kernels split their last round of tiles.
-    nbytes = _C.fwd_workspace_size(q, *args)
-    _C.fwd(q, *args, _workspace(q, nbytes) if nbytes > 0 else None, stream_of(q))
+    # The per-stream workspace (below) lets the Hopper kernels split their last round of tiles.
+    _run(_C.fwd, q, (q, *args), split=True)
+
+
+def _run(call, q, args, split):
+    """call(*args, workspace, stream, unsplit): runs at once with the stream's workspace, or
+    answers the bytes its plan wants (then the workspace is grown, once, and it runs)."""
+    stream = stream_of(q)
+    key = (*_device_key(q), stream)
+    unsplit = not split or capturing(q)  # no workspace is made or grown inside a capture
+    need = call(*args, _workspaces.get(key) if split else None, stream, unsplit)
+    if need > 0:
+        call(*args, _workspace(q, key, need), stream, True)
 
 
 def flash_attn_func(
@@ -240,17 +250,10 @@ def kvcache_error_flag(like):
     return _flags[key]
 
 
-def _workspace(like, nbytes):
-    """The stream's workspace if it holds nbytes; None (the call runs unsplit: same result,
-    slower) where it would have to be made or grown inside a CUDA-graph capture."""
-    key = (*_device_key(like), stream_of(like))
-    ws = _workspaces.get(key)
-    if ws is not None and ws.shape[0] >= nbytes:
-        return ws
-    if capturing(like):
-        return None
-    if ws is not None:
-        _retired.append(ws)
+def _workspace(like, key, nbytes):
+    """A new zero-filled workspace of nbytes for key (device and stream); the old one is kept."""
+    if key in _workspaces:
+        _retired.append(_workspaces[key])
     ws = _workspaces[key] = _zeros(like, (nbytes,), "uint8")
     return ws
 
@@ -329,9 +332,5 @@ def _with_kvcache(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqle
     args = (q, k_cache, v_cache, out, k, v, cache_seqlens, block_table, rotary_cos, rotary_sin,
             bool(rotary_interleaved), lse, _scale(softmax_scale), bool(causal), left, right,
             kvcache_error_flag(q))
-    workspace = None
-    if split:
-        nbytes = _C.kvcache_workspace_size(*args)
-        workspace = _workspace(q, nbytes) if nbytes > 0 else None
-    _C.kvcache(*args, workspace, stream_of(q))
+    _run(_C.kvcache, q, args, split)
     return out, lse

@@ -109,6 +109,31 @@ float* lse_data(const std::optional<OutTensor>& t) {
   return static_cast<float*>(t->data());
 }
 
+// Runs params with workspace when the plan wants one and it is large enough. When it is short
+// (or absent) the call does not run and returns the bytes the plan wants, so the caller can
+// make one and call again; with `unsplit` it runs without one instead (same result, slower).
+// Returns 0 when it ran. One binding call per attention call on the hot path.
+template <class Params>
+int64_t run_with(const Params& p, const std::optional<OutTensor>& workspace, uintptr_t stream,
+                 bool unsplit) {
+  const flashcore::Plan plan = flashcore::query(p);
+  raise_if_failed(plan.status);
+  void* ws = nullptr;
+  if (plan.workspace_bytes > 0) {
+    if (workspace && int64_t(workspace->nbytes()) >= plan.workspace_bytes)
+      ws = workspace->data();
+    else if (!unsplit)
+      return plan.workspace_bytes;
+  }
+  Status s;
+  {
+    nb::gil_scoped_release release;
+    s = flashcore::run(p, ws, reinterpret_cast<void*>(stream));
+  }
+  raise_if_failed(s);
+  return 0;
+}
+
 // Forward attention: q/k/v/out (B, S, H, D), or packed (total, H, D) with cu_seqlens_q/k.
 AttentionParams fwd_params(const Tensor& q, const Tensor& k, const Tensor& v, const OutTensor& out,
                            const std::optional<OutTensor>& softmax_lse,
@@ -172,34 +197,14 @@ AttentionParams fwd_params(const Tensor& q, const Tensor& k, const Tensor& v, co
   return p;
 }
 
-int64_t fwd_workspace_size(const Tensor& q, const Tensor& k, const Tensor& v, const OutTensor& out,
-                           const std::optional<OutTensor>& softmax_lse,
-                           const std::optional<Tensor>& cu_seqlens_q,
-                           const std::optional<Tensor>& cu_seqlens_k, int64_t max_seqlen_q,
-                           int64_t max_seqlen_k, double softmax_scale, bool causal,
-                           int64_t window_left, int64_t window_right) {
-  const flashcore::Plan plan = flashcore::query(
-      fwd_params(q, k, v, out, softmax_lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
-                 max_seqlen_k, softmax_scale, causal, window_left, window_right));
-  raise_if_failed(plan.status);
-  return plan.workspace_bytes;
-}
-
-void fwd(const Tensor& q, const Tensor& k, const Tensor& v, const OutTensor& out,
-         const std::optional<OutTensor>& softmax_lse, const std::optional<Tensor>& cu_seqlens_q,
-         const std::optional<Tensor>& cu_seqlens_k, int64_t max_seqlen_q, int64_t max_seqlen_k,
-         double softmax_scale, bool causal, int64_t window_left, int64_t window_right,
-         const std::optional<OutTensor>& workspace, uintptr_t stream) {
-  const AttentionParams p =
-      fwd_params(q, k, v, out, softmax_lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
-                 max_seqlen_k, softmax_scale, causal, window_left, window_right);
-  void* ws = workspace ? workspace->data() : nullptr;
-  Status s;
-  {
-    nb::gil_scoped_release release;
-    s = flashcore::run(p, ws, reinterpret_cast<void*>(stream));
-  }
-  raise_if_failed(s);
+int64_t fwd(const Tensor& q, const Tensor& k, const Tensor& v, const OutTensor& out,
+            const std::optional<OutTensor>& softmax_lse, const std::optional<Tensor>& cu_seqlens_q,
+            const std::optional<Tensor>& cu_seqlens_k, int64_t max_seqlen_q, int64_t max_seqlen_k,
+            double softmax_scale, bool causal, int64_t window_left, int64_t window_right,
+            const std::optional<OutTensor>& workspace, uintptr_t stream, bool unsplit) {
+  return run_with(fwd_params(q, k, v, out, softmax_lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                             max_seqlen_k, softmax_scale, causal, window_left, window_right),
+                  workspace, stream, unsplit);
 }
 
 
@@ -299,42 +304,18 @@ KvCacheParams kv_params(const Tensor& q, const OutTensor& k_cache, const OutTens
   return p;
 }
 
-int64_t kvcache_workspace_size(const Tensor& q, const OutTensor& k_cache, const OutTensor& v_cache,
-                               const OutTensor& out, const std::optional<Tensor>& k_new,
-                               const std::optional<Tensor>& v_new, const Tensor& cache_seqlens,
-                               const std::optional<Tensor>& block_table,
-                               const std::optional<Tensor>& rotary_cos,
-                               const std::optional<Tensor>& rotary_sin, bool rotary_interleaved,
-                               const std::optional<OutTensor>& softmax_lse, double softmax_scale,
-                               bool causal, int64_t window_left, int64_t window_right,
-                               const OutTensor& error_flag) {
-  const flashcore::Plan plan = flashcore::query(
-      kv_params(q, k_cache, v_cache, out, k_new, v_new, cache_seqlens, block_table, rotary_cos,
-                rotary_sin, rotary_interleaved, softmax_lse, softmax_scale, causal, window_left,
-                window_right, error_flag));
-  raise_if_failed(plan.status);
-  return plan.workspace_bytes;
-}
-
-void kvcache(const Tensor& q, const OutTensor& k_cache, const OutTensor& v_cache,
-             const OutTensor& out, const std::optional<Tensor>& k_new,
-             const std::optional<Tensor>& v_new, const Tensor& cache_seqlens,
-             const std::optional<Tensor>& block_table, const std::optional<Tensor>& rotary_cos,
-             const std::optional<Tensor>& rotary_sin, bool rotary_interleaved,
-             const std::optional<OutTensor>& softmax_lse, double softmax_scale, bool causal,
-             int64_t window_left, int64_t window_right, const OutTensor& error_flag,
-             const std::optional<OutTensor>& workspace, uintptr_t stream) {
-  const KvCacheParams p =
-      kv_params(q, k_cache, v_cache, out, k_new, v_new, cache_seqlens, block_table, rotary_cos,
-                rotary_sin, rotary_interleaved, softmax_lse, softmax_scale, causal, window_left,
-                window_right, error_flag);
-  void* ws = workspace ? workspace->data() : nullptr;
-  Status s;
-  {
-    nb::gil_scoped_release release;
-    s = flashcore::run(p, ws, reinterpret_cast<void*>(stream));
-  }
-  raise_if_failed(s);
+int64_t kvcache(const Tensor& q, const OutTensor& k_cache, const OutTensor& v_cache,
+                const OutTensor& out, const std::optional<Tensor>& k_new,
+                const std::optional<Tensor>& v_new, const Tensor& cache_seqlens,
+                const std::optional<Tensor>& block_table, const std::optional<Tensor>& rotary_cos,
+                const std::optional<Tensor>& rotary_sin, bool rotary_interleaved,
+                const std::optional<OutTensor>& softmax_lse, double softmax_scale, bool causal,
+                int64_t window_left, int64_t window_right, const OutTensor& error_flag,
+                const std::optional<OutTensor>& workspace, uintptr_t stream, bool unsplit) {
+  return run_with(kv_params(q, k_cache, v_cache, out, k_new, v_new, cache_seqlens, block_table,
+                            rotary_cos, rotary_sin, rotary_interleaved, softmax_lse,
+                            softmax_scale, causal, window_left, window_right, error_flag),
+                  workspace, stream, unsplit);
 }
 
 // What query() answers for a problem shape on the CPU reference backend ("" = supported, else
@@ -417,25 +398,15 @@ NB_MODULE(_flashcore, m) {
         nb::arg("softmax_lse").none(), nb::arg("cu_seqlens_q").none(),
         nb::arg("cu_seqlens_k").none(), nb::arg("max_seqlen_q"), nb::arg("max_seqlen_k"),
         nb::arg("softmax_scale"), nb::arg("causal"), nb::arg("window_left"),
-        nb::arg("window_right"), nb::arg("workspace").none(), nb::arg("stream"));
-  m.def("fwd_workspace_size", &fwd_workspace_size, nb::arg("q"), nb::arg("k"), nb::arg("v"),
-        nb::arg("out"), nb::arg("softmax_lse").none(), nb::arg("cu_seqlens_q").none(),
-        nb::arg("cu_seqlens_k").none(), nb::arg("max_seqlen_q"), nb::arg("max_seqlen_k"),
-        nb::arg("softmax_scale"), nb::arg("causal"), nb::arg("window_left"),
-        nb::arg("window_right"));
+        nb::arg("window_right"), nb::arg("workspace").none(), nb::arg("stream"),
+        nb::arg("unsplit"));
   m.def("kvcache", &kvcache, nb::arg("q"), nb::arg("k_cache"), nb::arg("v_cache"),
         nb::arg("out"), nb::arg("k").none(), nb::arg("v").none(), nb::arg("cache_seqlens"),
         nb::arg("block_table").none(), nb::arg("rotary_cos").none(),
         nb::arg("rotary_sin").none(), nb::arg("rotary_interleaved"),
         nb::arg("softmax_lse").none(), nb::arg("softmax_scale"), nb::arg("causal"),
         nb::arg("window_left"), nb::arg("window_right"), nb::arg("error_flag"),
-        nb::arg("workspace").none(), nb::arg("stream"));
-  m.def("kvcache_workspace_size", &kvcache_workspace_size, nb::arg("q"), nb::arg("k_cache"),
-        nb::arg("v_cache"), nb::arg("out"), nb::arg("k").none(), nb::arg("v").none(),
-        nb::arg("cache_seqlens"), nb::arg("block_table").none(), nb::arg("rotary_cos").none(),
-        nb::arg("rotary_sin").none(), nb::arg("rotary_interleaved"),
-        nb::arg("softmax_lse").none(), nb::arg("softmax_scale"), nb::arg("causal"),
-        nb::arg("window_left"), nb::arg("window_right"), nb::arg("error_flag"));
+        nb::arg("workspace").none(), nb::arg("stream"), nb::arg("unsplit"));
   m.def("query_forward", &query_forward, nb::arg("dtype"), nb::arg("head_dim"),
         nb::arg("num_heads_q"), nb::arg("num_heads_kv"), nb::arg("causal") = false,
         nb::arg("window_left") = -1, nb::arg("window_right") = -1, nb::arg("varlen") = false,

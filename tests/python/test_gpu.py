@@ -6,28 +6,8 @@ import pytest
 torch = pytest.importorskip("torch")
 if not torch.cuda.is_available():
     pytest.skip("no CUDA device", allow_module_level=True)
-import torch.nn.functional as F  # noqa: E402
-
 import flashcore  # noqa: E402
-
-
-def sdpa(q, k, v, causal=False, window=(-1, -1)):
-    """fp32 SDPA math on (S, H, D) tensors of one sequence; masks aligned bottom-right."""
-    sq, sk = q.shape[0], k.shape[0]
-    i = torch.arange(sq, device=q.device)[:, None] + sk - sq
-    j = torch.arange(sk, device=q.device)[None, :]
-    left, right = window
-    right = 0 if causal else right
-    mask = torch.ones(sq, sk, dtype=torch.bool, device=q.device)
-    if right >= 0:
-        mask &= j <= i + right
-    if left >= 0:
-        mask &= j >= i - left
-    qt, kt, vt = (x.transpose(0, 1).float()[None] for x in (q, k, v))
-    with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
-        o = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask,
-                                           enable_gqa=q.shape[1] != k.shape[1])
-    return torch.nan_to_num(o[0].transpose(0, 1))  # rows that see nothing: 0
+from references import sdpa  # noqa: E402
 
 
 def close(got, want):

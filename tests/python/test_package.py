@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import flashcore
+from references import attention as reference
 
 # flash-attn 2.8.3, flash_attn/flash_attn_interface.py: parameter lists, defaults included.
 FA2_SIGNATURES = {
@@ -36,33 +37,6 @@ FA2_SIGNATURES = {
 @pytest.mark.parametrize("name", sorted(FA2_SIGNATURES))
 def test_signature_is_flash_attn_2_8_3(name):
     assert str(inspect.signature(getattr(flashcore, name))) == FA2_SIGNATURES[name]
-
-
-def reference(q, k, v, causal=False, window=(-1, -1), scale=None):
-    """float64 attention of one sequence: q (Sq, Hq, D), k/v (Sk, Hkv, D); bottom-right masks."""
-    sq, hq, d = q.shape
-    sk, hkv = k.shape[0], k.shape[1]
-    g = hq // hkv
-    kk = np.repeat(k.astype(np.float64), g, axis=1)
-    vv = np.repeat(v.astype(np.float64), g, axis=1)
-    s = np.einsum("ihd,jhd->hij", q.astype(np.float64), kk) * (scale or 1 / np.sqrt(d))
-    i = np.arange(sq)[:, None] + sk - sq
-    j = np.arange(sk)[None, :]
-    left, right = window
-    if causal:
-        right = 0
-    visible = np.ones((sq, sk), bool)
-    if right >= 0:
-        visible &= j <= i + right
-    if left >= 0:
-        visible &= j >= i - left
-    s = np.where(visible, s, -np.inf)
-    m = s.max(-1, keepdims=True)
-    p = np.where(visible, np.exp(s - np.where(np.isfinite(m), m, 0)), 0.0)
-    l = p.sum(-1, keepdims=True)
-    o = np.einsum("hij,jhd->ihd", p / np.where(l > 0, l, 1), vv)
-    lse = np.where(l[..., 0] > 0, (m + np.log(np.where(l > 0, l, 1)))[..., 0], -np.inf)
-    return o, lse  # (Sq, Hq, D), (Hq, Sq)
 
 
 def randn(rng, *shape):
@@ -337,3 +311,27 @@ def test_readme_support_table_is_the_generated_one():
     start = readme.index("<!-- support-table -->\n") + len("<!-- support-table -->\n")
     end = readme.index("\n<!-- /support-table -->")
     assert readme[start:end] == support.table(), "regenerate: python -m flashcore.support"
+
+
+def test_workspace_is_asked_for_made_once_and_never_made_unsplit():
+    """The binding answers the bytes a split plan wants instead of running; the package then
+    makes the stream's workspace once and runs. num_splits=1 (split=False) gets none."""
+    from flashcore import interface
+
+    calls = []
+
+    def call(*args):
+        *_, workspace, stream, unsplit = args
+        size = None if workspace is None else workspace.shape[0]
+        calls.append((size, unsplit))
+        return 100 if (size is None or size < 100) and not unsplit else 0
+
+    q = np.zeros((1, 1, 1, 64), np.float16)
+    key = (*interface._device_key(q), interface.stream_of(q))
+    interface._workspaces.pop(key, None)
+    interface._run(call, q, (q,), split=True)
+    interface._run(call, q, (q,), split=True)
+    interface._run(call, q, (q,), split=False)
+    assert calls == [(None, False), (100, True), (100, False), (None, True)]
+    assert not interface._workspaces[key].any()  # zero-filled
+    interface._workspaces.pop(key)

@@ -6,25 +6,16 @@ skip without CUDA."""
 import pytest
 
 torch = pytest.importorskip("torch")
-import torch.nn.functional as F  # noqa: E402
-
 import flashcore  # noqa: E402
 from flashcore import torch_ops  # noqa: E402
+from references import sdpa  # noqa: E402
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
 
-def sdpa(q, k, v, causal=False):
-    """SDPA math in fp32 on (B, S, H, D) tensors, causal aligned bottom-right as FA2 does."""
-    qt, kt, vt = (x.transpose(1, 2).float() for x in (q, k, v))
-    sq, sk = q.shape[1], k.shape[1]
-    mask = None
-    if causal:
-        mask = torch.ones(sq, sk, dtype=torch.bool, device=q.device).tril(diagonal=sk - sq)
-    with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
-        o = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask,
-                                           enable_gqa=q.shape[2] != k.shape[2])
-    return o.transpose(1, 2)
+def sdpa_batch(q, k, v, causal=False):
+    """references.sdpa over a (B, S, H, D) batch."""
+    return torch.stack([sdpa(q[e], k[e], v[e], causal) for e in range(q.shape[0])])
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -35,7 +26,7 @@ def test_flash_attn_func_matches_sdpa_on_cpu(dtype):
     v = torch.randn(2, 47, 2, 64, generator=g).to(dtype)
     out = flashcore.flash_attn_func(q, k, v, causal=True)
     assert out.dtype == dtype and out.shape == q.shape
-    torch.testing.assert_close(out.float(), sdpa(q, k, v, causal=True), atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(out.float(), sdpa_batch(q, k, v, causal=True), atol=2e-2, rtol=2e-2)
 
 
 def test_ops_pass_opcheck():
@@ -110,7 +101,7 @@ def test_cuda_graph_decode_step_replays_while_cache_seqlens_change():
         torch.cuda.synchronize()
         for e in range(b):
             L = int(lens[e])
-            ref = sdpa(q[e:e + 1], kc[e:e + 1, :L + 1], vc[e:e + 1, :L + 1], causal=True)
+            ref = sdpa_batch(q[e:e + 1], kc[e:e + 1, :L + 1], vc[e:e + 1, :L + 1], causal=True)
             torch.testing.assert_close(kc[e, L], kn[e, 0])
             torch.testing.assert_close(out[e:e + 1].float(), ref, atol=2e-2, rtol=2e-2)
     assert int(flashcore.kvcache_error_flag(q)[0]) == 0

@@ -1,4 +1,5 @@
 // 16-bit element conversions of the decode kernel (decode_kernel.cuh, decode_epilogue.cuh).
+// The warp GEMMs' element type per tag is portable::ElemOf (portable/elem.cuh).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -25,15 +26,5 @@ __device__ __forceinline__ uint16_t from_f(float x) {
   else
     return __half_as_ushort(__float2half_rn(x));
 }
-
-// The element type the portable warp GEMMs take for a tag.
-template <class Tag>
-struct ElemOf {
-  using type = __nv_bfloat16;
-};
-template <>
-struct ElemOf<detail::Fp16> {
-  using type = __half;
-};
 
 }  // namespace flashcore::decode

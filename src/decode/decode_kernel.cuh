@@ -14,6 +14,7 @@
 #include "decode/decode_elem.cuh"
 #include "decode/decode_epilogue.cuh"
 #include "decode/decode_params.h"
+#include "portable/elem.cuh"
 #include "portable/sm80_ops.cuh"
 #include "portable/smem_layout.cuh"
 #include "portable/softmax.cuh"
@@ -83,7 +84,7 @@ __global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const _
   const int split = blockIdx.x, kvh = blockIdx.y / p.chunks, chunk = blockIdx.y % p.chunks;
   const int b = blockIdx.z, tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   using C = MmaCfg<D>;
-  using Elem = typename ElemOf<Tag>::type;
+  using Elem = typename portable::ElemOf<Tag>::type;
   constexpr int kBK = C::kBlockKeys;
   static_assert(sizeof(MergeSmem<D>) <= sizeof(sm.k) + sizeof(sm.v), "the merge overlays K/V");
 

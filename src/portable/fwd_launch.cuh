@@ -1,21 +1,11 @@
 // Definition of launch_fwd, included only by the generated instantiation units.
 #pragma once
 
+#include "portable/elem.cuh"
 #include "portable/fwd_kernel.cuh"
 #include "portable/fwd_launch.h"
 
 namespace flashcore::portable {
-
-template <class Tag>
-struct ElemOf;
-template <>
-struct ElemOf<Fp16> {
-  using type = __half;
-};
-template <>
-struct ElemOf<Bf16> {
-  using type = __nv_bfloat16;
-};
 
 template <class Cfg, class Elem, class Mask>
 cudaError_t launch_fwd_with(const detail::FwdParams& p, cudaStream_t stream) {

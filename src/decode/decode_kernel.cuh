@@ -159,25 +159,59 @@ __global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const _
   const int jb1 = min(kb1, (hi_all + kBK - 1) / kBK);
 
   // Block loader: cache rows below L, new rows (raw; rotated in smem) below Lk, zeros after.
+  // Thread t copies the 16-byte column c8 = t % kCpr of rows j0 + i * kRowStep, so a block of
+  // cache rows only (all but the last one or two) costs a pointer step per row instead of an
+  // address rebuilt per chunk: the general form took ~190 instructions a copy (perf-notes K8).
+  constexpr int kCpr = D / 8, kRowStep = kThreads / kCpr, kPerThread = kBK / kRowStep;
+  static_assert(kThreads % kCpr == 0 && kBK % kRowStep == 0, "whole rows a pass");
+  constexpr uint32_t kStageBytes = kBK * D * 2;
+  const int c8 = tid % kCpr, j0 = tid / kCpr;
+  const auto* kc = static_cast<const uint16_t*>(p.k_cache) + int64_t(kvh) * p.kc_h + 8 * c8;
+  const auto* vc = static_cast<const uint16_t*>(p.v_cache) + int64_t(kvh) * p.vc_h + 8 * c8;
+  const uint32_t sK = portable::smem_addr(sm.k), sV = portable::smem_addr(sm.v);
   auto load = [&](int blk, int st) {
-    constexpr int kChunks = D / 8;
-    for (int idx = tid; idx < kBK * kChunks; idx += kThreads) {
-      const int j = idx / kChunks, c8 = idx % kChunks, n = blk * kBK + j;
-      const bool valid = n < Lk;
-      const uint16_t *ks = nullptr, *vs = nullptr;
-      if (n < L) {
-        ks = static_cast<const uint16_t*>(p.k_cache) + cache_offset(p, p.kc_b, p.kc_s, p.kc_h, b, n, kvh);
-        vs = static_cast<const uint16_t*>(p.v_cache) + cache_offset(p, p.vc_b, p.vc_s, p.vc_h, b, n, kvh);
-      } else if (valid) {
-        const int i = n - L;
-        ks = static_cast<const uint16_t*>(p.k_new) + b * p.kn_b + i * p.kn_s + kvh * p.kn_h;
-        vs = static_cast<const uint16_t*>(p.v_new) + b * p.vn_b + i * p.vn_s + kvh * p.vn_h;
+    const int n0 = blk * kBK + j0;
+    const uint32_t dk = sK + st * kStageBytes, dv = sV + st * kStageBytes;
+    if ((blk + 1) * kBK <= L && !p.paged) {
+      const uint16_t* ks = kc + b * p.kc_b + int64_t(n0) * p.kc_s;
+      const uint16_t* vs = vc + b * p.vc_b + int64_t(n0) * p.vc_s;
+#pragma unroll
+      for (int i = 0; i < kPerThread; ++i) {
+        const uint32_t o = portable::swz<C>(j0 + i * kRowStep, c8);
+        portable::cp_async_16(dk + o, ks + int64_t(i) * kRowStep * p.kc_s, true);
+        portable::cp_async_16(dv + o, vs + int64_t(i) * kRowStep * p.vc_s, true);
       }
-      // A zero-fill copy reads nothing; its source only has to be a valid address.
-      const uint16_t* dummy = static_cast<const uint16_t*>(p.k_cache);
+      return;
+    }
+    if ((blk + 1) * kBK <= L) {  // paged: the page and slot step with the row
+      const int32_t* table = p.block_table + b * p.bt_stride;
+      int pg = n0 / p.page_size, slot = n0 - pg * p.page_size;
+#pragma unroll
+      for (int i = 0; i < kPerThread; ++i) {
+        const int64_t page = table[pg];
+        const uint32_t o = portable::swz<C>(j0 + i * kRowStep, c8);
+        portable::cp_async_16(dk + o, kc + page * p.kc_b + int64_t(slot) * p.kc_s, true);
+        portable::cp_async_16(dv + o, vc + page * p.vc_b + int64_t(slot) * p.vc_s, true);
+        for (slot += kRowStep; slot >= p.page_size; slot -= p.page_size) ++pg;
+      }
+      return;
+    }
+#pragma unroll 1  // the tail block's path: kept small (instruction cache)
+    for (int i = 0; i < kPerThread; ++i) {
+      const int j = j0 + i * kRowStep, n = blk * kBK + j;
+      const bool valid = n < Lk;
+      const uint16_t *ks = kc, *vs = vc;  // a zero-fill copy reads nothing: any valid address
+      if (n < L) {
+        ks = static_cast<const uint16_t*>(p.k_cache) + cache_offset(p, p.kc_b, p.kc_s, p.kc_h, b, n, kvh) + 8 * c8;
+        vs = static_cast<const uint16_t*>(p.v_cache) + cache_offset(p, p.vc_b, p.vc_s, p.vc_h, b, n, kvh) + 8 * c8;
+      } else if (valid) {
+        const int r = n - L;
+        ks = static_cast<const uint16_t*>(p.k_new) + b * p.kn_b + r * p.kn_s + kvh * p.kn_h + 8 * c8;
+        vs = static_cast<const uint16_t*>(p.v_new) + b * p.vn_b + r * p.vn_s + kvh * p.vn_h + 8 * c8;
+      }
       const uint32_t o = portable::swz<C>(j, c8);
-      cp_async_16(reinterpret_cast<uint8_t*>(sm.k[st]) + o, valid ? ks + 8 * c8 : dummy, valid);
-      cp_async_16(reinterpret_cast<uint8_t*>(sm.v[st]) + o, valid ? vs + 8 * c8 : dummy, valid);
+      portable::cp_async_16(dk + o, ks, valid);
+      portable::cp_async_16(dv + o, vs, valid);
     }
   };
   auto k_at = [&](int st, int j, int c) -> uint16_t& {
@@ -220,7 +254,7 @@ __global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const _
   // One cp.async group per block slot, empty past the end, so waiting for all but the newest
   // kS - 2 groups always means block blk has landed.
   constexpr int kS = stages(D);
-#pragma unroll
+#pragma unroll 1  // one copy of the loader for the prologue, one for the loop
   for (int s = 0; s < kS - 1; ++s) {
     if (jb0 + s < jb1) load(jb0 + s, s);
     cp_async_commit();

@@ -12,7 +12,7 @@ namespace flashcore::decode {
 constexpr int kRows = 16;      // query rows (GQA-packed: row = i * group + head in group) a CTA
 constexpr int kSplitKeys = 64;  // the fewest keys of the capacity a split is planned for
 constexpr int kThreads = 128;  // four warps
-constexpr int kMaxSplits = 128;  // bounds the last arriver's weight table (decode_epilogue.cuh)
+constexpr int kMaxSplits = 128;  // bounds the last arriver's merge (splits x loads a thread)
 constexpr int kBlockKeys = 64;   // keys a stage holds: 16 per warp
 // K/V stages in flight: three keep about 64 KB per SM in the air at D128 (two CTAs an SM), what
 // HBM's latency asks at full bandwidth; D256 keeps two (the same bytes, and 136 KB fits sm80).

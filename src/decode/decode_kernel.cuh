@@ -115,12 +115,25 @@ __global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const _
   int err = 0;
   if (L < 0 || lk64 > p.capacity) err = kKvCacheOverflow;
   if (!err && p.paged) {
+    // The entry's pages (those with pg * page_size < Lk), 16 bytes a load where the table row
+    // is aligned: a 64k cache of 16-row pages is 4,096 entries, one round of 8 int4 a thread
+    // instead of four of 8 scalars (perf-notes K10).
+    const int32_t* row = p.block_table + int64_t(b) * p.bt_stride;
+    const int npages = static_cast<int>((int64_t(Lk) + p.page_size - 1) / p.page_size);
+    auto out = [&](int e) { return e < 0 || e >= p.num_pages; };
     bool bad = false;
+    int pg0 = 0;
+    if ((reinterpret_cast<uintptr_t>(row) & 15) == 0) {
+      const int n4 = npages / 4;
 #pragma unroll 8
-    for (int pg = tid; int64_t(pg) * p.page_size < Lk; pg += kThreads) {
-      const int e = p.block_table[b * p.bt_stride + pg];
-      bad |= e < 0 || e >= p.num_pages;
+      for (int i = tid; i < n4; i += kThreads) {
+        const int4 e = __ldg(reinterpret_cast<const int4*>(row) + i);
+        bad |= out(e.x) | out(e.y) | out(e.z) | out(e.w);
+      }
+      pg0 = 4 * n4;
     }
+#pragma unroll 8
+    for (int pg = pg0 + tid; pg < npages; pg += kThreads) bad |= out(__ldg(row + pg));
     if (__syncthreads_or(bad)) err = kKvBlockTableOutOfRange;
   }
   if (!err && p.rotary_dim > 0) {

@@ -128,12 +128,12 @@ __device__ void decode_epilogue(const DecodeParams& p, MergeSmem<D>& ms, int& fl
       float4 x[kGroup];
 #pragma unroll
       for (int j = 0; j < kGroup; ++j) {
-        const float* part = partial_of<D>(p, unit, s0 + j);
-        const bool in = s0 + j < p.splits;
-        ml[j] = in ? __ldcg(reinterpret_cast<const float2*>(part + kRows * D + 2 * r))
-                   : make_float2(-INFINITY, 0.f);
-        x[j] = in ? __ldcg(reinterpret_cast<const float4*>(part + r * D + c))
-                  : make_float4(0.f, 0.f, 0.f, 0.f);
+        const int s = s0 + j;  // past the last split: no load, no pointer formed
+        ml[j] = s < p.splits
+                    ? __ldcg(reinterpret_cast<const float2*>(partial_of<D>(p, unit, s) + kRows * D + 2 * r))
+                    : make_float2(-INFINITY, 0.f);
+        x[j] = s < p.splits ? __ldcg(reinterpret_cast<const float4*>(partial_of<D>(p, unit, s) + r * D + c))
+                            : make_float4(0.f, 0.f, 0.f, 0.f);
       }
       float gm = mx;
 #pragma unroll

@@ -199,13 +199,15 @@ __global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const _
     if ((blk + 1) * kBK <= L) {  // paged: the page and slot step with the row
       const int32_t* table = p.block_table + b * p.bt_stride;
       int pg = n0 / p.page_size, slot = n0 - pg * p.page_size;
+      const int dpg = kRowStep / p.page_size, dslot = kRowStep - dpg * p.page_size;
 #pragma unroll
       for (int i = 0; i < kPerThread; ++i) {
         const int64_t page = table[pg];
         const uint32_t o = portable::swz<C>(j0 + i * kRowStep, c8);
         portable::cp_async_16(dk + o, kc + page * p.kc_b + int64_t(slot) * p.kc_s, true);
         portable::cp_async_16(dv + o, vc + page * p.vc_b + int64_t(slot) * p.vc_s, true);
-        for (slot += kRowStep; slot >= p.page_size; slot -= p.page_size) ++pg;
+        pg += dpg, slot += dslot;  // row + kRowStep: whole pages, then at most one more
+        if (slot >= p.page_size) slot -= p.page_size, ++pg;
       }
       return;
     }

@@ -104,16 +104,22 @@ __device__ void decode_epilogue(const DecodeParams& p, MergeSmem<D>& ms, int& fl
   if (tid < nrows)
     __stcg(reinterpret_cast<float2*>(mine + kRows * D + 2 * tid),
            make_float2(ms.row_m[tid], ms.row_l[tid]));
-  __threadfence();
+  // The barrier orders every thread's partial stores before thread 0's release (PTX release is
+  // cumulative); its acquire and the next barrier order the last arriver's loads after every
+  // other split's release. One acq_rel atomic instead of two sequentially consistent fences
+  // (MEMBAR.SC) around a relaxed one (perf-notes K11). inc wraps to 0 at splits - 1, so the
+  // last arrival leaves the counter zero for the next call.
   __syncthreads();
   if (tid == 0) {
-    const bool last = atomicAdd(p.counters + unit, 1) == p.splits - 1;
-    if (last) p.counters[unit] = 0;  // every split has counted: the next call starts at 0
-    flag = last;
+    uint32_t old;
+    asm volatile("atom.acq_rel.gpu.global.inc.u32 %0, [%1], %2;"
+                 : "=r"(old)
+                 : "l"(p.counters + unit), "r"(uint32_t(p.splits - 1))
+                 : "memory");
+    flag = old == uint32_t(p.splits - 1);
   }
   __syncthreads();
   if (!flag) return;
-  __threadfence();
 
   // Each thread merges its elements over every split, kGroup splits a round: their (max, sum)
   // and partial values are loaded together (one round of independent loads), then combined

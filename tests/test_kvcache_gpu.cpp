@@ -251,18 +251,26 @@ TEST(KvGpu, OddPageSizes) {
     }
 }
 
-// cache_leftpad runs on the CPU reference only for now: the CUDA backend must say so, naming
-// it, rather than ignore it.
-TEST(KvGpu, LeftPadIsRefusedByTheCudaBackendForNow) {
+// cache_leftpad: keys from the pad on (rows before it hold NaN), contiguous and paged, with a
+// cache long enough to split, an entry whose pad equals its length, append, rotary, windows.
+TEST(KvGpu, LeftPadMatchesTheReference) {
   SKIP_WITHOUT_GPU();
-  KvSpec s;
-  s.leftpad = {1, 0, 2};
-  KvHost host(s, 5);
-  KvDevice dev(host);
-  ASSERT_NE(dev.p.cache_leftpad, nullptr);
-  const Plan plan = query(dev.p);
-  EXPECT_EQ(plan.status.code, StatusCode::kNotSupported);
-  EXPECT_NE(plan.status.message.find("cache_leftpad"), std::string::npos) << plan.status.message;
+  for (int64_t page : {0, 16, 64})
+    for (int64_t wl : {-1, 100}) {
+      KvSpec s;
+      s.batch = 3;
+      s.hq = 32, s.hkv = 8, s.d = 128;
+      s.seqlen_q = 2;
+      s.lens = {3000, 700, 50};
+      s.leftpad = {1234, 700, 3};
+      s.capacity = 3072;
+      s.page_size = page;
+      s.wl = wl;
+      s.rotary_dim = 128;
+      s.max_position = 3100;
+      SCOPED_TRACE("page " + std::to_string(page) + ", window " + std::to_string(wl));
+      expect_gpu_matches_reference(s, 31);
+    }
 }
 
 TEST(KvGpu, WithoutWorkspaceRunsUnsplit) {

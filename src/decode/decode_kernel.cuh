@@ -105,6 +105,7 @@ __global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const _
   }
   cp_async_commit();
   const int L = p.cache_seqlens[b];
+  const int pad = p.cache_leftpad ? p.cache_leftpad[b] : 0;  // keys start at this row
   const int n_new = p.append ? p.seqlen_q : 0;
   const int64_t lk64 = int64_t(L) + n_new;
   const int Lk = static_cast<int>(lk64);
@@ -114,23 +115,26 @@ __global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const _
   // it is bad; a bad entry reads none of its cache and writes nothing but its NaN output rows.
   int err = 0;
   if (L < 0 || lk64 > p.capacity) err = kKvCacheOverflow;
+  if (!err && (pad < 0 || pad > L)) err = kKvLeftpadOutOfRange;
   if (!err && p.paged) {
-    // The entry's pages (those with pg * page_size < Lk), 16 bytes a load where the table row
-    // is aligned: a 64k cache of 16-row pages is 4,096 entries, one round of 8 int4 a thread
-    // instead of four of 8 scalars (perf-notes K10).
+    // The pages the entry reads (from the left pad's to the last with pg * page_size < Lk),
+    // 16 bytes a load where the table row is aligned: a 64k cache of 16-row pages is 4,096
+    // entries, one round of 8 int4 a thread instead of four of 8 scalars (perf-notes K10).
     const int32_t* row = p.block_table + int64_t(b) * p.bt_stride;
     const int npages = static_cast<int>((int64_t(Lk) + p.page_size - 1) / p.page_size);
+    const int first = pad / p.page_size;
     auto out = [&](int e) { return e < 0 || e >= p.num_pages; };
     bool bad = false;
-    int pg0 = 0;
+    int pg0 = first;
     if ((reinterpret_cast<uintptr_t>(row) & 15) == 0) {
-      const int n4 = npages / 4;
+      const int v0 = (first + 3) / 4, v1 = npages / 4;  // whole int4s: entries 4 v0 .. 4 v1
+      for (int pg = first + tid; pg < min(4 * v0, npages); pg += kThreads) bad |= out(__ldg(row + pg));
 #pragma unroll 8
-      for (int i = tid; i < n4; i += kThreads) {
+      for (int i = v0 + tid; i < v1; i += kThreads) {
         const int4 e = __ldg(reinterpret_cast<const int4*>(row) + i);
         bad |= out(e.x) | out(e.y) | out(e.z) | out(e.w);
       }
-      pg0 = 4 * n4;
+      pg0 = max(4 * v1, min(4 * v0, npages));
     }
 #pragma unroll 8
     for (int pg = pg0 + tid; pg < npages; pg += kThreads) bad |= out(__ldg(row + pg));
@@ -166,7 +170,7 @@ __global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const _
   const int last_row = min(p.rows, row0 + kRows) - 1;
   const int i_first = row0 / p.group, i_last = max(last_row, row0) / p.group;
   const int off = Lk - p.seqlen_q;
-  const int lo_all = p.window_left >= 0 ? max(0, i_first + off - p.window_left) : 0;
+  const int lo_all = p.window_left >= 0 ? max(pad, i_first + off - p.window_left) : pad;
   const int hi_all = p.window_right >= 0 ? min(Lk, i_last + off + p.window_right + 1) : Lk;
   const int jb0 = max(kb0, lo_all / kBK);
   const int jb1 = min(kb1, (hi_all + kBK - 1) / kBK);
@@ -259,7 +263,7 @@ __global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const _
 #pragma unroll
   for (int hr = 0; hr < 2; ++hr) {
     const int r = row0 + g + 8 * hr, i = r / p.group;
-    lo[hr] = p.window_left >= 0 ? i + off - p.window_left : 0;
+    lo[hr] = p.window_left >= 0 ? max(pad, i + off - p.window_left) : pad;
     hi[hr] = r >= p.rows ? 0 : p.window_right >= 0 ? min(Lk, i + off + p.window_right + 1) : Lk;
   }
   const portable::LaneOffsets<C> lanes0(lane);

@@ -96,3 +96,50 @@ def test_a_custom_4d_mask_falls_back_to_sdpa_with_a_warning():
     with torch.no_grad():
         want = models["sdpa"](input_ids=ids, attention_mask=mask4).logits
     torch.testing.assert_close(got, want)
+
+
+def test_static_cache_steps_read_the_cache_in_place():
+    """generate(cache_implementation="static"): decode steps go to the KV-cache kernel on the
+    cache buffer (cache_seqlens and cache_leftpad from the mask), not the unpadding copy; the
+    tokens are sdpa's, plain and left-padded."""
+    import copy
+
+    import torch
+    import transformers
+
+    import flashcore.integrations.transformers as fct
+    import flashcore.interface as fi
+
+    fct.register()
+    torch.manual_seed(2)
+    config = transformers.LlamaConfig(vocab_size=256, hidden_size=256, intermediate_size=512,
+                                      num_hidden_layers=2, num_attention_heads=4,
+                                      num_key_value_heads=2)
+    models = {}
+    for impl in ("flashcore", "sdpa"):
+        models[impl] = transformers.LlamaForCausalLM._from_config(
+            copy.deepcopy(config), attn_implementation=impl, dtype=torch.bfloat16).eval()
+    models["sdpa"].load_state_dict(models["flashcore"].state_dict())
+    steps = []
+    original = fi._with_kvcache
+
+    def spy(*args, **kwargs):
+        steps.append(args[8] is not None)  # cache_leftpad given
+        return original(*args, **kwargs)
+
+    fi._with_kvcache = spy
+    try:
+        ids = torch.randint(0, 256, (2, 12))
+        mask = torch.ones_like(ids)
+        for padded in (False, True):
+            if padded:
+                mask[1, :4] = 0
+            with torch.no_grad():
+                got = {k: m.generate(input_ids=ids, attention_mask=mask, max_new_tokens=8,
+                                     do_sample=False, pad_token_id=0,
+                                     cache_implementation="static")[:, 12:].tolist()
+                       for k, m in models.items()}
+            assert got["flashcore"] == got["sdpa"], (padded, got)
+    finally:
+        fi._with_kvcache = original
+    assert len(steps) >= 2 * 7 and all(steps)  # every decode step of both layers, both runs

@@ -42,6 +42,10 @@ def _attention(module, query, key, value, attention_mask, **kwargs):
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
     global _warned_masks
+    if (attention_mask is not None and attention_mask.dim() == 2
+            and kwargs.get("sliding_window") is None and kwargs.get("softcap") is None
+            and key.shape[2] >= attention_mask.shape[1] > query.shape[2]):
+        return _cache_step(module, query, key, value, attention_mask, kwargs.get("scaling")), None
     if attention_mask is not None and attention_mask.dim() != 2:
         if not _warned_masks:
             _warned_masks = True
@@ -52,6 +56,30 @@ def _attention(module, query, key, value, attention_mask, **kwargs):
             )
         return ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, attention_mask, **kwargs)
     return flash_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+def _cache_step(module, query, key, value, attention_mask, scaling):
+    """A few query rows against a longer key buffer with a 2-d mask: a StaticCache step. The
+    FlashAttention path would gather every valid key and value into packed tensors (a copy of
+    the layer's cache per step, and a host read of the longest length); here the cache buffer
+    is read in place by the KV-cache kernel: each row's keys are the mask's valid run [first,
+    last], as cache_leftpad and cache_seqlens, computed on the device (CUDA-graph safe). A mask
+    whose valid keys are not one run cannot be expressed so: its length becomes -1, which the
+    kernel flags (kvcache_error_flag) and answers with NaN rows, never a silent wrong answer."""
+    import torch
+
+    import flashcore
+
+    valid = attention_mask.bool()
+    pos = torch.arange(1, valid.shape[1] + 1, device=valid.device, dtype=torch.int32)
+    last = (valid.to(torch.int32) * pos).amax(-1)
+    first = valid.to(torch.int32).argmax(-1).to(torch.int32)
+    one_run = valid.sum(-1, dtype=torch.int32) == last - first
+    lens = torch.where(one_run, last, torch.full_like(last, -1))
+    # transformers' layout is (batch, heads, seq, head_dim); flashcore's views take it as is.
+    return flashcore.flash_attn_with_kvcache(
+        query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), cache_seqlens=lens,
+        cache_leftpad=first, softmax_scale=scaling, causal=module.is_causal)
 
 
 def register():

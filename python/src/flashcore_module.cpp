@@ -262,6 +262,7 @@ KvCacheParams kv_params(const Tensor& q, const OutTensor& k_cache, const OutTens
   }
   p.cache_seqlens = int32_data(std::optional<Tensor>(cache_seqlens), "cache_seqlens");
   p.cache_leftpad = int32_data(cache_leftpad, "cache_leftpad");
+  if (cache_leftpad) expect_shape(*cache_leftpad, "cache_leftpad", {p.batch});
   if (k_new.has_value() != v_new.has_value()) fail("k/v: give both new-key tensors or neither");
   if (k_new) {
     if (dtype_of(*k_new, "k") != p.dtype || dtype_of(*v_new, "v") != p.dtype)

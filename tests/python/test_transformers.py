@@ -138,11 +138,18 @@ def test_static_cache_steps_read_the_cache_in_place():
                 mask[1, -3:] = 0
             steps.clear()
             with torch.no_grad():
-                got = {k: m.generate(input_ids=ids, attention_mask=mask, max_new_tokens=8,
-                                     do_sample=False, pad_token_id=0,
-                                     cache_implementation="static")[:, 12:].tolist()
-                       for k, m in models.items()}
-            assert got["flashcore"] == got["sdpa"], (padding, got)
+                runs = {k: m.generate(input_ids=ids, attention_mask=mask, max_new_tokens=8,
+                                      do_sample=False, pad_token_id=0, output_logits=True,
+                                      return_dict_in_generate=True,
+                                      cache_implementation="static")
+                        for k, m in models.items()}
+            got = {k: r.sequences[:, 12:].tolist() for k, r in runs.items()}
+            assert all(torch.isfinite(x).all() for x in runs["flashcore"].logits), padding
+            # Right padding puts a pad last, whose logits pick the first new token: transformers
+            # warns it is unsupported, and the FlashAttention path (zeros at pad rows) and sdpa
+            # disagree there by design, so only the first two cases compare tokens.
+            if padding != "right":
+                assert got["flashcore"] == got["sdpa"], (padding, got)
             # Decode steps 1-6 of both layers in place (the 7th finds the buffer full, all
             # valid: transformers passes no mask and the dense call reads the whole buffer);
             # a mask with a gap (right padding) never goes in place.

@@ -189,7 +189,10 @@ __global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const _
   auto load = [&](int blk, int st) {
     const int n0 = blk * kBK + j0;
     const uint32_t dk = sK + st * kStageBytes, dv = sV + st * kStageBytes;
-    if ((blk + 1) * kBK <= L && !p.paged) {
+    // Rows below the left pad are neither read nor attended: P is 0 there, but 0 x NaN (or
+    // x Inf) is NaN on the tensor cores, so the block holding the pad zero-fills them.
+    const bool full = blk * kBK >= pad && (blk + 1) * kBK <= L;
+    if (full && !p.paged) {
       const uint16_t* ks = kc + b * p.kc_b + int64_t(n0) * p.kc_s;
       const uint16_t* vs = vc + b * p.vc_b + int64_t(n0) * p.vc_s;
 #pragma unroll
@@ -200,7 +203,7 @@ __global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const _
       }
       return;
     }
-    if ((blk + 1) * kBK <= L) {  // paged: the page and slot step with the row
+    if (full) {  // paged: the page and slot step with the row
       const int32_t* table = p.block_table + b * p.bt_stride;
       int pg = n0 / p.page_size, slot = n0 - pg * p.page_size;
       const int dpg = kRowStep / p.page_size, dslot = kRowStep - dpg * p.page_size;
@@ -218,7 +221,7 @@ __global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const _
 #pragma unroll 1  // the tail block's path: kept small (instruction cache)
     for (int i = 0; i < kPerThread; ++i) {
       const int j = j0 + i * kRowStep, n = blk * kBK + j;
-      const bool valid = n < Lk;
+      const bool valid = n >= pad && n < Lk;
       const uint16_t *ks = kc, *vs = vc;  // a zero-fill copy reads nothing: any valid address
       if (n < L) {
         ks = static_cast<const uint16_t*>(p.k_cache) + cache_offset(p, p.kc_b, p.kc_s, p.kc_h, b, n, kvh) + 8 * c8;

@@ -60,6 +60,8 @@ def _in_place(module, query, key, value, attention_mask, kwargs):
     """A few query rows against a longer key buffer under a 2-d mask (a cache step), with
     nothing the KV-cache call does not do (dropout, sliding window, softcap, attention sinks,
     a value head_dim other than q's); the FlashAttention path takes everything else."""
+    import torch
+
     if attention_mask is None or attention_mask.dim() != 2:
         return False
     if not key.shape[2] >= attention_mask.shape[1] > query.shape[2]:
@@ -69,6 +71,10 @@ def _in_place(module, query, key, value, attention_mask, kwargs):
     if kwargs.get("softcap") is not None or kwargs.get("s_aux") is not None:
         return False
     if value.shape[-1] != query.shape[-1]:
+        return False
+    # The FlashAttention path casts fp32 (autocast) inputs to the model's half dtype; the
+    # KV-cache call takes 16-bit tensors as they are.
+    if query.dtype not in (torch.float16, torch.bfloat16) or not query.dtype == key.dtype == value.dtype:
         return False
     if _graph_safe_only(query):
         return True

@@ -77,8 +77,12 @@ struct Workspace {
 // with rounded P does: the same noise, other draws. So the tolerance is the forward's rule
 // (twice the gap between the exact reference and the one with rounded P, plus a floor) with
 // the gap taken as its largest over the output row.
-void expect_gpu_matches_reference(const KvSpec& s, uint64_t seed, bool with_workspace = true) {
-  KvHost ref(s, seed), lowp(ref), gpu(ref);  // one random fill (slow for 64k caches), copied
+void expect_gpu_matches_reference(const KvSpec& s, uint64_t seed, bool with_workspace = true,
+                                  const std::vector<int32_t>& block_table = {}) {
+  KvHost ref(s, seed);
+  if (!block_table.empty()) ref.block_table = block_table;  // entries the call must not read
+  ref.rebuild();
+  KvHost lowp(ref), gpu(ref);  // one random fill (slow for 64k caches), copied
   lowp.rebuild();
   gpu.rebuild();
   ref.p.backend = Backend::kReference;
@@ -251,18 +255,33 @@ TEST(KvGpu, OddPageSizes) {
     }
 }
 
-// cache_leftpad runs on the CPU reference only for now: the CUDA backend must say so, naming
-// it, rather than ignore it.
-TEST(KvGpu, LeftPadIsRefusedByTheCudaBackendForNow) {
+// cache_leftpad: keys from the pad on (rows before it hold NaN, and block-table entries of
+// pages wholly below it are -1: neither may be read), contiguous and paged, a cache long enough
+// to split, pads inside a block, on a page and a block boundary, 0, and equal to the length;
+// append, rotary, windows.
+TEST(KvGpu, LeftPadMatchesTheReference) {
   SKIP_WITHOUT_GPU();
-  KvSpec s;
-  s.leftpad = {1, 0, 2};
-  KvHost host(s, 5);
-  KvDevice dev(host);
-  ASSERT_NE(dev.p.cache_leftpad, nullptr);
-  const Plan plan = query(dev.p);
-  EXPECT_EQ(plan.status.code, StatusCode::kNotSupported);
-  EXPECT_NE(plan.status.message.find("cache_leftpad"), std::string::npos) << plan.status.message;
+  for (int64_t page : {0, 16, 64})
+    for (int64_t wl : {-1, 100}) {
+      KvSpec s;
+      s.batch = 6;
+      s.hq = 32, s.hkv = 8, s.d = 128;
+      s.seqlen_q = 2;
+      s.lens = {3000, 700, 50, 3000, 2000, 900};
+      s.leftpad = {1234, 700, 3, 1216, 1232, 0};
+      s.capacity = 3072;
+      s.page_size = page;
+      s.wl = wl;
+      s.rotary_dim = 128;
+      s.max_position = 3100;
+      SCOPED_TRACE("page " + std::to_string(page) + ", window " + std::to_string(wl));
+      KvHost host(s, 31);
+      if (page > 0)
+        for (int64_t b = 0; b < s.batch; ++b)
+          for (int64_t pg = 0; (pg + 1) * page <= s.leftpad[b]; ++pg)
+            host.block_table[b * host.max_pages + pg] = -1;
+      expect_gpu_matches_reference(s, 31, true, host.block_table);
+    }
 }
 
 TEST(KvGpu, WithoutWorkspaceRunsUnsplit) {

@@ -70,8 +70,7 @@ struct KvCacheParams {
   const int32_t* cache_seqlens = nullptr;  ///< [batch] int32, in the same memory as q
   /// Optional [batch] int32, same memory as q (FlashAttention-2's cache_leftpad): entry b's
   /// keys start at cache row cache_leftpad[b]; rows before it are neither read nor attended.
-  /// Positions (rotary, masks) stay those of the cache rows. CPU reference only for now: the
-  /// CUDA backend answers kNotSupported.
+  /// Positions (rotary, masks) stay those of the cache rows.
   const int32_t* cache_leftpad = nullptr;
 
   /// Optional, both or neither: [batch, seqlen_q, num_heads_kv, head_dim], appended to the cache

@@ -282,14 +282,13 @@ def flash_attn_with_kvcache(
     """q (B, Sq, Hq, D); k_cache/v_cache (B, capacity, Hkv, D), or pages (num_pages, page_size,
     Hkv, D) with block_table (B, max_pages) int32. k/v (B, Sq, Hkv, D), when given, are written
     into the cache in place at cache_seqlens (rotated when rotary_cos/sin are given) before the
-    attention over the updated cache. cache_seqlens: int or int32 (B,). Returns out, or
+    attention over the updated cache. cache_seqlens: int or int32 (B,); cache_leftpad: int32
+    (B,), the row each entry's keys start at. Returns out, or
     (out, softmax_lse (B, Hq, Sq) fp32). Errors on the device (overflow, bad block-table
     entries) set bits in kvcache_error_flag(q) and NaN rows, never out-of-bounds writes."""
     _unsupported(softcap=softcap, alibi_slopes=alibi_slopes)
     if cache_batch_idx is not None:
         raise ValueError("cache_batch_idx: not supported by flashcore yet; must be None")
-    if cache_leftpad is not None:
-        raise ValueError("cache_leftpad: not supported by flashcore yet; must be None")
     if num_splits not in (0, 1):
         raise ValueError(
             f"num_splits: flashcore picks the split itself; 0 (automatic) or 1 (no split), "
@@ -313,24 +312,26 @@ def flash_attn_with_kvcache(
         import torch
 
         out, lse = torch.ops.flashcore.kvcache(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin,
-                                               cache_seqlens, block_table, softmax_scale,
+                                               cache_seqlens, cache_leftpad, block_table,
+                                               softmax_scale,
                                                bool(causal), left, right,
                                                bool(rotary_interleaved), num_splits == 0)
         return (out, lse) if return_softmax_lse else out
     out, lse = _with_kvcache(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens,
-                             block_table, softmax_scale, causal, (left, right),
+                             cache_leftpad, block_table, softmax_scale, causal, (left, right),
                              rotary_interleaved, num_splits == 0, return_softmax_lse)
     return (out, lse) if return_softmax_lse else out
 
 
-def _with_kvcache(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, block_table,
-                  softmax_scale, causal, window_size, rotary_interleaved, split, return_lse):
+def _with_kvcache(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens,
+                  cache_leftpad, block_table, softmax_scale, causal, window_size,
+                  rotary_interleaved, split, return_lse):
     batch = q.shape[0]
     out = empty(q, tuple(q.shape))
     lse = empty(q, (batch, q.shape[2], q.shape[1]), float32=True) if return_lse else None
     left, right = _window(window_size)
-    args = (q, k_cache, v_cache, out, k, v, cache_seqlens, block_table, rotary_cos, rotary_sin,
-            bool(rotary_interleaved), lse, _scale(softmax_scale), bool(causal), left, right,
-            kvcache_error_flag(q))
+    args = (q, k_cache, v_cache, out, k, v, cache_seqlens, cache_leftpad, block_table,
+            rotary_cos, rotary_sin, bool(rotary_interleaved), lse, _scale(softmax_scale),
+            bool(causal), left, right, kvcache_error_flag(q))
     _run(_C.kvcache, q, args, split)
     return out, lse

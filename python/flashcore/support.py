@@ -52,9 +52,9 @@ def rows():
         _C.query_kvcache("bfloat16", 128, append=True, rotary_dim=128, rotary_interleaved=True) or \
         _C.query_kvcache("bfloat16", 128, append=True, rotary_dim=64)
     yield kv, "sliding window", _C.query_kvcache("bfloat16", 128, window_left=8, window_right=0)
+    yield kv, "cache_leftpad", _C.query_kvcache("bfloat16", 128, append=True, leftpad=True)
     q, cache = _tiny()
     for name, kwargs in (("cache_batch_idx", {"cache_batch_idx": 1}),
-                         ("cache_leftpad", {"cache_leftpad": 1}),
                          ("num_splits > 1", {"num_splits": 2}),
                          ("softcap > 0", {"softcap": 1.0}),
                          ("alibi_slopes", {"alibi_slopes": 1})):

@@ -47,16 +47,17 @@ def _(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_s
 def kvcache(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
             k: Optional[torch.Tensor], v: Optional[torch.Tensor],
             rotary_cos: Optional[torch.Tensor], rotary_sin: Optional[torch.Tensor],
-            cache_seqlens: torch.Tensor, block_table: Optional[torch.Tensor],
+            cache_seqlens: torch.Tensor, cache_leftpad: Optional[torch.Tensor],
+            block_table: Optional[torch.Tensor],
             softmax_scale: Optional[float], causal: bool, window_left: int, window_right: int,
             rotary_interleaved: bool, split: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(out (B, Sq, Hq, D), softmax_lse (B, Hq, Sq) fp32); k/v appended into the caches."""
     return _impl._with_kvcache(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens,
-                               block_table, softmax_scale, causal, (window_left, window_right),
+                               cache_leftpad, block_table, softmax_scale, causal, (window_left, window_right),
                                rotary_interleaved, split, True)
 
 
 @kvcache.register_fake
-def _(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, block_table,
-      softmax_scale, causal, window_left, window_right, rotary_interleaved, split):
+def _(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, cache_leftpad,
+      block_table, softmax_scale, causal, window_left, window_right, rotary_interleaved, split):
     return q.new_empty(q.shape), q.new_empty((q.shape[0], q.shape[2], q.shape[1]), dtype=torch.float32)

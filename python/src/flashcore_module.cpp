@@ -214,6 +214,7 @@ int64_t fwd(const Tensor& q, const Tensor& k, const Tensor& v, const OutTensor& 
 KvCacheParams kv_params(const Tensor& q, const OutTensor& k_cache, const OutTensor& v_cache,
                         const OutTensor& out, const std::optional<Tensor>& k_new,
                         const std::optional<Tensor>& v_new, const Tensor& cache_seqlens,
+                        const std::optional<Tensor>& cache_leftpad,
                         const std::optional<Tensor>& block_table,
                         const std::optional<Tensor>& rotary_cos,
                         const std::optional<Tensor>& rotary_sin, bool rotary_interleaved,
@@ -260,6 +261,8 @@ KvCacheParams kv_params(const Tensor& q, const OutTensor& k_cache, const OutTens
     p.cache_capacity = int64_t(k_cache.shape(1));
   }
   p.cache_seqlens = int32_data(std::optional<Tensor>(cache_seqlens), "cache_seqlens");
+  p.cache_leftpad = int32_data(cache_leftpad, "cache_leftpad");
+  if (cache_leftpad) expect_shape(*cache_leftpad, "cache_leftpad", {p.batch});
   if (k_new.has_value() != v_new.has_value()) fail("k/v: give both new-key tensors or neither");
   if (k_new) {
     if (dtype_of(*k_new, "k") != p.dtype || dtype_of(*v_new, "v") != p.dtype)
@@ -307,12 +310,14 @@ KvCacheParams kv_params(const Tensor& q, const OutTensor& k_cache, const OutTens
 int64_t kvcache(const Tensor& q, const OutTensor& k_cache, const OutTensor& v_cache,
                 const OutTensor& out, const std::optional<Tensor>& k_new,
                 const std::optional<Tensor>& v_new, const Tensor& cache_seqlens,
+                const std::optional<Tensor>& cache_leftpad,
                 const std::optional<Tensor>& block_table, const std::optional<Tensor>& rotary_cos,
                 const std::optional<Tensor>& rotary_sin, bool rotary_interleaved,
                 const std::optional<OutTensor>& softmax_lse, double softmax_scale, bool causal,
                 int64_t window_left, int64_t window_right, const OutTensor& error_flag,
                 const std::optional<OutTensor>& workspace, uintptr_t stream, bool unsplit) {
-  return run_with(kv_params(q, k_cache, v_cache, out, k_new, v_new, cache_seqlens, block_table,
+  return run_with(kv_params(q, k_cache, v_cache, out, k_new, v_new, cache_seqlens, cache_leftpad,
+                            block_table,
                             rotary_cos, rotary_sin, rotary_interleaved, softmax_lse,
                             softmax_scale, causal, window_left, window_right, error_flag),
                   workspace, stream, unsplit);
@@ -358,7 +363,7 @@ std::string query_forward(const std::string& dtype, int64_t head_dim, int64_t nu
 
 std::string query_kvcache(const std::string& dtype, int64_t head_dim, int64_t page_size,
                           bool append, int64_t rotary_dim, bool rotary_interleaved, bool causal,
-                          int64_t window_left, int64_t window_right) {
+                          int64_t window_left, int64_t window_right, bool leftpad) {
   if (head_dim > 512 || head_dim < 1) fail("query_kvcache: head_dim up to 512 here");
   const int64_t hq = 4, hkv = 2, cap = 16;
   KvCacheParams p;
@@ -378,6 +383,7 @@ std::string query_kvcache(const std::string& dtype, int64_t head_dim, int64_t pa
     p.cache_capacity = cap;
   }
   p.cache_seqlens = g_ints;
+  if (leftpad) p.cache_leftpad = g_ints + 2;
   if (append) {
     p.k_new = g_q, p.v_new = g_q;
     p.k_new_strides = p.v_new_strides = {hkv * head_dim, hkv * head_dim, head_dim};
@@ -402,7 +408,7 @@ NB_MODULE(_flashcore, m) {
         nb::arg("unsplit"));
   m.def("kvcache", &kvcache, nb::arg("q"), nb::arg("k_cache"), nb::arg("v_cache"),
         nb::arg("out"), nb::arg("k").none(), nb::arg("v").none(), nb::arg("cache_seqlens"),
-        nb::arg("block_table").none(), nb::arg("rotary_cos").none(),
+        nb::arg("cache_leftpad").none(), nb::arg("block_table").none(), nb::arg("rotary_cos").none(),
         nb::arg("rotary_sin").none(), nb::arg("rotary_interleaved"),
         nb::arg("softmax_lse").none(), nb::arg("softmax_scale"), nb::arg("causal"),
         nb::arg("window_left"), nb::arg("window_right"), nb::arg("error_flag"),
@@ -414,6 +420,6 @@ NB_MODULE(_flashcore, m) {
   m.def("query_kvcache", &query_kvcache, nb::arg("dtype"), nb::arg("head_dim"),
         nb::arg("page_size") = 0, nb::arg("append") = false, nb::arg("rotary_dim") = 0,
         nb::arg("rotary_interleaved") = false, nb::arg("causal") = false,
-        nb::arg("window_left") = -1, nb::arg("window_right") = -1);
+        nb::arg("window_left") = -1, nb::arg("window_right") = -1, nb::arg("leftpad") = false);
   m.def("cuda_device_count", &flashcore::cuda_device_count);
 }

@@ -152,11 +152,6 @@ KvKernelChoice select_kv(const KvProblem& f, int device) {
     c.status = not_supported("family: no Hopper KV-cache kernel yet; the portable one runs on sm_90");
     return c;
   }
-  if (f.p.cache_leftpad != nullptr) {
-    c.status = not_supported(
-        "cache_leftpad: the CUDA KV-cache kernel does not take it yet (the CPU reference does)");
-    return c;
-  }
   if (f.p.batch > 65535 || f.p.num_heads_kv * ((f.group * f.p.seqlen_q + decode::kRows - 1) /
                                                 decode::kRows) > 65535) {
     c.status = not_supported("batch/num_heads_kv/seqlen_q: grid over the CUDA limits (65535)");

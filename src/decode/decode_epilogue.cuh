@@ -20,7 +20,6 @@ struct MergeSmem {
   static constexpr int kPitch = D + 8;
   float o[4][kRows][kPitch];  // each warp's O, scaled to the CTA's row max
   float m[4][kRows], l[4][kRows];
-  float w[kMaxSplits][kRows];  // last arriver: each split's weight per row
   float row_m[kRows], row_l[kRows];
 };
 
@@ -105,59 +104,59 @@ __device__ void decode_epilogue(const DecodeParams& p, MergeSmem<D>& ms, int& fl
   if (tid < nrows)
     __stcg(reinterpret_cast<float2*>(mine + kRows * D + 2 * tid),
            make_float2(ms.row_m[tid], ms.row_l[tid]));
-  __threadfence();
+  // The barrier orders every thread's partial stores before thread 0's release (PTX release is
+  // cumulative); its acquire and the next barrier order the last arriver's loads after every
+  // other split's release. One acq_rel atomic instead of two sequentially consistent fences
+  // (MEMBAR.SC) around a relaxed one (perf-notes K11). inc wraps to 0 at splits - 1, so the
+  // last arrival leaves the counter zero for the next call.
   __syncthreads();
   if (tid == 0) {
-    const bool last = atomicAdd(p.counters + unit, 1) == p.splits - 1;
-    if (last) p.counters[unit] = 0;  // every split has counted: the next call starts at 0
-    flag = last;
+    uint32_t old;
+    asm volatile("atom.acq_rel.gpu.global.inc.u32 %0, [%1], %2;"
+                 : "=r"(old)
+                 : "l"(p.counters + unit), "r"(uint32_t(p.splits - 1))
+                 : "memory");
+    flag = old == uint32_t(p.splits - 1);
   }
   __syncthreads();
   if (!flag) return;
-  __threadfence();
 
-  // Weights: 8 threads a row take every 8th split, all loads at once, then combine by
-  // shuffles; every sum's order is fixed by the split count alone, so the result does not
-  // depend on which split arrived last.
-  {
-    constexpr int kPer = kMaxSplits / 8;
-    const int r = tid / 8, t = tid % 8;
-    float2 ml[kPer];
-#pragma unroll
-    for (int j = 0; j < kPer; ++j) {
-      const int s = t + 8 * j;
-      ml[j] = r < nrows && s < p.splits
-                  ? __ldcg(reinterpret_cast<const float2*>(partial_of<D>(p, unit, s) + kRows * D + 2 * r))
-                  : make_float2(-INFINITY, 0.f);
-    }
-    float mx = -INFINITY;
-#pragma unroll
-    for (int j = 0; j < kPer; ++j) mx = fmaxf(mx, ml[j].x);
-#pragma unroll
-    for (int x = 1; x < 8; x <<= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, x));
-    float sum = 0.f;
-#pragma unroll
-    for (int j = 0; j < kPer; ++j) {
-      const float w = ml[j].x == -INFINITY ? 0.f : detail::ex2(ml[j].x - mx);
-      if (r < nrows && t + 8 * j < p.splits) ms.w[t + 8 * j][r] = w;
-      sum += ml[j].y * w;
-    }
-#pragma unroll
-    for (int x = 1; x < 8; x <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, x);
-    if (t == 0 && r < nrows) ms.row_m[r] = mx, ms.row_l[r] = sum;
-  }
-  __syncthreads();
-  // The sum over splits, 16 independent float4 loads in flight a thread.
+  // Each thread merges its elements over every split, kGroup splits a round: their (max, sum)
+  // and partial values are loaded together (one round of independent loads), then combined
+  // online in split order, the same order whoever arrives last (perf-notes K9).
+  constexpr int kGroup = 16;
   for (int idx = tid; idx < elems; idx += kThreads) {
     const int r = idx / kCols4, c = idx % kCols4 * 4;
+    float mx = -INFINITY, sum = 0.f;
     float4 a = make_float4(0.f, 0.f, 0.f, 0.f);
-#pragma unroll 16
-    for (int s = 0; s < p.splits; ++s) {
-      const float w = ms.w[s][r];
-      const float4 x = __ldcg(reinterpret_cast<const float4*>(partial_of<D>(p, unit, s) + r * D + c));
-      a.x = fmaf(w, x.x, a.x), a.y = fmaf(w, x.y, a.y), a.z = fmaf(w, x.z, a.z), a.w = fmaf(w, x.w, a.w);
+    for (int s0 = 0; s0 < p.splits; s0 += kGroup) {
+      float2 ml[kGroup];
+      float4 x[kGroup];
+#pragma unroll
+      for (int j = 0; j < kGroup; ++j) {
+        const int s = s0 + j;  // past the last split: no load, no pointer formed
+        ml[j] = s < p.splits
+                    ? __ldcg(reinterpret_cast<const float2*>(partial_of<D>(p, unit, s) + kRows * D + 2 * r))
+                    : make_float2(-INFINITY, 0.f);
+        x[j] = s < p.splits ? __ldcg(reinterpret_cast<const float4*>(partial_of<D>(p, unit, s) + r * D + c))
+                            : make_float4(0.f, 0.f, 0.f, 0.f);
+      }
+      float gm = mx;
+#pragma unroll
+      for (int j = 0; j < kGroup; ++j) gm = fmaxf(gm, ml[j].x);
+      if (gm == -INFINITY) continue;  // no split so far saw a key of this row
+      const float cor = mx == -INFINITY ? 0.f : detail::ex2(mx - gm);
+      a.x *= cor, a.y *= cor, a.z *= cor, a.w *= cor, sum *= cor;
+#pragma unroll
+      for (int j = 0; j < kGroup; ++j) {
+        const float w = ml[j].x == -INFINITY ? 0.f : detail::ex2(ml[j].x - gm);
+        a.x = fmaf(w, x[j].x, a.x), a.y = fmaf(w, x[j].y, a.y);
+        a.z = fmaf(w, x[j].z, a.z), a.w = fmaf(w, x[j].w, a.w);
+        sum = fmaf(w, ml[j].y, sum);
+      }
+      mx = gm;
     }
-    store_rows<Tag, D>(p, b, kvh, row0, r, c, a, ms.row_m[r], ms.row_l[r]);
+    store_rows<Tag, D>(p, b, kvh, row0, r, c, a, mx, sum);
   }
 }
 

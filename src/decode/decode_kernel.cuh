@@ -105,6 +105,7 @@ __global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const _
   }
   cp_async_commit();
   const int L = p.cache_seqlens[b];
+  const int pad = p.cache_leftpad ? p.cache_leftpad[b] : 0;  // keys start at this row
   const int n_new = p.append ? p.seqlen_q : 0;
   const int64_t lk64 = int64_t(L) + n_new;
   const int Lk = static_cast<int>(lk64);
@@ -114,13 +115,29 @@ __global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const _
   // it is bad; a bad entry reads none of its cache and writes nothing but its NaN output rows.
   int err = 0;
   if (L < 0 || lk64 > p.capacity) err = kKvCacheOverflow;
+  if (!err && (pad < 0 || pad > L)) err = kKvLeftpadOutOfRange;
   if (!err && p.paged) {
+    // The pages the entry reads (from the left pad's to the last with pg * page_size < Lk),
+    // 16 bytes a load where the table row is aligned: a 64k cache of 16-row pages is 4,096
+    // entries, one round of 8 int4 a thread instead of four of 8 scalars (perf-notes K10).
+    const int32_t* row = p.block_table + int64_t(b) * p.bt_stride;
+    const int npages = static_cast<int>((int64_t(Lk) + p.page_size - 1) / p.page_size);
+    const int first = pad / p.page_size;
+    auto out = [&](int e) { return e < 0 || e >= p.num_pages; };
     bool bad = false;
+    int pg0 = first;
+    if ((reinterpret_cast<uintptr_t>(row) & 15) == 0) {
+      const int v0 = (first + 3) / 4, v1 = npages / 4;  // whole int4s: entries 4 v0 .. 4 v1
+      for (int pg = first + tid; pg < min(4 * v0, npages); pg += kThreads) bad |= out(__ldg(row + pg));
 #pragma unroll 8
-    for (int pg = tid; int64_t(pg) * p.page_size < Lk; pg += kThreads) {
-      const int e = p.block_table[b * p.bt_stride + pg];
-      bad |= e < 0 || e >= p.num_pages;
+      for (int i = v0 + tid; i < v1; i += kThreads) {
+        const int4 e = __ldg(reinterpret_cast<const int4*>(row) + i);
+        bad |= out(e.x) | out(e.y) | out(e.z) | out(e.w);
+      }
+      pg0 = max(4 * v1, min(4 * v0, npages));
     }
+#pragma unroll 8
+    for (int pg = pg0 + tid; pg < npages; pg += kThreads) bad |= out(__ldg(row + pg));
     if (__syncthreads_or(bad)) err = kKvBlockTableOutOfRange;
   }
   if (!err && p.rotary_dim > 0) {
@@ -153,31 +170,70 @@ __global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const _
   const int last_row = min(p.rows, row0 + kRows) - 1;
   const int i_first = row0 / p.group, i_last = max(last_row, row0) / p.group;
   const int off = Lk - p.seqlen_q;
-  const int lo_all = p.window_left >= 0 ? max(0, i_first + off - p.window_left) : 0;
+  const int lo_all = p.window_left >= 0 ? max(pad, i_first + off - p.window_left) : pad;
   const int hi_all = p.window_right >= 0 ? min(Lk, i_last + off + p.window_right + 1) : Lk;
   const int jb0 = max(kb0, lo_all / kBK);
   const int jb1 = min(kb1, (hi_all + kBK - 1) / kBK);
 
   // Block loader: cache rows below L, new rows (raw; rotated in smem) below Lk, zeros after.
+  // Thread t copies the 16-byte column c8 = t % kCpr of rows j0 + i * kRowStep, so a block of
+  // cache rows only (all but the last one or two) costs a pointer step per row instead of an
+  // address rebuilt per chunk: the general form took ~190 instructions a copy (perf-notes K8).
+  constexpr int kCpr = D / 8, kRowStep = kThreads / kCpr, kPerThread = kBK / kRowStep;
+  static_assert(kThreads % kCpr == 0 && kBK % kRowStep == 0, "whole rows a pass");
+  constexpr uint32_t kStageBytes = kBK * D * 2;
+  const int c8 = tid % kCpr, j0 = tid / kCpr;
+  const auto* kc = static_cast<const uint16_t*>(p.k_cache) + int64_t(kvh) * p.kc_h + 8 * c8;
+  const auto* vc = static_cast<const uint16_t*>(p.v_cache) + int64_t(kvh) * p.vc_h + 8 * c8;
+  const uint32_t sK = portable::smem_addr(sm.k), sV = portable::smem_addr(sm.v);
   auto load = [&](int blk, int st) {
-    constexpr int kChunks = D / 8;
-    for (int idx = tid; idx < kBK * kChunks; idx += kThreads) {
-      const int j = idx / kChunks, c8 = idx % kChunks, n = blk * kBK + j;
-      const bool valid = n < Lk;
-      const uint16_t *ks = nullptr, *vs = nullptr;
-      if (n < L) {
-        ks = static_cast<const uint16_t*>(p.k_cache) + cache_offset(p, p.kc_b, p.kc_s, p.kc_h, b, n, kvh);
-        vs = static_cast<const uint16_t*>(p.v_cache) + cache_offset(p, p.vc_b, p.vc_s, p.vc_h, b, n, kvh);
-      } else if (valid) {
-        const int i = n - L;
-        ks = static_cast<const uint16_t*>(p.k_new) + b * p.kn_b + i * p.kn_s + kvh * p.kn_h;
-        vs = static_cast<const uint16_t*>(p.v_new) + b * p.vn_b + i * p.vn_s + kvh * p.vn_h;
+    const int n0 = blk * kBK + j0;
+    const uint32_t dk = sK + st * kStageBytes, dv = sV + st * kStageBytes;
+    // Rows below the left pad are neither read nor attended: P is 0 there, but 0 x NaN (or
+    // x Inf) is NaN on the tensor cores, so the block holding the pad zero-fills them.
+    const bool full = blk * kBK >= pad && (blk + 1) * kBK <= L;
+    if (full && !p.paged) {
+      const uint16_t* ks = kc + b * p.kc_b + int64_t(n0) * p.kc_s;
+      const uint16_t* vs = vc + b * p.vc_b + int64_t(n0) * p.vc_s;
+#pragma unroll
+      for (int i = 0; i < kPerThread; ++i) {
+        const uint32_t o = portable::swz<C>(j0 + i * kRowStep, c8);
+        portable::cp_async_16(dk + o, ks + int64_t(i) * kRowStep * p.kc_s, true);
+        portable::cp_async_16(dv + o, vs + int64_t(i) * kRowStep * p.vc_s, true);
       }
-      // A zero-fill copy reads nothing; its source only has to be a valid address.
-      const uint16_t* dummy = static_cast<const uint16_t*>(p.k_cache);
+      return;
+    }
+    if (full) {  // paged: the page and slot step with the row
+      const int32_t* table = p.block_table + b * p.bt_stride;
+      int pg = n0 / p.page_size, slot = n0 - pg * p.page_size;
+      const int dpg = kRowStep / p.page_size, dslot = kRowStep - dpg * p.page_size;
+#pragma unroll
+      for (int i = 0; i < kPerThread; ++i) {
+        const int64_t page = table[pg];
+        const uint32_t o = portable::swz<C>(j0 + i * kRowStep, c8);
+        portable::cp_async_16(dk + o, kc + page * p.kc_b + int64_t(slot) * p.kc_s, true);
+        portable::cp_async_16(dv + o, vc + page * p.vc_b + int64_t(slot) * p.vc_s, true);
+        pg += dpg, slot += dslot;  // row + kRowStep: whole pages, then at most one more
+        if (slot >= p.page_size) slot -= p.page_size, ++pg;
+      }
+      return;
+    }
+#pragma unroll 1  // the tail block's path: kept small (instruction cache)
+    for (int i = 0; i < kPerThread; ++i) {
+      const int j = j0 + i * kRowStep, n = blk * kBK + j;
+      const bool valid = n >= pad && n < Lk;
+      const uint16_t *ks = kc, *vs = vc;  // a zero-fill copy reads nothing: any valid address
+      if (n < L) {
+        ks = static_cast<const uint16_t*>(p.k_cache) + cache_offset(p, p.kc_b, p.kc_s, p.kc_h, b, n, kvh) + 8 * c8;
+        vs = static_cast<const uint16_t*>(p.v_cache) + cache_offset(p, p.vc_b, p.vc_s, p.vc_h, b, n, kvh) + 8 * c8;
+      } else if (valid) {
+        const int r = n - L;
+        ks = static_cast<const uint16_t*>(p.k_new) + b * p.kn_b + r * p.kn_s + kvh * p.kn_h + 8 * c8;
+        vs = static_cast<const uint16_t*>(p.v_new) + b * p.vn_b + r * p.vn_s + kvh * p.vn_h + 8 * c8;
+      }
       const uint32_t o = portable::swz<C>(j, c8);
-      cp_async_16(reinterpret_cast<uint8_t*>(sm.k[st]) + o, valid ? ks + 8 * c8 : dummy, valid);
-      cp_async_16(reinterpret_cast<uint8_t*>(sm.v[st]) + o, valid ? vs + 8 * c8 : dummy, valid);
+      portable::cp_async_16(dk + o, ks, valid);
+      portable::cp_async_16(dv + o, vs, valid);
     }
   };
   auto k_at = [&](int st, int j, int c) -> uint16_t& {
@@ -210,7 +266,7 @@ __global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const _
 #pragma unroll
   for (int hr = 0; hr < 2; ++hr) {
     const int r = row0 + g + 8 * hr, i = r / p.group;
-    lo[hr] = p.window_left >= 0 ? i + off - p.window_left : 0;
+    lo[hr] = p.window_left >= 0 ? max(pad, i + off - p.window_left) : pad;
     hi[hr] = r >= p.rows ? 0 : p.window_right >= 0 ? min(Lk, i + off + p.window_right + 1) : Lk;
   }
   const portable::LaneOffsets<C> lanes0(lane);
@@ -220,7 +276,7 @@ __global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const _
   // One cp.async group per block slot, empty past the end, so waiting for all but the newest
   // kS - 2 groups always means block blk has landed.
   constexpr int kS = stages(D);
-#pragma unroll
+#pragma unroll 1  // one copy of the loader for the prologue, one for the loop
   for (int s = 0; s < kS - 1; ++s) {
     if (jb0 + s < jb1) load(jb0 + s, s);
     cp_async_commit();

@@ -12,7 +12,7 @@ namespace flashcore::decode {
 constexpr int kRows = 16;      // query rows (GQA-packed: row = i * group + head in group) a CTA
 constexpr int kSplitKeys = 64;  // the fewest keys of the capacity a split is planned for
 constexpr int kThreads = 128;  // four warps
-constexpr int kMaxSplits = 128;  // bounds the last arriver's weight table (decode_epilogue.cuh)
+constexpr int kMaxSplits = 128;  // bounds the last arriver's merge (splits x loads a thread)
 constexpr int kBlockKeys = 64;   // keys a stage holds: 16 per warp
 // K/V stages in flight: three keep about 64 KB per SM in the air at D128 (two CTAs an SM), what
 // HBM's latency asks at full bandwidth; D256 keeps two (the same bytes, and 136 KB fits sm80).
@@ -32,6 +32,7 @@ struct DecodeParams {
   int64_t bt_stride;
   int32_t num_pages, page_size, capacity;
   const int32_t* cache_seqlens;
+  const int32_t* cache_leftpad;  // null: 0
   const void* k_new;
   const void* v_new;
   int64_t kn_b, kn_s, kn_h, vn_b, vn_s, vn_h;
@@ -100,6 +101,7 @@ inline DecodeParams make_decode_params(const detail::KvProblem& f, DecodePlan pl
   d.page_size = static_cast<int32_t>(p.page_size);
   d.capacity = static_cast<int32_t>(f.capacity);
   d.cache_seqlens = p.cache_seqlens;
+  d.cache_leftpad = p.cache_leftpad;
   d.k_new = p.k_new;
   d.v_new = p.v_new;
   d.kn_b = p.k_new_strides.batch, d.kn_s = p.k_new_strides.seq, d.kn_h = p.k_new_strides.head;

@@ -290,7 +290,6 @@ def test_with_kvcache_overflow_sets_the_flag_and_nan_rows():
 
 @pytest.mark.parametrize("kwargs,argument", [
     ({"cache_batch_idx": np.zeros(1, np.int32)}, "cache_batch_idx"),
-    ({"cache_leftpad": np.zeros(1, np.int32)}, "cache_leftpad"),
     ({"softcap": 5.0}, "softcap"),
     ({"alibi_slopes": np.zeros(2, np.float32)}, "alibi_slopes"),
     ({"num_splits": 4}, "num_splits"),
@@ -335,3 +334,18 @@ def test_workspace_is_asked_for_made_once_and_never_made_unsplit():
     assert calls == [(None, False), (100, True), (100, False), (None, True)]
     assert not interface._workspaces[key].any()  # zero-filled
     interface._workspaces.pop(key)
+
+
+def test_with_kvcache_left_pad():
+    rng = np.random.default_rng(12)
+    q, kc, vc = randn(rng, 2, 2, 4, 64), randn(rng, 2, 30, 2, 64), randn(rng, 2, 30, 2, 64)
+    kn, vn = randn(rng, 2, 2, 2, 64), randn(rng, 2, 2, 2, 64)
+    dense_k, dense_v = kc.copy(), vc.copy()
+    pads, lens = np.array([4, 0], np.int32), np.array([11, 7], np.int32)
+    out = flashcore.flash_attn_with_kvcache(q, kc, vc, kn, vn, cache_seqlens=lens,
+                                            cache_leftpad=pads, causal=True)
+    for b in range(2):
+        p, L = int(pads[b]), int(lens[b])
+        keys = np.concatenate([dense_k[b, p:L], kn[b]])
+        vals = np.concatenate([dense_v[b, p:L], vn[b]])
+        assert_close(out[b], reference(q[b], keys, vals, causal=True)[0])

@@ -42,7 +42,7 @@ def test_ops_pass_opcheck():
     kn = torch.randn(1, 5, 2, 64, generator=g).half()
     lens = torch.tensor([3], dtype=torch.int32)
     torch.library.opcheck(torch_ops.kvcache, (q, kc, vc, kn, kn, None, None, lens, None, None,
-                                              True, -1, -1, True, True))
+                                              None, True, -1, -1, True, True))
 
 
 def test_compile_inductor_with_transformers_layout():

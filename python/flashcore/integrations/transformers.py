@@ -42,6 +42,8 @@ def _attention(module, query, key, value, attention_mask, **kwargs):
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
     global _warned_masks
+    if _in_place(module, query, key, value, attention_mask, kwargs):
+        return _cache_step(module, query, key, value, attention_mask, kwargs), None
     if attention_mask is not None and attention_mask.dim() != 2:
         if not _warned_masks:
             _warned_masks = True
@@ -52,6 +54,75 @@ def _attention(module, query, key, value, attention_mask, **kwargs):
             )
         return ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, attention_mask, **kwargs)
     return flash_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+def _in_place(module, query, key, value, attention_mask, kwargs):
+    """A few query rows against a longer key buffer under a 2-d mask (a cache step), with
+    nothing the KV-cache call does not do (dropout, sliding window, softcap, attention sinks,
+    a value head_dim other than q's); the FlashAttention path takes everything else."""
+    import torch
+
+    if attention_mask is None or attention_mask.dim() != 2:
+        return False
+    if not key.shape[2] >= attention_mask.shape[1] > query.shape[2]:
+        return False
+    if kwargs.get("dropout", 0.0) or kwargs.get("sliding_window") is not None:
+        return False
+    if kwargs.get("softcap") is not None or kwargs.get("s_aux") is not None:
+        return False
+    if value.shape[-1] != query.shape[-1]:
+        return False
+    # The FlashAttention path casts fp32 (autocast) inputs to the model's half dtype; the
+    # KV-cache call takes 16-bit tensors as they are.
+    if query.dtype not in (torch.float16, torch.bfloat16) or not query.dtype == key.dtype == value.dtype:
+        return False
+    if _graph_safe_only(query):
+        return True
+    # Outside compilation and capture the mask can be inspected: a mask whose valid keys are
+    # not one run (padding on the right or inside) goes to the FlashAttention path.
+    return bool(_run_of(attention_mask.bool())[2].all())
+
+
+def _graph_safe_only(query):
+    import torch
+
+    return torch.compiler.is_compiling() or (query.is_cuda and torch.cuda.is_current_stream_capturing())
+
+
+def _run_of(valid):
+    """Per row of a 2-d bool mask: the first valid index, one past the last, and whether the
+    valid indices are exactly that run."""
+    import torch
+
+    pos = torch.arange(1, valid.shape[1] + 1, device=valid.device, dtype=torch.int32)
+    last = (valid.to(torch.int32) * pos).amax(-1)
+    first = valid.to(torch.int32).argmax(-1).to(torch.int32)
+    one_run = valid.sum(-1, dtype=torch.int32) == last - first
+    return first, last, one_run
+
+
+def _cache_step(module, query, key, value, attention_mask, kwargs):
+    """A few query rows against a longer key buffer with a 2-d mask: a StaticCache step. The
+    FlashAttention path would gather every valid key and value into packed tensors (a copy of
+    the layer's cache per step, and a host read of the longest length); here the cache buffer
+    is read in place by the KV-cache kernel: each row's keys are the mask's valid run [first,
+    last], as cache_leftpad and cache_seqlens, computed on the device (CUDA-graph safe). A mask
+    whose valid keys are not one run cannot be expressed so: its length becomes -1, which the
+    kernel flags (kvcache_error_flag) and answers with NaN rows, never a silent wrong answer;
+    only under compilation or graph capture, where the mask cannot be inspected: eager calls
+    send such masks to the FlashAttention path (_in_place)."""
+    import torch
+
+    import flashcore
+
+    first, last, one_run = _run_of(attention_mask.bool())
+    lens = torch.where(one_run, last, torch.full_like(last, -1))
+    causal = kwargs.get("is_causal")
+    causal = module.is_causal if causal is None else causal
+    # transformers' layout is (batch, heads, seq, head_dim); flashcore's views take it as is.
+    return flashcore.flash_attn_with_kvcache(
+        query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), cache_seqlens=lens,
+        cache_leftpad=first, softmax_scale=kwargs.get("scaling"), causal=causal)
 
 
 def register():

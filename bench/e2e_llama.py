@@ -61,7 +61,8 @@ def main():
     ap.add_argument("--json", help="write the rows here too")
     args = ap.parse_args()
 
-    flashcore_transformers.register()
+    # Every batch here is unpadded, so the compiled decode step may read the cache in place.
+    flashcore_transformers.register(in_place_when_compiled=True)
     device = torch.device(args.device)
     torch.manual_seed(0)
     config = transformers.LlamaConfig(max_position_embeddings=max(args.contexts) + args.tokens[1],

@@ -159,3 +159,47 @@ def test_static_cache_steps_read_the_cache_in_place():
                 assert len(steps) >= 12 and all(steps), (padding, steps)
     finally:
         fi._with_kvcache = original
+
+
+def test_compiled_cache_steps_go_in_place_only_when_asked(monkeypatch):
+    """Under compilation or capture the mask cannot be inspected on the host: by default such
+    steps take the FlashAttention path; register(in_place_when_compiled=True) reads the cache
+    in place, and a row whose valid keys have a gap (right padding) gets NaN and a flag bit,
+    while a left-padded row is answered."""
+    import torch
+
+    import flashcore
+    import flashcore.integrations.transformers as fct
+
+    torch.manual_seed(3)
+    b, h, hkv, n, d = 2, 4, 2, 16, 64
+    q = torch.randn(b, h, 1, d, dtype=torch.bfloat16)
+    k = torch.randn(b, hkv, n, d, dtype=torch.bfloat16)
+    v = torch.randn(b, hkv, n, d, dtype=torch.bfloat16)
+    mask = torch.zeros(b, n, dtype=torch.long)
+    mask[0, 3:10] = 1  # left padding: keys 3..9
+    mask[1, :5] = 1
+    mask[1, 8:10] = 1  # right padding then new keys: a gap
+    module = torch.nn.Module()
+    module.is_causal = True
+    kwargs = {"scaling": d ** -0.5}
+    monkeypatch.setattr(fct, "_graph_safe_only", lambda query: True)
+    flag = flashcore.kvcache_error_flag(q)
+    flag[0] = 0
+    try:
+        fct.register()
+        assert not fct._in_place(module, q, k, v, mask, kwargs)
+        fct.register(in_place_when_compiled=True)
+        assert fct._in_place(module, q, k, v, mask, kwargs)
+        out = fct._cache_step(module, q, k, v, mask, kwargs)
+        assert int(flag[0]) != 0
+        assert torch.isnan(out[1].float()).all()
+        g = h // hkv
+        kr = k[0, :, 3:10].repeat_interleave(g, 0).float()
+        vr = v[0, :, 3:10].repeat_interleave(g, 0).float()
+        p = torch.softmax(q[0].float() @ kr.transpose(-1, -2) * d ** -0.5, -1)
+        ref = (p @ vr).transpose(0, 1)  # (1, h, d): the step's layout
+        assert (out[0].float() - ref).abs().max() < 2e-2
+    finally:
+        flag[0] = 0
+        fct.register()

@@ -32,6 +32,7 @@ def _check_version():
 
 
 _warned_masks = False
+_in_place_when_compiled = False
 
 
 def _attention(module, query, key, value, attention_mask, **kwargs):
@@ -77,7 +78,7 @@ def _in_place(module, query, key, value, attention_mask, kwargs):
     if query.dtype not in (torch.float16, torch.bfloat16) or not query.dtype == key.dtype == value.dtype:
         return False
     if _graph_safe_only(query):
-        return True
+        return _in_place_when_compiled
     # Outside compilation and capture the mask can be inspected: a mask whose valid keys are
     # not one run (padding on the right or inside) goes to the FlashAttention path.
     return bool(_run_of(attention_mask.bool())[2].all())
@@ -108,9 +109,9 @@ def _cache_step(module, query, key, value, attention_mask, kwargs):
     is read in place by the KV-cache kernel: each row's keys are the mask's valid run [first,
     last], as cache_leftpad and cache_seqlens, computed on the device (CUDA-graph safe). A mask
     whose valid keys are not one run cannot be expressed so: its length becomes -1, which the
-    kernel flags (kvcache_error_flag) and answers with NaN rows, never a silent wrong answer;
-    only under compilation or graph capture, where the mask cannot be inspected: eager calls
-    send such masks to the FlashAttention path (_in_place)."""
+    kernel flags (kvcache_error_flag) and answers with NaN rows. That happens only under
+    compilation or graph capture with register(in_place_when_compiled=True): eager calls
+    inspect the mask and send such masks to the FlashAttention path (_in_place)."""
     import torch
 
     import flashcore
@@ -125,10 +126,21 @@ def _cache_step(module, query, key, value, attention_mask, kwargs):
         cache_leftpad=first, softmax_scale=kwargs.get("scaling"), causal=causal)
 
 
-def register():
+def register(in_place_when_compiled=False):
     """Registers attn_implementation="flashcore" (attention and mask functions) and points
-    transformers' FlashAttention path at flashcore's functions for that name."""
+    transformers' FlashAttention path at flashcore's functions for that name.
+
+    StaticCache decode steps read the cache buffer in place (no per-step copy of the valid
+    keys) whenever the mask's valid keys are one run per row (no padding, or left padding).
+    Eagerly that is checked on the mask. Under torch.compile or CUDA-graph capture (transformers
+    compiles static-cache decoding on CUDA) it cannot be: by default those steps take the
+    FlashAttention path, as FlashAttention-2 would. in_place_when_compiled=True reads in place
+    there too; a batch with padding on the right or inside then gets NaN rows and the
+    kvcache_error_flag bit instead of an answer (transformers does not support right padding
+    in generation; pad on the left)."""
+    global _in_place_when_compiled
     _check_version()
+    _in_place_when_compiled = bool(in_place_when_compiled)
     import flashcore
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface

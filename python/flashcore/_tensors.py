@@ -49,6 +49,38 @@ def zeros(like, shape, dtype):
     )
 
 
+def persistent_zeros(like, shape, dtype):
+    """zeros() for a buffer the package keeps for the process's life (the KV error flag, the
+    split workspaces). A torch CUDA one is made on a helper thread: torch's CUDA-graph trees
+    (torch.compile mode="reduce-overhead", which transformers uses for static caches) route
+    every allocation of the warming-up thread into the graph's private pool and then refuse
+    live blocks there that no graph output accounts for. The helper waits for its zero fill,
+    so the buffer is ready for any stream."""
+    if framework(like) != "torch" or not like.is_cuda:
+        return zeros(like, shape, dtype)
+    import threading
+
+    import torch
+
+    made = []
+
+    def make():
+        try:
+            with torch.cuda.device(like.device):
+                t = zeros(like, shape, dtype)
+                torch.cuda.current_stream().synchronize()
+            made.append(t)
+        except BaseException as e:  # re-raised on the caller's thread
+            made.append(e)
+
+    helper = threading.Thread(target=make, name="flashcore-alloc")
+    helper.start()
+    helper.join()
+    if isinstance(made[0], BaseException):
+        raise made[0]
+    return made[0]
+
+
 def full_int32(like, n, value):
     t = zeros(like, (n,), "int32")
     t[:] = value

@@ -8,7 +8,7 @@ from . import _flashcore as _C
 from ._tensors import device_key as _device_key
 from ._tensors import capturing, empty, framework, stream_of
 from ._tensors import full_int32 as _full_int32
-from ._tensors import zeros as _zeros
+from ._tensors import persistent_zeros as _persistent_zeros
 
 
 def _unsupported(dropout_p=0.0, softcap=0.0, alibi_slopes=None, block_table=None):
@@ -246,7 +246,7 @@ def kvcache_error_flag(like):
                 "flashcore: the first KV-cache call on a device is inside a CUDA-graph capture; "
                 "call flashcore.kvcache_error_flag(q) (or run the step once) before capturing"
             )
-        _flags[key] = _zeros(like, (1,), "int32")
+        _flags[key] = _persistent_zeros(like, (1,), "int32")
     return _flags[key]
 
 
@@ -254,7 +254,7 @@ def _workspace(like, key, nbytes):
     """A new zero-filled workspace of nbytes for key (device and stream); the old one is kept."""
     if key in _workspaces:
         _retired.append(_workspaces[key])
-    ws = _workspaces[key] = _zeros(like, (nbytes,), "uint8")
+    ws = _workspaces[key] = _persistent_zeros(like, (nbytes,), "uint8")
     return ws
 
 

@@ -1,10 +1,19 @@
 """Token-by-token match on the GPU (issue 7): a LLaMA-2-shaped (MHA 32/32) and a LLaMA-3-shaped
-(GQA 32/8, rope theta 5e5, 128k vocabulary) model with random bf16 weights (4 layers) generate
-64 greedy tokens with attn_implementation="flashcore" and "sdpa" from the same weights, a
-left-padded batch of two. Reports the agreement and the largest logit difference over the
-steps whose prefixes agree (pytest -rP prints it). The static-cache case is compiled by
-transformers and reads the cache in place (register(in_place_when_compiled=True)). Skipped
-without CUDA or transformers."""
+(GQA 32/8, rope theta 5e5, 128k vocabulary) model with random bf16 weights (4 layers), a
+left-padded batch of two, 64 greedy tokens, attn_implementation "flashcore" against "sdpa".
+
+Two measures, printed (pytest -rP):
+- free-running: how many greedy tokens equal sdpa's (the issue's figure);
+- teacher-forced: each implementation decodes sdpa's own tokens (a logits processor forces
+  them; output_logits keeps the raw logits), so every step compares logits under the same
+  prefix: the largest logit difference, and the steps where the argmax differs.
+With random weights the top two logits of a 32k-128k vocabulary are often closer than bf16
+rounding moves them, so two correct implementations drift apart free-running; "eager"
+(transformers' matmul-softmax-matmul) is measured the same way as the control. The assertions:
+flashcore's logits stay within twice the control's distance of sdpa's, and every forced step
+where flashcore's argmax differs is a near-tie (sdpa's top-2 gap no larger than that step's
+logit difference). The static case (compiled by transformers, cache read in place through
+register(in_place_when_compiled=True)) runs on the GQA shape. Skipped without CUDA."""
 
 import copy
 
@@ -22,55 +31,75 @@ SHAPES = {
     "llama3": dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336,
                    num_attention_heads=32, num_key_value_heads=8, rope_theta=500000.0),
 }
-NEW_TOKENS = 64
+NEW = 64
+PROMPT = 100
 
 
-def models_for(shape):
+class Force(transformers.LogitsProcessor):
+    """Makes generate pick the given tokens (the raw logits stay in output_logits)."""
+
+    def __init__(self, tokens):
+        self.tokens = tokens
+
+    def __call__(self, input_ids, scores):
+        step = input_ids.shape[1] - PROMPT
+        forced = torch.full_like(scores, float("-inf"))
+        forced.scatter_(1, self.tokens[:, step:step + 1], 0.0)
+        return forced
+
+
+def generate(model, ids, mask, cache, force=None):
+    extra = {"cache_implementation": "static"} if cache == "static" else {}
+    if force is not None:
+        extra["logits_processor"] = transformers.LogitsProcessorList([Force(force)])
+    with torch.no_grad():
+        run = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=NEW,
+                             min_new_tokens=NEW, do_sample=False, pad_token_id=0,
+                             output_logits=True, return_dict_in_generate=True, **extra)
+    return run.sequences[:, PROMPT:], torch.stack(run.logits, 1).float()  # (B, NEW, vocab)
+
+
+def compare(logits, ref_logits, ref_tokens):
+    """Largest logit difference, and per forced step whose argmax differs: (diff, sdpa gap)."""
+    diff = (logits - ref_logits).abs().amax(-1)  # (B, NEW)
+    top2 = ref_logits.topk(2, -1).values
+    gap = top2[..., 0] - top2[..., 1]
+    differs = (logits.argmax(-1) != ref_tokens).nonzero().tolist()
+    return float(diff.max()), [(float(diff[b, s]), float(gap[b, s])) for b, s in differs]
+
+
+@pytest.mark.parametrize("shape,cache", [("llama2", "dynamic"), ("llama3", "dynamic"),
+                                         ("llama3", "static")])
+def test_greedy_tokens_against_sdpa(shape, cache):
+    fct.register()
     torch.manual_seed(0)
     config = transformers.LlamaConfig(num_hidden_layers=4, max_position_embeddings=4096,
                                       **SHAPES[shape])
-    out = {}
-    for impl in ("flashcore", "sdpa"):
+    models = {}
+    for impl in ("sdpa", "flashcore", "eager"):
         with torch.device("cuda"):
-            out[impl] = transformers.LlamaForCausalLM._from_config(
+            models[impl] = transformers.LlamaForCausalLM._from_config(
                 copy.deepcopy(config), attn_implementation=impl, dtype=torch.bfloat16).eval()
-    out["sdpa"].load_state_dict(out["flashcore"].state_dict())
-    return config, out
-
-
-@pytest.mark.parametrize("cache", ["dynamic", "static"])
-@pytest.mark.parametrize("shape", ["llama2", "llama3"])
-def test_greedy_tokens_match_sdpa(shape, cache):
-    if cache == "static" and shape == "llama2":
-        pytest.skip("the static (compiled) case runs on the GQA shape only, to bound the time")
+        if impl != "sdpa":
+            models[impl].load_state_dict(models["sdpa"].state_dict())
+    ids = torch.randint(1, config.vocab_size, (2, PROMPT), device="cuda")
+    mask = torch.ones_like(ids)
+    mask[1, :7] = 0  # left padding
     fct.register(in_place_when_compiled=True)
     try:
-        config, models = models_for(shape)
-        ids = torch.randint(1, config.vocab_size, (2, 100), device="cuda")
-        mask = torch.ones_like(ids)
-        mask[1, :7] = 0  # left padding
-        runs = {}
-        with torch.no_grad():
-            for impl, m in models.items():
-                extra = {"cache_implementation": "static"} if cache == "static" else {}
-                runs[impl] = m.generate(input_ids=ids, attention_mask=mask,
-                                        max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
-                                        do_sample=False, pad_token_id=0, output_logits=True,
-                                        return_dict_in_generate=True, **extra)
+        ref_tokens, ref_logits = generate(models["sdpa"], ids, mask, cache)
+        free_tokens, _ = generate(models["flashcore"], ids, mask, cache)
+        _, fc_logits = generate(models["flashcore"], ids, mask, cache, force=ref_tokens)
     finally:
         fct.register()
-    fc, ref = runs["flashcore"], runs["sdpa"]
-    tokens_fc, tokens_ref = fc.sequences[:, 100:], ref.sequences[:, 100:]
-    agree = int((tokens_fc == tokens_ref).sum())
-    # Logits compare only while a row's prefix agrees (a different token changes what follows).
-    max_diff = 0.0
-    for row in range(2):
-        for step in range(NEW_TOKENS):
-            diff = (fc.logits[step][row].float() - ref.logits[step][row].float()).abs().max()
-            max_diff = max(max_diff, float(diff))
-            if tokens_fc[row, step] != tokens_ref[row, step]:
-                break
-    print(f"{shape} {cache} cache: {agree}/{2 * NEW_TOKENS} greedy tokens equal to sdpa's, "
-          f"largest logit difference {max_diff:.4f}")
-    assert all(torch.isfinite(x).all() for x in fc.logits)
-    assert agree == 2 * NEW_TOKENS, (tokens_fc.tolist(), tokens_ref.tolist())
+    _, eager_logits = generate(models["eager"], ids, mask, "dynamic", force=ref_tokens)
+    agree = int((free_tokens == ref_tokens).sum())
+    fc_max, fc_flips = compare(fc_logits, ref_logits, ref_tokens)
+    eager_max, eager_flips = compare(eager_logits, ref_logits, ref_tokens)
+    print(f"{shape} {cache} cache: free-running {agree}/{2 * NEW} greedy tokens equal to sdpa's; "
+          f"forced: largest logit difference {fc_max:.4f} (eager {eager_max:.4f}), argmax "
+          f"differs at {len(fc_flips)} of {2 * NEW} steps (eager {len(eager_flips)}); "
+          f"(difference, sdpa top-2 gap) there: {[(round(d, 4), round(g, 4)) for d, g in fc_flips]}")
+    assert torch.isfinite(fc_logits).all()
+    assert fc_max <= 2 * eager_max, (fc_max, eager_max)
+    assert all(g <= d for d, g in fc_flips), fc_flips

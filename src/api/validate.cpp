@@ -4,8 +4,9 @@
 
 #include <cmath>
 #include <cstdint>
-#include <sstream>
+#include <cstdio>
 #include <string>
+#include <type_traits>
 #include <utility>
 
 namespace flashcore::detail {
@@ -13,11 +14,18 @@ namespace {
 
 Status invalid(const std::string& msg) { return {StatusCode::kInvalidArgument, msg}; }
 
+// std::to_string and snprintf rather than iostreams: in a Python process whose CUDA driver was
+// loaded first, the first ostringstream of the process crashed (H100 machine, Python 3.12; see
+// docs/python-design.md), and a message must never cost a crash.
 template <typename T>
-std::string str(const T& v) {
-  std::ostringstream os;
-  os << v;
-  return os.str();
+std::string str(T v) {
+  if constexpr (std::is_floating_point_v<T>) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%g", static_cast<double>(v));
+    return buf;
+  } else {
+    return std::to_string(v);
+  }
 }
 
 bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15u) == 0; }

@@ -98,10 +98,13 @@ def test_a_custom_4d_mask_falls_back_to_sdpa_with_a_warning():
     torch.testing.assert_close(got, want)
 
 
-def test_static_cache_steps_read_the_cache_in_place():
+@pytest.mark.parametrize("padded_masks", [False, True])
+def test_static_cache_steps_read_the_cache_in_place(padded_masks):
     """generate(cache_implementation="static"): decode steps go to the KV-cache kernel on the
     cache buffer (cache_seqlens and cache_leftpad from the mask), not the unpadding copy; the
-    tokens are sdpa's, plain and left-padded."""
+    tokens are sdpa's, plain and left-padded. With register(in_place_when_compiled=True) the
+    masks are padded to the buffer's length (one shape for every step) and the FlashAttention
+    path, taken by the right-padded batch, gets them cut back."""
     import copy
 
     import torch
@@ -110,7 +113,7 @@ def test_static_cache_steps_read_the_cache_in_place():
     import flashcore.integrations.transformers as fct
     import flashcore.interface as fi
 
-    fct.register()
+    fct.register(in_place_when_compiled=padded_masks)
     torch.manual_seed(2)
     config = transformers.LlamaConfig(vocab_size=256, hidden_size=256, intermediate_size=512,
                                       num_hidden_layers=2, num_attention_heads=4,
@@ -159,6 +162,7 @@ def test_static_cache_steps_read_the_cache_in_place():
                 assert len(steps) >= 12 and all(steps), (padding, steps)
     finally:
         fi._with_kvcache = original
+        fct.register()
 
 
 def test_compiled_cache_steps_go_in_place_only_when_asked(monkeypatch):

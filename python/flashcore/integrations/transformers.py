@@ -45,6 +45,12 @@ def _attention(module, query, key, value, attention_mask, **kwargs):
     global _warned_masks
     if _in_place(module, query, key, value, attention_mask, kwargs):
         return _cache_step(module, query, key, value, attention_mask, kwargs), None
+    if (_in_place_when_compiled and attention_mask is not None and attention_mask.dim() == 2
+            and attention_mask.shape[1] > query.shape[2]):
+        # Undo _mask's padding for the FlashAttention path, which takes the mask's length as
+        # the number of keys; the newest key is valid in every row, so the last valid column
+        # ends the real mask.
+        attention_mask = attention_mask[:, :int(_run_of(attention_mask.bool())[1].max())]
     if attention_mask is not None and attention_mask.dim() != 2:
         if not _warned_masks:
             _warned_masks = True
@@ -126,6 +132,28 @@ def _cache_step(module, query, key, value, attention_mask, kwargs):
         cache_leftpad=first, softmax_scale=kwargs.get("scaling"), causal=causal)
 
 
+def _mask(**kwargs):
+    """FlashAttention's mask function (a 2-d padding mask, or None), except that with
+    register(in_place_when_compiled=True) the mask of a cache step shorter than the cache
+    buffer (a StaticCache) is padded with False to the buffer's length. transformers makes a
+    static cache's masks outside the compiled step, one column longer every token: unpadded,
+    each step would reach the compiled graph with a new shape, and torch.compile's CUDA graphs
+    record a new graph for every shape."""
+    from transformers.masking_utils import flash_attention_mask
+
+    mask = flash_attention_mask(**kwargs)
+    kv_length = kwargs["kv_length"]
+    if _in_place_when_compiled and mask is not None and kwargs["q_length"] < mask.shape[1] < kv_length:
+        mask = _pad_columns(mask, kv_length)
+    return mask
+
+
+def _pad_columns(mask, length):
+    import torch
+
+    return torch.nn.functional.pad(mask, (0, length - mask.shape[1]), value=False)
+
+
 def register(in_place_when_compiled=False):
     """Registers attn_implementation="flashcore" (attention and mask functions) and points
     transformers' FlashAttention path at flashcore's functions for that name.
@@ -143,13 +171,13 @@ def register(in_place_when_compiled=False):
     _in_place_when_compiled = bool(in_place_when_compiled)
     import flashcore
     from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+    from transformers.masking_utils import AttentionMaskInterface
 
     fa_utils = importlib.import_module("transformers.modeling_flash_attention_utils")
     AttentionInterface.register(NAME, _attention)
     # Without a mask function under the same name transformers builds no mask at all: padding
-    # would be dropped silently. The FlashAttention one passes the 2-d padding mask through.
-    AttentionMaskInterface.register(NAME, ALL_MASK_ATTENTION_FUNCTIONS["flash_attention_2"])
+    # would be dropped silently. _mask passes the 2-d padding mask through, as FlashAttention's.
+    AttentionMaskInterface.register(NAME, _mask)
 
     functions = (flashcore.flash_attn_func, flashcore.flash_attn_varlen_func,
                  flashcore.flash_attn_with_kvcache, fa_utils._pad_input, fa_utils._unpad_input)

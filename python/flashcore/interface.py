@@ -311,11 +311,15 @@ def flash_attn_with_kvcache(
     if _torch_ops(q):
         import torch
 
-        out, lse = torch.ops.flashcore.kvcache(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin,
-                                               cache_seqlens, cache_leftpad, block_table,
-                                               softmax_scale,
-                                               bool(causal), left, right,
-                                               bool(rotary_interleaved), num_splits == 0)
+        if k is None:
+            out, lse = torch.ops.flashcore.kvcache_read(q, k_cache, v_cache, cache_seqlens,
+                                                        cache_leftpad, block_table, softmax_scale,
+                                                        bool(causal), left, right, num_splits == 0)
+        else:
+            out, lse = torch.ops.flashcore.kvcache(q, k_cache, v_cache, k, v, rotary_cos,
+                                                   rotary_sin, cache_seqlens, cache_leftpad,
+                                                   block_table, softmax_scale, bool(causal), left,
+                                                   right, bool(rotary_interleaved), num_splits == 0)
         return (out, lse) if return_softmax_lse else out
     out, lse = _with_kvcache(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens,
                              cache_leftpad, block_table, softmax_scale, causal, (left, right),

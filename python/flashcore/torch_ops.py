@@ -2,7 +2,9 @@
 (their outputs contiguous, as the real ops return them, whatever q's strides),
 so torch.compile(fullgraph=True) traces them and CUDA graphs capture them. The
 FlashAttention-2 compatible functions route torch tensors through these ops. The forward ops
-are out-of-place; the KV-cache op declares that it writes k_cache and v_cache."""
+are out-of-place; the KV-cache op declares that it writes k_cache and v_cache, and a call
+without new keys goes to kvcache_read, which declares no write (a declared write makes
+torch.compile functionalize the call: the caches become values to keep and copy back)."""
 
 from typing import Optional
 
@@ -60,4 +62,22 @@ def kvcache(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
 @kvcache.register_fake
 def _(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, cache_leftpad,
       block_table, softmax_scale, causal, window_left, window_right, rotary_interleaved, split):
+    return q.new_empty(q.shape), q.new_empty((q.shape[0], q.shape[2], q.shape[1]), dtype=torch.float32)
+
+
+@torch.library.custom_op("flashcore::kvcache_read", mutates_args=())
+def kvcache_read(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                 cache_seqlens: torch.Tensor, cache_leftpad: Optional[torch.Tensor],
+                 block_table: Optional[torch.Tensor], softmax_scale: Optional[float],
+                 causal: bool, window_left: int, window_right: int,
+                 split: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """kvcache without new keys: attention over the caches as they are."""
+    return _impl._with_kvcache(q, k_cache, v_cache, None, None, None, None, cache_seqlens,
+                               cache_leftpad, block_table, softmax_scale, causal,
+                               (window_left, window_right), True, split, True)
+
+
+@kvcache_read.register_fake
+def _(q, k_cache, v_cache, cache_seqlens, cache_leftpad, block_table, softmax_scale, causal,
+      window_left, window_right, split):
     return q.new_empty(q.shape), q.new_empty((q.shape[0], q.shape[2], q.shape[1]), dtype=torch.float32)

@@ -43,6 +43,8 @@ def test_ops_pass_opcheck():
     lens = torch.tensor([3], dtype=torch.int32)
     torch.library.opcheck(torch_ops.kvcache, (q, kc, vc, kn, kn, None, None, lens, None, None,
                                               None, True, -1, -1, True, True))
+    torch.library.opcheck(torch_ops.kvcache_read, (q, kc, vc, lens + 5, None, None, None, True,
+                                                   -1, -1, True))
 
 
 def test_compile_inductor_with_transformers_layout():

@@ -14,9 +14,9 @@ namespace {
 
 Status invalid(const std::string& msg) { return {StatusCode::kInvalidArgument, msg}; }
 
-// std::to_string and snprintf rather than iostreams: in a Python process whose CUDA driver was
-// loaded first, the first ostringstream of the process crashed (H100 machine, Python 3.12; see
-// docs/python-design.md), and a message must never cost a crash.
+// std::to_string and snprintf rather than iostreams: formatting a message with an ostringstream
+// killed Python processes on the GPU machine (cause not found; docs/python-design.md), and a
+// message must never cost a crash.
 template <typename T>
 std::string str(T v) {
   if constexpr (std::is_floating_point_v<T>) {

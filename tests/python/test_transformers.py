@@ -46,6 +46,21 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+def same_weights(config, impls=("flashcore", "sdpa")):
+    """A bf16 LLaMA per attention implementation, all with the first one's random weights."""
+    import copy
+
+    import torch
+    import transformers
+
+    models = {}
+    for impl in impls:
+        models[impl] = transformers.LlamaForCausalLM._from_config(
+            copy.deepcopy(config), attn_implementation=impl, dtype=torch.bfloat16).eval()
+        models[impl].load_state_dict(models[impls[0]].state_dict())
+    return models
+
+
 def test_llama_flashcore_matches_sdpa_in_a_fresh_process():
     run = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -68,8 +83,6 @@ def test_other_transformers_versions_are_refused(monkeypatch):
 
 
 def test_a_custom_4d_mask_falls_back_to_sdpa_with_a_warning():
-    import copy
-
     import torch
     import transformers
 
@@ -81,11 +94,7 @@ def test_a_custom_4d_mask_falls_back_to_sdpa_with_a_warning():
     config = transformers.LlamaConfig(vocab_size=128, hidden_size=128, intermediate_size=256,
                                       num_hidden_layers=1, num_attention_heads=2,
                                       num_key_value_heads=1)
-    models = {}
-    for impl in ("flashcore", "sdpa"):
-        models[impl] = transformers.LlamaForCausalLM._from_config(
-            copy.deepcopy(config), attn_implementation=impl, dtype=torch.bfloat16).eval()
-    models["sdpa"].load_state_dict(models["flashcore"].state_dict())
+    models = same_weights(config)
     ids = torch.randint(0, 128, (1, 10))
     # Two packed segments, causal within each: not expressible as padding + causal.
     seg = torch.tensor([0] * 4 + [1] * 6)
@@ -105,8 +114,6 @@ def test_static_cache_steps_read_the_cache_in_place(padded_masks):
     tokens are sdpa's, plain and left-padded. With register(in_place_when_compiled=True) the
     masks are padded to the buffer's length (one shape for every step) and the FlashAttention
     path, taken by the right-padded batch, gets them cut back."""
-    import copy
-
     import torch
     import transformers
 
@@ -118,11 +125,7 @@ def test_static_cache_steps_read_the_cache_in_place(padded_masks):
     config = transformers.LlamaConfig(vocab_size=256, hidden_size=256, intermediate_size=512,
                                       num_hidden_layers=2, num_attention_heads=4,
                                       num_key_value_heads=2)
-    models = {}
-    for impl in ("flashcore", "sdpa"):
-        models[impl] = transformers.LlamaForCausalLM._from_config(
-            copy.deepcopy(config), attn_implementation=impl, dtype=torch.bfloat16).eval()
-    models["sdpa"].load_state_dict(models["flashcore"].state_dict())
+    models = same_weights(config)
     steps = []
     original = fi._with_kvcache
 

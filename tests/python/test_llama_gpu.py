@@ -10,9 +10,9 @@ Two measures, printed (pytest -rP):
 With random weights the top two logits of a 32k-128k vocabulary are often closer than bf16
 rounding moves them, so two correct implementations drift apart free-running; "eager"
 (transformers' matmul-softmax-matmul) is measured the same way as the control. The assertions:
-flashcore's logits stay within twice the control's distance of sdpa's, and every forced step
-where flashcore's argmax differs is a near-tie (sdpa's top-2 gap no larger than that step's
-logit difference). The static case (compiled by transformers, cache read in place through
+flashcore's logits stay within twice the control's distance of sdpa's, every forced step
+where flashcore's argmax differs is a near-tie (sdpa's top-2 gap at most twice that step's
+largest logit difference), and the flashcore runs read the cache in place. The static case (compiled by transformers, cache read in place through
 register(in_place_when_compiled=True)) runs on the GQA shape. Skipped without CUDA."""
 
 import copy
@@ -24,6 +24,7 @@ transformers = pytest.importorskip("transformers")
 if not torch.cuda.is_available():
     pytest.skip("no CUDA device", allow_module_level=True)
 import flashcore.integrations.transformers as fct  # noqa: E402
+import flashcore.interface as fi  # noqa: E402
 
 SHAPES = {
     "llama2": dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008,
@@ -86,12 +87,23 @@ def test_greedy_tokens_against_sdpa(shape, cache):
     mask = torch.ones_like(ids)
     mask[1, :7] = 0  # left padding
     fct.register(in_place_when_compiled=True)
+    in_place = []  # the cache steps that read the buffer in place (Python runs: not replays)
+    original = fi._with_kvcache
+
+    def spy(*args, **kwargs):
+        in_place.append(args[3] is None)
+        return original(*args, **kwargs)
+
+    fi._with_kvcache = spy
     try:
         ref_tokens, ref_logits = generate(models["sdpa"], ids, mask, cache)
+        assert not in_place
         free_tokens, _ = generate(models["flashcore"], ids, mask, cache)
         _, fc_logits = generate(models["flashcore"], ids, mask, cache, force=ref_tokens)
     finally:
+        fi._with_kvcache = original
         fct.register()
+    assert in_place and all(in_place), "the flashcore runs never read the cache in place"
     _, eager_logits = generate(models["eager"], ids, mask, "dynamic", force=ref_tokens)
     agree = int((free_tokens == ref_tokens).sum())
     fc_max, fc_flips = compare(fc_logits, ref_logits, ref_tokens)
@@ -102,4 +114,5 @@ def test_greedy_tokens_against_sdpa(shape, cache):
           f"(difference, sdpa top-2 gap) there: {[(round(d, 4), round(g, 4)) for d, g in fc_flips]}")
     assert torch.isfinite(fc_logits).all()
     assert fc_max <= 2 * eager_max, (fc_max, eager_max)
-    assert all(g <= d for d, g in fc_flips), fc_flips
+    # An argmax can flip only where the top two are within the two logits' moves (each <= d).
+    assert all(g <= 2 * d for d, g in fc_flips), fc_flips

@@ -111,9 +111,10 @@ def test_a_custom_4d_mask_falls_back_to_sdpa_with_a_warning():
 def test_static_cache_steps_read_the_cache_in_place(padded_masks):
     """generate(cache_implementation="static"): decode steps go to the KV-cache kernel on the
     cache buffer (cache_seqlens and cache_leftpad from the mask), not the unpadding copy; the
-    tokens are sdpa's, plain and left-padded. With register(in_place_when_compiled=True) the
-    masks are padded to the buffer's length (one shape for every step) and the FlashAttention
-    path, taken by the right-padded batch, gets them cut back."""
+    tokens are sdpa's, plain and left-padded, and each step's (cache_leftpad, cache_seqlens) are
+    the mask's. With register(in_place_when_compiled=True) the masks are padded to the buffer's
+    length (one shape for every step); the right-padded batch takes the FlashAttention path
+    with them."""
     import torch
     import transformers
 
@@ -130,7 +131,7 @@ def test_static_cache_steps_read_the_cache_in_place(padded_masks):
     original = fi._with_kvcache
 
     def spy(*args, **kwargs):
-        steps.append(args[8] is not None)  # cache_leftpad given
+        steps.append((args[8].tolist(), args[7].tolist()))  # cache_leftpad, cache_seqlens
         return original(*args, **kwargs)
 
     fi._with_kvcache = spy
@@ -156,13 +157,20 @@ def test_static_cache_steps_read_the_cache_in_place(padded_masks):
             # disagree there by design, so only the first two cases compare tokens.
             if padding != "right":
                 assert got["flashcore"] == got["sdpa"], (padding, got)
-            # Decode steps 1-6 of both layers in place (the 7th finds the buffer full, all
-            # valid: transformers passes no mask and the dense call reads the whole buffer);
-            # a mask with a gap (right padding) never goes in place.
+            # Decode steps of both layers in place, but for the unpadded batch's 7th, which
+            # finds the buffer full and all valid (transformers passes no mask and the dense
+            # call reads the whole buffer); a mask with a gap (right padding) never goes in
+            # place.
             if padding == "right":
                 assert not steps, steps
             else:
-                assert len(steps) >= 12 and all(steps), (padding, steps)
+                pad = [0, 4] if padding == "left" else [0, 0]
+                assert all(left == pad for left, _ in steps), (padding, steps)
+                assert all(lens[0] == lens[1] for _, lens in steps), steps
+                # 12 prompt keys, then one more each step, once per layer
+                last = 19 if padding == "left" else 18
+                assert sorted(lens[0] for _, lens in steps) == [n for n in range(13, last + 1)
+                                                                for _ in range(2)], steps
     finally:
         fi._with_kvcache = original
         fct.register()
@@ -210,3 +218,46 @@ def test_compiled_cache_steps_go_in_place_only_when_asked(monkeypatch):
     finally:
         flag[0] = 0
         fct.register()
+
+
+def test_padded_masks_answer_as_unpadded_ones():
+    """_mask's padding (False columns up to the cache buffer's length) changes no answer: a
+    one-token step with left padding (read in place) and with a gap (the FlashAttention path)
+    gives the same output with the padded mask as with the mask transformers made."""
+    import torch
+
+    import flashcore.integrations.transformers as fct
+
+    torch.manual_seed(4)
+    b, h, hkv, n, d, valid = 2, 4, 2, 16, 64, 10
+    q = torch.randn(b, h, 1, d, dtype=torch.bfloat16)
+    k = torch.randn(b, hkv, n, d, dtype=torch.bfloat16)
+    v = torch.randn(b, hkv, n, d, dtype=torch.bfloat16)
+    module = torch.nn.Module()
+    module.is_causal, module.layer_idx = True, 0
+    module.config = transformers_config()
+    left = torch.ones(b, valid, dtype=torch.bool)
+    left[1, :3] = False
+    gap = left.clone()
+    gap[0, 5:8] = False
+    fct.register(in_place_when_compiled=True)
+    try:
+        for mask in (left, gap):
+            padded = fct._pad_columns(mask, n)
+            want = fct._attention(module, q, k, v, mask, scaling=d ** -0.5)[0]
+            got = fct._attention(module, q, k, v, padded, scaling=d ** -0.5)[0]
+            assert torch.equal(got, want)
+            keep = torch.nn.functional.pad(mask, (0, n - valid), value=False)
+            kr = k.repeat_interleave(h // hkv, 1).float()
+            vr = v.repeat_interleave(h // hkv, 1).float()
+            s = (q.float() @ kr.transpose(-1, -2)) * d ** -0.5
+            p = torch.softmax(s.masked_fill(~keep[:, None, None, :], float("-inf")), -1)
+            torch.testing.assert_close(got.float(), (p @ vr).transpose(1, 2), atol=2e-2, rtol=2e-2)
+    finally:
+        fct.register()
+
+
+def transformers_config():
+    import types
+
+    return types.SimpleNamespace(_attn_implementation="flashcore")

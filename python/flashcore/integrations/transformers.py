@@ -45,12 +45,6 @@ def _attention(module, query, key, value, attention_mask, **kwargs):
     global _warned_masks
     if _in_place(module, query, key, value, attention_mask, kwargs):
         return _cache_step(module, query, key, value, attention_mask, kwargs), None
-    if (_in_place_when_compiled and attention_mask is not None and attention_mask.dim() == 2
-            and attention_mask.shape[1] > query.shape[2]):
-        # Undo _mask's padding for the FlashAttention path, which takes the mask's length as
-        # the number of keys; the newest key is valid in every row, so the last valid column
-        # ends the real mask.
-        attention_mask = attention_mask[:, :int(_run_of(attention_mask.bool())[1].max())]
     if attention_mask is not None and attention_mask.dim() != 2:
         if not _warned_masks:
             _warned_masks = True
@@ -134,16 +128,19 @@ def _cache_step(module, query, key, value, attention_mask, kwargs):
 
 def _mask(**kwargs):
     """FlashAttention's mask function (a 2-d padding mask, or None), except that with
-    register(in_place_when_compiled=True) the mask of a cache step shorter than the cache
+    register(in_place_when_compiled=True) the mask of a one-token step shorter than the cache
     buffer (a StaticCache) is padded with False to the buffer's length. transformers makes a
     static cache's masks outside the compiled step, one column longer every token: unpadded,
     each step would reach the compiled graph with a new shape, and torch.compile's CUDA graphs
-    record a new graph for every shape."""
+    record a new graph for every shape. Only one-token steps: the FlashAttention path, which
+    may still take them (_in_place), reads such a mask right (its keys are unpadded by the
+    mask; its one query needs no columns), while for longer steps it takes the last columns
+    as the queries'."""
     from transformers.masking_utils import flash_attention_mask
 
     mask = flash_attention_mask(**kwargs)
     kv_length = kwargs["kv_length"]
-    if _in_place_when_compiled and mask is not None and kwargs["q_length"] < mask.shape[1] < kv_length:
+    if _in_place_when_compiled and mask is not None and kwargs["q_length"] == 1 < mask.shape[1] < kv_length:
         mask = _pad_columns(mask, kv_length)
     return mask
 

@@ -134,7 +134,14 @@ def test_static_cache_steps_read_the_cache_in_place(padded_masks):
         steps.append((args[8].tolist(), args[7].tolist()))  # cache_leftpad, cache_seqlens
         return original(*args, **kwargs)
 
-    fi._with_kvcache = spy
+    inspected = []  # masks inspected: one per forward, not one per layer
+    run_of = fct._run_of
+
+    def run_spy(valid):
+        inspected.append(valid.shape)
+        return run_of(valid)
+
+    fi._with_kvcache, fct._run_of = spy, run_spy
     try:
         ids = torch.randint(1, 256, (2, 12))
         for padding in ("none", "left", "right"):
@@ -144,6 +151,7 @@ def test_static_cache_steps_read_the_cache_in_place(padded_masks):
             if padding == "right":  # new tokens follow the pad: a gap, not one run of keys
                 mask[1, -3:] = 0
             steps.clear()
+            inspected.clear()
             with torch.no_grad():
                 runs = {k: m.generate(input_ids=ids, attention_mask=mask, max_new_tokens=8,
                                       do_sample=False, pad_token_id=0, output_logits=True,
@@ -171,8 +179,9 @@ def test_static_cache_steps_read_the_cache_in_place(padded_masks):
                 last = 19 if padding == "left" else 18
                 assert sorted(lens[0] for _, lens in steps) == [n for n in range(13, last + 1)
                                                                 for _ in range(2)], steps
+                assert len(inspected) == len(steps) // 2, (inspected, steps)  # two layers
     finally:
-        fi._with_kvcache = original
+        fi._with_kvcache, fct._run_of = original, run_of
         fct.register()
 
 

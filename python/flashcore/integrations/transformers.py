@@ -81,7 +81,7 @@ def _in_place(module, query, key, value, attention_mask, kwargs):
         return _in_place_when_compiled
     # Outside compilation and capture the mask can be inspected: a mask whose valid keys are
     # not one run (padding on the right or inside) goes to the FlashAttention path.
-    return bool(_run_of(attention_mask.bool())[2].all())
+    return _cache_args(attention_mask, True)[2]
 
 
 def _graph_safe_only(query):
@@ -102,6 +102,31 @@ def _run_of(valid):
     return first, last, one_run
 
 
+_memo = None  # (a weak reference to an eager mask, its version, _cache_args of it)
+
+
+def _cache_args(mask, eager):
+    """(cache_leftpad, cache_seqlens, whether every row is one run) of a 2-d mask: per row the
+    first valid key, and one past the last or -1 where the valid keys are not one run. Eagerly
+    the last item is a bool (a host read) and the answer is kept for the mask, since every
+    layer of a forward is handed the same mask tensor: one host read a forward, not one a
+    layer. Under compilation or capture it is None and nothing is kept."""
+    global _memo
+    import weakref
+
+    import torch
+
+    if eager and _memo is not None and _memo[0]() is mask and _memo[1] == mask._version:
+        return _memo[2]
+    first, last, one_run = _run_of(mask.bool())
+    lens = torch.where(one_run, last, torch.full_like(last, -1))
+    if not eager:
+        return first, lens, None
+    answer = (first, lens, bool(one_run.all()))
+    _memo = (weakref.ref(mask), mask._version, answer)
+    return answer
+
+
 def _cache_step(module, query, key, value, attention_mask, kwargs):
     """A few query rows against a longer key buffer with a 2-d mask: a StaticCache step. The
     FlashAttention path would gather every valid key and value into packed tensors (a copy of
@@ -112,12 +137,9 @@ def _cache_step(module, query, key, value, attention_mask, kwargs):
     kernel flags (kvcache_error_flag) and answers with NaN rows. That happens only under
     compilation or graph capture with register(in_place_when_compiled=True): eager calls
     inspect the mask and send such masks to the FlashAttention path (_in_place)."""
-    import torch
-
     import flashcore
 
-    first, last, one_run = _run_of(attention_mask.bool())
-    lens = torch.where(one_run, last, torch.full_like(last, -1))
+    first, lens, _ = _cache_args(attention_mask, not _graph_safe_only(query))
     causal = kwargs.get("is_causal")
     causal = module.is_causal if causal is None else causal
     # transformers' layout is (batch, heads, seq, head_dim); flashcore's views take it as is.

@@ -128,6 +128,17 @@ Status check_workspace(const void* workspace, int device) {
   return {};
 }
 
+// The CUDA tail both run()s share: nothing to do for an empty call, a workspace only where the
+// plan wants one (and then on the call's device), the launch with that device current.
+template <class Launch>
+Status launch_planned(const Plan& plan, int device, bool empty, void* workspace, Launch&& launch) {
+  if (empty) return {};
+  if (plan.workspace_bytes == 0) workspace = nullptr;
+  const Status ws = check_workspace(workspace, device);
+  if (!ws.ok()) return ws;
+  return launch_on(device, [&] { return launch(workspace); });
+}
+
 struct Decision {
   Plan plan;
   int device = -1;
@@ -172,14 +183,11 @@ Status run(const AttentionParams& params, void* workspace, void* stream) {
   if (!d.plan.status.ok()) return d.plan.status;
   const detail::FwdProblem f = detail::resolve(params);
   if (d.plan.backend == Backend::kReference) return ref::forward(f);
-  if (params.batch == 0 || params.seqlen_q == 0) return {};  // nothing to compute or write
-
-  if (d.plan.workspace_bytes == 0) workspace = nullptr;
-  const Status ws = check_workspace(workspace, d.device);
-  if (!ws.ok()) return ws;
-  return launch_on(d.device, [&] {
-    return d.launch(detail::make_fwd_params(f), workspace, static_cast<cudaStream_t>(stream));
-  });
+  return launch_planned(d.plan, d.device, params.batch == 0 || params.seqlen_q == 0, workspace,
+                        [&](void* ws) {
+                          return d.launch(detail::make_fwd_params(f), ws,
+                                          static_cast<cudaStream_t>(stream));
+                        });
 }
 
 namespace {
@@ -227,14 +235,12 @@ Status run(const KvCacheParams& params, void* workspace, void* stream) {
   if (!d.plan.status.ok()) return d.plan.status;
   const detail::KvProblem f = detail::resolve(params);
   if (d.plan.backend == Backend::kReference) return ref::kvcache(f);
-  if (params.batch == 0 || params.seqlen_q == 0) return {};  // nothing to read or write
-  if (d.plan.workspace_bytes == 0) workspace = nullptr;  // null: make_decode_params runs unsplit
-  const Status ws = check_workspace(workspace, d.device);
-  if (!ws.ok()) return ws;
-  return launch_on(d.device, [&] {
-    return d.choice.launch(decode::make_decode_params(f, d.choice.plan, workspace),
-                           static_cast<cudaStream_t>(stream));
-  });
+  // A null workspace (no split planned) makes make_decode_params run unsplit.
+  return launch_planned(d.plan, d.device, params.batch == 0 || params.seqlen_q == 0, workspace,
+                        [&](void* ws) {
+                          return d.choice.launch(decode::make_decode_params(f, d.choice.plan, ws),
+                                                 static_cast<cudaStream_t>(stream));
+                        });
 }
 
 int cuda_device_count() { return detail::device_count(); }

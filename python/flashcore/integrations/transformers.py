@@ -95,10 +95,11 @@ def _run_of(valid):
     valid indices are exactly that run."""
     import torch
 
+    ones = valid.to(torch.int32)
     pos = torch.arange(1, valid.shape[1] + 1, device=valid.device, dtype=torch.int32)
-    last = (valid.to(torch.int32) * pos).amax(-1)
-    first = valid.to(torch.int32).argmax(-1).to(torch.int32)
-    one_run = valid.sum(-1, dtype=torch.int32) == last - first
+    last = (ones * pos).amax(-1)
+    first = ones.argmax(-1).to(torch.int32)
+    one_run = ones.sum(-1, dtype=torch.int32) == last - first
     return first, last, one_run
 
 

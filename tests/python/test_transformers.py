@@ -212,10 +212,11 @@ def test_compiled_cache_steps_go_in_place_only_when_asked(monkeypatch):
     flag[0] = 0
     try:
         fct.register()
-        assert not fct._in_place(module, q, k, v, mask, kwargs)
+        assert fct._in_place(module, q, k, v, mask, kwargs) is None
         fct.register(in_place_when_compiled=True)
-        assert fct._in_place(module, q, k, v, mask, kwargs)
-        out = fct._cache_step(module, q, k, v, mask, kwargs)
+        cache_args = fct._in_place(module, q, k, v, mask, kwargs)
+        assert cache_args is not None
+        out = fct._cache_step(module, q, k, v, cache_args, kwargs)
         assert int(flag[0]) != 0
         assert torch.isnan(out[1].float()).all()
         g = h // hkv
@@ -226,6 +227,43 @@ def test_compiled_cache_steps_go_in_place_only_when_asked(monkeypatch):
         assert (out[0].float() - ref).abs().max() < 2e-2
     finally:
         flag[0] = 0
+        fct.register()
+
+
+def test_cache_args_are_computed_once_a_forward(monkeypatch):
+    """Every layer of a forward gets the same mask, so its cache arguments are computed at
+    layer 0 and reused by the later layers, eagerly and under capture (where each computation
+    would be recorded in the graph); the next forward's layer 0 computes them afresh, even from
+    the same mask tensor, and a mask changed in place is never answered from the kept copy."""
+    import torch
+
+    import flashcore.integrations.transformers as fct
+
+    b, h, hkv, n, d = 2, 4, 2, 16, 64
+    q = torch.randn(b, h, 1, d, dtype=torch.bfloat16)
+    k = torch.randn(b, hkv, n, d, dtype=torch.bfloat16)
+    mask = torch.zeros(b, n, dtype=torch.bool)
+    mask[:, 2:9] = True
+    module = torch.nn.Module()
+    capturing = [False]
+    runs = []
+    run_of = fct._run_of
+    monkeypatch.setattr(fct, "_graph_safe_only", lambda query: capturing[0])
+    monkeypatch.setattr(fct, "_run_of", lambda valid: runs.append(1) or run_of(valid))
+    fct.register(in_place_when_compiled=True)
+    try:
+        for capturing[0] in (False, True):
+            runs.clear()
+            for _ in range(2):  # forwards
+                for module.layer_idx in range(3):
+                    first, lens = fct._in_place(module, q, k, k, mask, {})
+                    assert first.tolist() == [2, 2] and lens.tolist() == [9, 9]
+            assert len(runs) == 2, capturing
+            mask[:, 9] = True  # in place, between layers
+            first, lens = fct._in_place(module, q, k, k, mask, {})
+            assert lens.tolist() == [10, 10] and len(runs) == 3
+            mask[:, 9] = False
+    finally:
         fct.register()
 
 

@@ -43,8 +43,9 @@ def _attention(module, query, key, value, attention_mask, **kwargs):
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
     global _warned_masks
-    if _in_place(module, query, key, value, attention_mask, kwargs):
-        return _cache_step(module, query, key, value, attention_mask, kwargs), None
+    cache_args = _in_place(module, query, key, value, attention_mask, kwargs)
+    if cache_args is not None:
+        return _cache_step(module, query, key, value, cache_args, kwargs), None
     if attention_mask is not None and attention_mask.dim() != 2:
         if not _warned_masks:
             _warned_masks = True
@@ -58,30 +59,34 @@ def _attention(module, query, key, value, attention_mask, **kwargs):
 
 
 def _in_place(module, query, key, value, attention_mask, kwargs):
-    """A few query rows against a longer key buffer under a 2-d mask (a cache step), with
-    nothing the KV-cache call does not do (dropout, sliding window, softcap, attention sinks,
-    a value head_dim other than q's); the FlashAttention path takes everything else."""
+    """(cache_leftpad, cache_seqlens) when the call is a cache step the KV-cache kernel takes:
+    a few query rows against a longer key buffer under a 2-d mask, with nothing that call does
+    not do (dropout, sliding window, softcap, attention sinks, a value head_dim other than
+    q's); None sends it to the FlashAttention path."""
     import torch
 
     if attention_mask is None or attention_mask.dim() != 2:
-        return False
+        return None
     if not key.shape[2] >= attention_mask.shape[1] > query.shape[2]:
-        return False
+        return None
     if kwargs.get("dropout", 0.0) or kwargs.get("sliding_window") is not None:
-        return False
+        return None
     if kwargs.get("softcap") is not None or kwargs.get("s_aux") is not None:
-        return False
+        return None
     if value.shape[-1] != query.shape[-1]:
-        return False
+        return None
     # The FlashAttention path casts fp32 (autocast) inputs to the model's half dtype; the
     # KV-cache call takes 16-bit tensors as they are.
     if query.dtype not in (torch.float16, torch.bfloat16) or not query.dtype == key.dtype == value.dtype:
-        return False
+        return None
     if _graph_safe_only(query):
-        return _in_place_when_compiled
+        if not _in_place_when_compiled:
+            return None
+        return _cache_args(attention_mask, False, getattr(module, "layer_idx", None))[:2]
     # Outside compilation and capture the mask can be inspected: a mask whose valid keys are
     # not one run (padding on the right or inside) goes to the FlashAttention path.
-    return _cache_args(attention_mask, True)[2]
+    first, lens, one_run = _cache_args(attention_mask, True, getattr(module, "layer_idx", None))
+    return (first, lens) if one_run else None
 
 
 def _graph_safe_only(query):
@@ -103,44 +108,50 @@ def _run_of(valid):
     return first, last, one_run
 
 
-_memo = None  # (a weak reference to an eager mask, its version, _cache_args of it)
+_memo = None  # (a weak reference to a mask, its version, eager?, _cache_args of it)
 
 
-def _cache_args(mask, eager):
+def _cache_args(mask, eager, layer_idx):
     """(cache_leftpad, cache_seqlens, whether every row is one run) of a 2-d mask: per row the
     first valid key, and one past the last or -1 where the valid keys are not one run. Eagerly
-    the last item is a bool (a host read) and the answer is kept for the mask, since every
-    layer of a forward is handed the same mask tensor: one host read a forward, not one a
-    layer. Under compilation or capture it is None and nothing is kept."""
+    the last item is a bool (a host read), under compilation or capture None.
+
+    Every layer of a forward is handed the same mask tensor, so outside compilation the answer
+    is kept from layer 0 to the last layer: eagerly one host read a forward instead of one a
+    layer, under CUDA-graph capture one computation recorded a forward instead of one a layer.
+    Layer 0 (or a module without layer_idx) always computes afresh, so a new capture never
+    reads values another graph computed. Under compilation nothing is kept; inductor fuses the
+    computation into one kernel a layer."""
     global _memo
     import weakref
 
     import torch
 
-    if eager and _memo is not None and _memo[0]() is mask and _memo[1] == mask._version:
+    keep = layer_idx is not None and not torch.compiler.is_compiling()
+    tag = (mask._version, eager) if keep else None
+    if keep and layer_idx != 0 and _memo is not None and _memo[0]() is mask and _memo[1] == tag:
         return _memo[2]
     first, last, one_run = _run_of(mask.bool())
     lens = torch.where(one_run, last, torch.full_like(last, -1))
-    if not eager:
-        return first, lens, None
-    answer = (first, lens, bool(one_run.all()))
-    _memo = (weakref.ref(mask), mask._version, answer)
+    answer = (first, lens, bool(one_run.all()) if eager else None)
+    if keep:
+        _memo = (weakref.ref(mask), tag, answer)
     return answer
 
 
-def _cache_step(module, query, key, value, attention_mask, kwargs):
+def _cache_step(module, query, key, value, cache_args, kwargs):
     """A few query rows against a longer key buffer with a 2-d mask: a StaticCache step. The
     FlashAttention path would gather every valid key and value into packed tensors (a copy of
     the layer's cache per step, and a host read of the longest length); here the cache buffer
     is read in place by the KV-cache kernel: each row's keys are the mask's valid run [first,
-    last], as cache_leftpad and cache_seqlens, computed on the device (CUDA-graph safe). A mask
-    whose valid keys are not one run cannot be expressed so: its length becomes -1, which the
-    kernel flags (kvcache_error_flag) and answers with NaN rows. That happens only under
-    compilation or graph capture with register(in_place_when_compiled=True): eager calls
+    last], as cache_leftpad and cache_seqlens (_cache_args), computed on the device (CUDA-graph
+    safe). A mask whose valid keys are not one run cannot be expressed so: its length becomes
+    -1, which the kernel flags (kvcache_error_flag) and answers with NaN rows. That happens only
+    under compilation or graph capture with register(in_place_when_compiled=True): eager calls
     inspect the mask and send such masks to the FlashAttention path (_in_place)."""
     import flashcore
 
-    first, lens, _ = _cache_args(attention_mask, not _graph_safe_only(query))
+    first, lens = cache_args
     causal = kwargs.get("is_causal")
     causal = module.is_causal if causal is None else causal
     # transformers' layout is (batch, heads, seq, head_dim); flashcore's views take it as is.

@@ -63,10 +63,17 @@ def _run(call, q, args, split):
     """call(*args, workspace, stream, unsplit): runs at once with the stream's workspace, or
     answers the bytes its plan wants (then the workspace is grown, once, and it runs)."""
     stream = stream_of(q)
+    if not split:
+        call(*args, None, stream, True)
+        return
     key = (*_device_key(q), stream)
-    unsplit = not split or capturing(q)  # no workspace is made or grown inside a capture
-    need = call(*args, _workspaces.get(key) if split else None, stream, unsplit)
-    if need > 0:
+    need = call(*args, _workspaces.get(key), stream, False)
+    if need <= 0:
+        return
+    if capturing(q):  # no workspace is made inside a capture: adopt one, else run unsplit
+        ws = _adopt(key, need)
+        call(*args, ws, stream, ws is None)
+    else:
         call(*args, _workspace(q, key, need), stream, True)
 
 
@@ -228,6 +235,7 @@ def flash_attn_varlen_kvpacked_func(
 # freed: a captured CUDA graph keeps using the address it was captured with.
 _flags = {}
 _workspaces = {}
+_captured = set()  # stream keys that captured: their workspaces stay theirs
 _retired = []
 
 
@@ -248,6 +256,28 @@ def kvcache_error_flag(like):
             )
         _flags[key] = _persistent_zeros(like, (1,), "int32")
     return _flags[key]
+
+
+def _adopt(key, nbytes):
+    """A capture cannot make a workspace, and torch.cuda.graph captures on a stream of its own,
+    not the one the step was warmed up on: without a workspace every split call in the graph
+    would run unsplit (at batch 1, a fraction of the GPU). So the capturing stream takes over
+    the device's largest workspace made outside any capture, when it holds nbytes (usually the
+    warm-up stream's, grown by the same call); the stream it came from makes a new one when it
+    next needs one, so no two streams share one. Graphs captured on one stream share its
+    workspace, like everything else on that stream: replay them one after another, not
+    concurrently. None: nothing fits, the call runs unsplit."""
+    free = [k for k in _workspaces if k[:-1] == key[:-1] and k not in _captured]
+    if not free:
+        return None
+    largest = max(free, key=lambda k: _workspaces[k].shape[0])
+    if _workspaces[largest].shape[0] < nbytes:
+        return None
+    if key in _workspaces:  # graphs captured before keep using it
+        _retired.append(_workspaces[key])
+    _captured.add(key)
+    _workspaces[key] = _workspaces.pop(largest)
+    return _workspaces[key]
 
 
 def _workspace(like, key, nbytes):

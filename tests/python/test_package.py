@@ -336,6 +336,53 @@ def test_workspace_is_asked_for_made_once_and_never_made_unsplit():
     interface._workspaces.pop(key)
 
 
+def test_a_capture_adopts_a_workspace_made_outside_it(monkeypatch):
+    """Inside a capture nothing is made: the capturing stream (its key here: stream 7) takes over
+    the largest free workspace that holds the plan's bytes, which leaves the stream it came
+    from; a later capture on the same stream wanting more adopts a larger one; with none large
+    enough the call runs unsplit, and a workspace a capture holds is never adopted again."""
+    from flashcore import interface
+
+    calls = []
+
+    def call(*args):
+        *_, workspace, stream, unsplit = args
+        size = None if workspace is None else workspace.shape[0]
+        calls.append((stream, size, unsplit))
+        return args[0] if (size is None or size < args[0]) and not unsplit else 0
+
+    q = np.zeros((1, 1, 1, 64), np.float16)
+    dev = interface._device_key(q)
+    saved = dict(interface._workspaces), set(interface._captured)
+    interface._workspaces.clear()
+    interface._captured.clear()
+    streams = iter([1, 7, 7, 2, 7, 7, 3])
+    monkeypatch.setattr(interface, "stream_of", lambda like: next(streams))
+    try:
+        interface._run(call, q, (100,), split=True)  # stream 1, eagerly: makes 100 bytes
+        monkeypatch.setattr(interface, "capturing", lambda like: True)
+        interface._run(call, q, (80,), split=True)  # stream 7 adopts stream 1's
+        assert set(interface._workspaces) == {(*dev, 7)}
+        interface._run(call, q, (120,), split=True)  # nothing free holds 120: unsplit
+        monkeypatch.setattr(interface, "capturing", lambda like: False)
+        interface._run(call, q, (150,), split=True)  # stream 2, eagerly: makes 150
+        monkeypatch.setattr(interface, "capturing", lambda like: True)
+        interface._run(call, q, (120,), split=True)  # stream 7 adopts stream 2's
+        interface._run(call, q, (90,), split=True)  # stream 7 uses its own
+        interface._run(call, q, (90,), split=True)  # stream 3: 7's is not free, none is
+        assert calls == [(1, None, False), (1, 100, True), (7, None, False), (7, 100, False),
+                         (7, 100, False), (7, None, True), (2, None, False), (2, 150, True),
+                         (7, 100, False), (7, 150, False), (7, 150, False), (3, None, False),
+                         (3, None, True)]
+        assert set(interface._workspaces) == {(*dev, 7)}
+        assert interface._captured == {(*dev, 7)}
+    finally:
+        interface._workspaces.clear()
+        interface._workspaces.update(saved[0])
+        interface._captured.clear()
+        interface._captured.update(saved[1])
+
+
 def test_with_kvcache_left_pad():
     rng = np.random.default_rng(12)
     q, kc, vc = randn(rng, 2, 2, 4, 64), randn(rng, 2, 30, 2, 64), randn(rng, 2, 30, 2, 64)

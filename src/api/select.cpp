@@ -173,9 +173,7 @@ KvKernelChoice select_kv(const KvProblem& f, int device) {
     c.name = std::string("portable.decode.") + to_string(f.p.dtype) + ".d" +
              std::to_string(e.head_dim);
     c.launch = e.launch;
-    // The runtime reserves 1 KB of shared memory per CTA.
-    const int by_smem = smem_sm / (decode::smem_bytes(e.head_dim) + 1024);
-    c.plan = decode::plan_decode(f, sms, std::min(by_smem, decode::min_blocks(e.head_dim)));
+    c.plan = decode::plan_decode(f, sms, decode::ctas_per_sm(e.head_dim, smem_sm));
     return c;
   }
   c.status = not_supported(std::string("dtype/head_dim: no KV-cache kernel compiled for ") +

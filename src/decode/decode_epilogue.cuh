@@ -100,7 +100,11 @@ __device__ void decode_epilogue(const DecodeParams& p, MergeSmem<D>& ms, int& fl
     else
       store_rows<Tag, D>(p, b, kvh, row0, r, c, acc, ms.row_m[r], ms.row_l[r]);
   }
-  if (!mine) return;
+  if (!mine) {
+    FLASHCORE_DECODE_STAMP(4, 0);
+    FLASHCORE_DECODE_STAMP(5, 0);
+    return;
+  }
   if (tid < nrows)
     __stcg(reinterpret_cast<float2*>(mine + kRows * D + 2 * tid),
            make_float2(ms.row_m[tid], ms.row_l[tid]));
@@ -119,7 +123,11 @@ __device__ void decode_epilogue(const DecodeParams& p, MergeSmem<D>& ms, int& fl
     flag = old == uint32_t(p.splits - 1);
   }
   __syncthreads();
-  if (!flag) return;
+  FLASHCORE_DECODE_STAMP(4, 0);
+  if (!flag) {
+    FLASHCORE_DECODE_STAMP(5, 0);
+    return;
+  }
 
   // Each thread merges its elements over every split, kGroup splits a round: their (max, sum)
   // and partial values are loaded together (one round of independent loads), then combined
@@ -158,6 +166,7 @@ __device__ void decode_epilogue(const DecodeParams& p, MergeSmem<D>& ms, int& fl
     }
     store_rows<Tag, D>(p, b, kvh, row0, r, c, a, mx, sum);
   }
+  FLASHCORE_DECODE_STAMP(5, 0);
 }
 
 }  // namespace flashcore::decode

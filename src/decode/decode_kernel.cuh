@@ -81,6 +81,7 @@ template <class Tag, int D>
 __global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const __grid_constant__ DecodeParams p) {
   extern __shared__ __align__(128) uint8_t smem_raw[];
   auto& sm = *reinterpret_cast<Smem<D>*>(smem_raw);
+  FLASHCORE_DECODE_STAMP(0, 0);
   const int split = blockIdx.x, kvh = blockIdx.y / p.chunks, chunk = blockIdx.y % p.chunks;
   const int b = blockIdx.z, tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   using C = MmaCfg<D>;
@@ -105,6 +106,7 @@ __global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const _
   }
   cp_async_commit();
   const int L = p.cache_seqlens[b];
+  FLASHCORE_DECODE_STAMP(1, L);
   const int pad = p.cache_leftpad ? p.cache_leftpad[b] : 0;  // keys start at this row
   const int n_new = p.append ? p.seqlen_q : 0;
   const int64_t lk64 = int64_t(L) + n_new;
@@ -327,6 +329,7 @@ __global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const _
     // Block blk has landed for every thread, and every warp is done with the stage that block
     // blk - 1 used, which the next load refills.
     __syncthreads();
+    if (blk == jb0) FLASHCORE_DECODE_STAMP(2, 0);
     if (blk + kS - 1 < jb1) load(blk + kS - 1, (blk - jb0 + kS - 1) % kS);
     cp_async_commit();
     if (rotate && (blk + 1) * kBK > L) {
@@ -351,6 +354,7 @@ __global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const _
   }
   cp_async_wait<0>();  // only empty groups remain; the merge below overlays the stages
   __syncthreads();
+  FLASHCORE_DECODE_STAMP(3, 0);
 
   decode_epilogue<Tag, D>(p, *reinterpret_cast<MergeSmem<D>*>(sm.k), sm.flag, o[0], row_max[0],
                           row_sum[0], b, kvh, chunk, split);

@@ -9,6 +9,13 @@
 
 namespace flashcore::decode {
 
+// Phase stamps for bench/decode_timeline.cu, which defines this before including the kernel
+// (stamp i once `landed`, a value the phase waits for, is in a register). The library's
+// instances define nothing: the hooks compile to no code.
+#ifndef FLASHCORE_DECODE_STAMP
+#define FLASHCORE_DECODE_STAMP(i, landed)
+#endif
+
 constexpr int kRows = 16;      // query rows (GQA-packed: row = i * group + head in group) a CTA
 constexpr int kSplitKeys = 64;  // the fewest keys of the capacity a split is planned for
 constexpr int kThreads = 128;  // four warps

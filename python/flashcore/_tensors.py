@@ -7,6 +7,19 @@ def framework(x):
     return type(x).__module__.split(".")[0]
 
 
+def _unsupported_framework(like):
+    if framework(like) in ("jax", "jaxlib"):
+        return TypeError(
+            "flashcore does not take JAX arrays yet: it writes outputs (and KV caches) into "
+            "buffers it is given or makes, and JAX arrays are immutable (the route is an XLA FFI "
+            "custom call, not done). Pass torch, cupy or numpy arrays (torch.from_dlpack / "
+            "np.from_dlpack take a JAX array without a copy)"
+        )
+    return TypeError(
+        f"flashcore allocates outputs for torch, numpy and cupy arrays; got {type(like).__name__}"
+    )
+
+
 def empty(like, shape, float32=False):
     """An uninitialised tensor of `shape` with like's dtype (or float32), framework and device."""
     fw = framework(like)
@@ -23,9 +36,7 @@ def empty(like, shape, float32=False):
 
         with cupy.cuda.Device(like.device.id):
             return cupy.empty(shape, dtype=cupy.float32 if float32 else like.dtype)
-    raise TypeError(
-        f"flashcore allocates outputs for torch, numpy and cupy arrays; got {type(like).__name__}"
-    )
+    raise _unsupported_framework(like)
 
 
 def zeros(like, shape, dtype):
@@ -44,9 +55,7 @@ def zeros(like, shape, dtype):
 
         with cupy.cuda.Device(like.device.id):
             return cupy.zeros(shape, dtype=dtype)
-    raise TypeError(
-        f"flashcore allocates outputs for torch, numpy and cupy arrays; got {type(like).__name__}"
-    )
+    raise _unsupported_framework(like)
 
 
 def persistent_zeros(like, shape, dtype):

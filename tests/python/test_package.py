@@ -383,6 +383,17 @@ def test_a_capture_adopts_a_workspace_made_outside_it(monkeypatch):
         interface._captured.update(saved[1])
 
 
+def test_jax_arrays_raise_saying_why():
+    """JAX arrays are immutable, so flashcore cannot write its outputs into them: a clear
+    TypeError that names JAX and the way around it, not a crash or a silent copy."""
+    jnp = pytest.importorskip("jax.numpy")
+    q = jnp.ones((1, 4, 2, 64), dtype=jnp.float16)
+    with pytest.raises(TypeError, match="JAX arrays are immutable"):
+        flashcore.flash_attn_func(q, q, q)
+    with pytest.raises(TypeError, match="JAX"):
+        flashcore.flash_attn_with_kvcache(q, q, q, cache_seqlens=2)
+
+
 def test_with_kvcache_left_pad():
     rng = np.random.default_rng(12)
     q, kc, vc = randn(rng, 2, 2, 4, 64), randn(rng, 2, 30, 2, 64), randn(rng, 2, 30, 2, 64)

@@ -10,7 +10,9 @@ cache and feeding the next: the step the GPU runs, without generate()'s Python l
 batch 1 costs more than the GPU work (~10 ms a token against ~5.5 ms of kernels on the H100,
 measured with torch.profiler) and moves by +-1 ms between runs. The attention mask each
 implementation gets is the one transformers makes for it (create_causal_mask at the first
-step), kept in a buffer whose next column the graph sets each step. ms per token: CUDA events
+step), kept in a buffer whose next column the graph sets each step (sdpa's kernel reads the
+whole buffer, its masked tail of 2 x WARMUP + tokens x repeats + 1 rows included; flashcore's
+only the valid keys). ms per token: CUDA events
 around --tokens replays, median of --repeats. `--model tiny --device cpu` runs the same steps
 eagerly on a machine without a GPU, to check the script.
 
@@ -27,6 +29,7 @@ import torch
 import transformers
 from transformers.masking_utils import create_causal_mask
 
+import flashcore
 import flashcore.integrations.transformers as flashcore_transformers
 
 SHAPES = {
@@ -110,6 +113,18 @@ def ms_per_token(step, tokens, repeats, device):
     return statistics.median(times)
 
 
+def check_flashcore_run(like, row):
+    """No cache call of the timed steps flagged an error (a -1 length from a mask that is not
+    one run, an overflow), and whether the captured steps had a split workspace (none: every
+    call in the graph ran unsplit, or its plan had no split)."""
+    flag = flashcore.kvcache_error_flag(like)
+    if int(flag[0]) != 0:
+        raise RuntimeError(f"flashcore's KV-cache calls flagged error bits {int(flag[0])}")
+    dev = flashcore.interface._device_key(like)
+    held = [ws for key, ws in flashcore.interface._graph_workspaces.items() if key[:-1] == dev]
+    row["flashcore_graph_workspace_bytes"] = max((ws.shape[0] for ws in held), default=0)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--model", choices=sorted(SHAPES), default="llama2-7b")
@@ -135,10 +150,11 @@ def main():
     kv_bytes_per_token = 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * 2
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"{args.model} ({weight_bytes / 1e9:.1f} GB of weights) on {name}, torch "
-          f"{torch.__version__}, transformers {transformers.__version__}; decode step replayed "
-          f"as a CUDA graph, {args.tokens} tokens a timing, median of {args.repeats}")
+          f"{torch.__version__}, transformers {transformers.__version__}; decode step "
+          f"{'replayed as a CUDA graph' if device.type == 'cuda' else 'run eagerly (no GPU)'}, "
+          f"{args.tokens} tokens a timing, median of {args.repeats}")
     print(f"{'batch':>5} {'context':>7} {'floor ms':>9} {'sdpa ms':>9} {'flashcore ms':>12} "
-          f"{'fc/sdpa':>8}")
+          f"{'fc/sdpa':>8} {'graph ws MB':>11}")
     rows = []
     for batch in args.batches:
         for ctx in args.contexts:
@@ -161,11 +177,13 @@ def main():
                 cache.reset()
                 row[f"{impl}_ms"] = ms_per_token(DecodeStep(model, ids, cache), args.tokens,
                                                  args.repeats, device)
+            check_flashcore_run(ids, row)
             del cache
             row["flashcore_over_sdpa"] = row["flashcore_ms"] / row["sdpa_ms"]
             rows.append(row)
             print(f"{batch:>5} {ctx:>7} {floor_ms:>9.2f} {row['sdpa_ms']:>9.2f} "
-                  f"{row['flashcore_ms']:>12.2f} {row['flashcore_over_sdpa']:>8.3f}")
+                  f"{row['flashcore_ms']:>12.2f} {row['flashcore_over_sdpa']:>8.3f} "
+                  f"{row['flashcore_graph_workspace_bytes'] / 2**20:>11.1f}")
             sys.stdout.flush()
     if args.json:
         with open(args.json, "w") as f:

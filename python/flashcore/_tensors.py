@@ -123,8 +123,15 @@ def stream_of(like):
 
 def capturing(like):
     """True while like's framework is capturing a CUDA graph on the current stream."""
-    if framework(like) == "torch" and like.is_cuda:
+    fw = framework(like)
+    if fw == "torch" and like.is_cuda:
         import torch
 
         return torch.cuda.is_current_stream_capturing()
+    if fw == "cupy":
+        import cupy
+
+        with cupy.cuda.Device(like.device.id):
+            is_capturing = getattr(cupy.cuda.get_current_stream(), "is_capturing", None)
+            return bool(is_capturing()) if is_capturing else False
     return False

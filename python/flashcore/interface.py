@@ -61,20 +61,21 @@ def _fwd(q, *args):
 
 def _run(call, q, args, split):
     """call(*args, workspace, stream, unsplit): runs at once with the stream's workspace, or
-    answers the bytes its plan wants (then the workspace is grown, once, and it runs)."""
+    answers the bytes its plan wants (then the workspace is grown, once, and it runs). Inside a
+    CUDA-graph capture the graph's workspace for the stream is used instead (_adopt)."""
     stream = stream_of(q)
     if not split:
         call(*args, None, stream, True)
         return
     key = (*_device_key(q), stream)
-    need = call(*args, _workspaces.get(key), stream, False)
+    in_capture = capturing(q)
+    held = _graph_workspaces if in_capture else _workspaces
+    need = call(*args, held.get(key), stream, False)
     if need <= 0:
         return
-    if capturing(q):  # no workspace is made inside a capture: adopt one, else run unsplit
-        ws = _adopt(key, need)
-        call(*args, ws, stream, ws is None)
-    else:
-        call(*args, _workspace(q, key, need), stream, True)
+    # No workspace is made inside a capture: adopt one, else run unsplit.
+    ws = _adopt(key, need) if in_capture else _workspace(q, key, need)
+    call(*args, ws, stream, True)
 
 
 def flash_attn_func(
@@ -234,8 +235,8 @@ def flash_attn_varlen_kvpacked_func(
 # leaves it zeroed, flashcore.h; concurrent streams must not share one). Buffers are never
 # freed: a captured CUDA graph keeps using the address it was captured with.
 _flags = {}
-_workspaces = {}
-_captured = set()  # stream keys that captured: their workspaces stay theirs
+_workspaces = {}  # eager calls', per (framework, device, stream)
+_graph_workspaces = {}  # captured calls', per capturing stream (_adopt)
 _retired = []
 
 
@@ -261,23 +262,23 @@ def kvcache_error_flag(like):
 def _adopt(key, nbytes):
     """A capture cannot make a workspace, and torch.cuda.graph captures on a stream of its own,
     not the one the step was warmed up on: without a workspace every split call in the graph
-    would run unsplit (at batch 1, a fraction of the GPU). So the capturing stream takes over
-    the device's largest workspace made outside any capture, when it holds nbytes (usually the
-    warm-up stream's, grown by the same call); the stream it came from makes a new one when it
-    next needs one, so no two streams share one. Graphs captured on one stream share its
-    workspace, like everything else on that stream: replay them one after another, not
-    concurrently. None: nothing fits, the call runs unsplit."""
-    free = [k for k in _workspaces if k[:-1] == key[:-1] and k not in _captured]
+    would run unsplit (at batch 1, a fraction of the GPU). So the capture takes over the
+    device's largest eager workspace that holds nbytes (usually the warm-up stream's, grown by
+    the same call). From then on it belongs to the graphs captured on that stream, never to an
+    eager call: the stream it came from makes a new one when it next needs one. Graphs captured
+    on one stream share it: replay them one after another, not concurrently. The buffer must be
+    idle when the capture starts (torch.cuda.graph synchronizes the device first). None:
+    nothing fits, the call runs unsplit."""
+    free = [k for k in _workspaces if k[:-1] == key[:-1]]
     if not free:
         return None
     largest = max(free, key=lambda k: _workspaces[k].shape[0])
     if _workspaces[largest].shape[0] < nbytes:
         return None
-    if key in _workspaces:  # graphs captured before keep using it
-        _retired.append(_workspaces[key])
-    _captured.add(key)
-    _workspaces[key] = _workspaces.pop(largest)
-    return _workspaces[key]
+    if key in _graph_workspaces:  # graphs captured before keep using it
+        _retired.append(_graph_workspaces[key])
+    _graph_workspaces[key] = _workspaces.pop(largest)
+    return _graph_workspaces[key]
 
 
 def _workspace(like, key, nbytes):

@@ -337,10 +337,11 @@ def test_workspace_is_asked_for_made_once_and_never_made_unsplit():
 
 
 def test_a_capture_adopts_a_workspace_made_outside_it(monkeypatch):
-    """Inside a capture nothing is made: the capturing stream (its key here: stream 7) takes over
-    the largest free workspace that holds the plan's bytes, which leaves the stream it came
-    from; a later capture on the same stream wanting more adopts a larger one; with none large
-    enough the call runs unsplit, and a workspace a capture holds is never adopted again."""
+    """Inside a capture nothing is made: the capturing stream (stream 7 here) takes over the
+    largest eager workspace that holds the plan's bytes, which then serves only captures on
+    that stream (its old stream makes a new one, eager calls on stream 7 too); a later capture
+    wanting more adopts a larger one and the smaller one is kept alive for the graph that uses
+    it; with nothing large enough the call runs unsplit."""
     from flashcore import interface
 
     calls = []
@@ -353,34 +354,48 @@ def test_a_capture_adopts_a_workspace_made_outside_it(monkeypatch):
 
     q = np.zeros((1, 1, 1, 64), np.float16)
     dev = interface._device_key(q)
-    saved = dict(interface._workspaces), set(interface._captured)
+    saved = dict(interface._workspaces), dict(interface._graph_workspaces), list(interface._retired)
     interface._workspaces.clear()
-    interface._captured.clear()
-    streams = iter([1, 7, 7, 2, 7, 7, 3])
+    interface._graph_workspaces.clear()
+    streams = iter([1, 7, 7, 2, 7, 7, 3, 7, 1])
     monkeypatch.setattr(interface, "stream_of", lambda like: next(streams))
+    capture = lambda on: monkeypatch.setattr(interface, "capturing", lambda like: on)  # noqa: E731
     try:
+        capture(False)
         interface._run(call, q, (100,), split=True)  # stream 1, eagerly: makes 100 bytes
-        monkeypatch.setattr(interface, "capturing", lambda like: True)
-        interface._run(call, q, (80,), split=True)  # stream 7 adopts stream 1's
-        assert set(interface._workspaces) == {(*dev, 7)}
+        capture(True)
+        interface._run(call, q, (80,), split=True)  # capture on 7 adopts stream 1's
+        first = interface._graph_workspaces[(*dev, 7)]
+        assert not interface._workspaces and first.shape[0] == 100
         interface._run(call, q, (120,), split=True)  # nothing free holds 120: unsplit
-        monkeypatch.setattr(interface, "capturing", lambda like: False)
+        capture(False)
         interface._run(call, q, (150,), split=True)  # stream 2, eagerly: makes 150
-        monkeypatch.setattr(interface, "capturing", lambda like: True)
-        interface._run(call, q, (120,), split=True)  # stream 7 adopts stream 2's
-        interface._run(call, q, (90,), split=True)  # stream 7 uses its own
-        interface._run(call, q, (90,), split=True)  # stream 3: 7's is not free, none is
-        assert calls == [(1, None, False), (1, 100, True), (7, None, False), (7, 100, False),
-                         (7, 100, False), (7, None, True), (2, None, False), (2, 150, True),
-                         (7, 100, False), (7, 150, False), (7, 150, False), (3, None, False),
-                         (3, None, True)]
-        assert set(interface._workspaces) == {(*dev, 7)}
-        assert interface._captured == {(*dev, 7)}
+        capture(True)
+        interface._run(call, q, (120,), split=True)  # capture on 7 adopts stream 2's
+        assert any(r is first for r in interface._retired)  # the first graph's, kept alive
+        interface._run(call, q, (90,), split=True)  # capture on 7 uses its own
+        interface._run(call, q, (90,), split=True)  # capture on 3: nothing free
+        capture(False)
+        interface._run(call, q, (90,), split=True)  # stream 7 eagerly: its own, new one
+        interface._run(call, q, (90,), split=True)  # stream 1 eagerly: a new one too
+        assert calls == [(1, None, False), (1, 100, True),
+                         (7, None, False), (7, 100, True),
+                         (7, 100, False), (7, None, True),
+                         (2, None, False), (2, 150, True),
+                         (7, 100, False), (7, 150, True),
+                         (7, 150, False),
+                         (3, None, False), (3, None, True),
+                         (7, None, False), (7, 90, True),
+                         (1, None, False), (1, 90, True)]
+        assert set(interface._graph_workspaces) == {(*dev, 7)}
+        assert interface._graph_workspaces[(*dev, 7)].shape[0] == 150
+        assert set(interface._workspaces) == {(*dev, 7), (*dev, 1)}
     finally:
         interface._workspaces.clear()
         interface._workspaces.update(saved[0])
-        interface._captured.clear()
-        interface._captured.update(saved[1])
+        interface._graph_workspaces.clear()
+        interface._graph_workspaces.update(saved[1])
+        interface._retired[:] = saved[2]
 
 
 def test_jax_arrays_raise_saying_why():

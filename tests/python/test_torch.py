@@ -93,21 +93,24 @@ def test_cuda_graph_decode_step_replays_while_cache_seqlens_change():
     vn = torch.randn_like(kn)
     lens = torch.tensor([10, 50], dtype=torch.int32, device=dev)
     # Warmed up on a side stream, as torch's docs do; torch.cuda.graph then captures on a stream
-    # of its own, which must take over a workspace made before (the largest free one): 4
-    # (batch, kv head) units split the 256 keys four ways, and without one the graph would run
-    # them unsplit.
+    # of its own, which must take the warm-up's workspace over: 4 (batch, kv head) units split
+    # the 256 keys four ways, and without one the graph would run them unsplit.
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
         out = flashcore.flash_attn_with_kvcache(q, kc, vc, kn, vn, cache_seqlens=lens, causal=True)
     torch.cuda.current_stream().wait_stream(side)
-    workspaces = flashcore.interface._workspaces
-    made = list(workspaces.values())  # the warm-up's, and any earlier test's
+    fi = flashcore.interface
+    dev = fi._device_key(q)
+    for held in (fi._workspaces, fi._graph_workspaces):  # earlier tests' buffers: kept, set aside
+        for key in [k for k in held if k[:-1] == dev if k[-1] != side.cuda_stream]:
+            fi._retired.append(held.pop(key))
+    warm = fi._workspaces[(*dev, side.cuda_stream)]
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         out = flashcore.flash_attn_with_kvcache(q, kc, vc, kn, vn, cache_seqlens=lens, causal=True)
-        capture_key = (*flashcore.interface._device_key(q), torch.cuda.current_stream().cuda_stream)
-    assert any(workspaces.get(capture_key) is ws for ws in made), "the capture ran unsplit"
+        capture_key = (*dev, torch.cuda.current_stream().cuda_stream)
+    assert fi._graph_workspaces.get(capture_key) is warm, "the capture ran unsplit"
     for step in range(5):
         lens += 1
         q.normal_(), kn.normal_(), vn.normal_()

@@ -231,10 +231,11 @@ def test_compiled_cache_steps_go_in_place_only_when_asked(monkeypatch):
 
 
 def test_cache_args_are_computed_once_a_forward(monkeypatch):
-    """Every layer of a forward gets the same mask, so its cache arguments are computed at
-    layer 0 and reused by the later layers, eagerly and under capture (where each computation
-    would be recorded in the graph); the next forward's layer 0 computes them afresh, even from
-    the same mask tensor, and a mask changed in place is never answered from the kept copy."""
+    """Every layer of a forward gets the same mask, so its cache arguments are computed at the
+    forward's first layer and reused by the later layers, eagerly and under capture (where each
+    computation would be recorded in the graph); the next forward computes them afresh, even
+    from the same mask tensor, and a mask changed in place is never answered from the kept
+    copy."""
     import torch
 
     import flashcore.integrations.transformers as fct
@@ -259,10 +260,27 @@ def test_cache_args_are_computed_once_a_forward(monkeypatch):
                     first, lens = fct._in_place(module, q, k, k, mask, {})
                     assert first.tolist() == [2, 2] and lens.tolist() == [9, 9]
             assert len(runs) == 2, capturing
-            mask[:, 9] = True  # in place, between layers
+            mask[:, 9] = True  # in place, between two layers of the same forward
+            module.layer_idx = 3
             first, lens = fct._in_place(module, q, k, k, mask, {})
             assert lens.tolist() == [10, 10] and len(runs) == 3
             mask[:, 9] = False
+        # A model whose first cache-step layer is not layer 0 (e.g. sliding-window layers
+        # first): each forward still computes once, at its first such layer.
+        capturing[0] = False
+        runs.clear()
+        for _ in range(2):
+            for module.layer_idx in (3, 7, 11):
+                assert fct._in_place(module, q, k, k, mask, {}) is not None
+        assert len(runs) == 2
+        # Inference tensors have no version counter: computed every layer, no error.
+        with torch.inference_mode():
+            frozen = mask.clone()
+        runs.clear()
+        for module.layer_idx in range(3):
+            first, lens = fct._in_place(module, q, k, k, frozen, {})
+            assert lens.tolist() == [9, 9]
+        assert len(runs) == 3
     finally:
         fct.register()
 

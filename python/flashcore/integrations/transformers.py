@@ -108,7 +108,7 @@ def _run_of(valid):
     return first, last, one_run
 
 
-_memo = None  # (a weak reference to a mask, its version, eager?, _cache_args of it)
+_memo = None  # (a weak reference to a mask, its tag, the layer that computed or last used it, answer)
 
 
 def _cache_args(mask, eager, layer_idx):
@@ -117,25 +117,29 @@ def _cache_args(mask, eager, layer_idx):
     the last item is a bool (a host read), under compilation or capture None.
 
     Every layer of a forward is handed the same mask tensor, so outside compilation the answer
-    is kept from layer 0 to the last layer: eagerly one host read a forward instead of one a
+    is kept for the rest of the forward: eagerly one host read a forward instead of one a
     layer, under CUDA-graph capture one computation recorded a forward instead of one a layer.
-    Layer 0 (or a module without layer_idx) always computes afresh, so a new capture never
-    reads values another graph computed. Under compilation nothing is kept; inductor fuses the
-    computation into one kernel a layer."""
+    A layer whose index is not above the last one's starts a new forward and computes afresh,
+    so does a mask changed in place (its version). Under capture this assumes a graph holds
+    whole forwards: graphs of single layers would share a mask's values across graphs. Under
+    compilation nothing is kept (inductor fuses the computation into one kernel a layer), nor
+    for inference tensors (no version to check) or a module without layer_idx."""
     global _memo
     import weakref
 
     import torch
 
-    keep = layer_idx is not None and not torch.compiler.is_compiling()
+    keep = (layer_idx is not None and not torch.compiler.is_compiling()
+            and not mask.is_inference())
     tag = (mask._version, eager) if keep else None
-    if keep and layer_idx != 0 and _memo is not None and _memo[0]() is mask and _memo[1] == tag:
-        return _memo[2]
+    if (keep and _memo is not None and _memo[0]() is mask and _memo[1] == tag
+            and layer_idx > _memo[2]):
+        _memo = (_memo[0], tag, layer_idx, _memo[3])
+        return _memo[3]
     first, last, one_run = _run_of(mask.bool())
     lens = torch.where(one_run, last, torch.full_like(last, -1))
     answer = (first, lens, bool(one_run.all()) if eager else None)
-    if keep:
-        _memo = (weakref.ref(mask), tag, answer)
+    _memo = (weakref.ref(mask), tag, layer_idx, answer) if keep else None
     return answer
 
 

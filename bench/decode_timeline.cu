@@ -178,32 +178,42 @@ void run_row(const Row& r, int sms, int smem_per_sm) {
     if (x[7] > x[6] + 1000) ratio.push_back(double(x[5] - x[0]) / double(x[7] - x[6]));
   }
   const double ghz = quantile(ratio, 0.5);
-  std::vector<double> phase[4], merge, starts, ends;
-  int idle = 0;
+  // Per CTA: the phases' lengths, and each stamp's time since the first CTA started (its own
+  // globaltimer start plus its clock64 offset), which tells a late stream from a late epilogue.
+  std::vector<double> phase[5], at[5];
+  int idle = 0, last = -1;
+  auto at_of = [&](const unsigned long long* x, int k) {
+    return (x[6] - g_first) / 1e3 + (x[k] - x[0]) / ghz / 1e3;
+  };
   for (int c = 0; c < ctas; ++c) {
     const unsigned long long* x = &t[size_t(c) * 8];
-    starts.push_back((x[6] - g_first) / 1e3), ends.push_back((x[7] - g_first) / 1e3);
     if (x[2] == 0) {  // a split with no key block (the lengths leave it none)
       ++idle;
       continue;
     }
-    for (int k = 0; k < 4; ++k) phase[k].push_back((x[k + 1] - x[k]) / ghz / 1e3);
-    merge.push_back((x[5] - x[4]) / ghz / 1e3);
+    for (int k = 0; k < 5; ++k) {
+      phase[k].push_back((x[k + 1] - x[k]) / ghz / 1e3);
+      at[k].push_back(at_of(x, k + 1));
+    }
+    if (last < 0 || x[7] > t[size_t(last) * 8 + 7]) last = c;
   }
   std::printf("\nB%d L%d Hkv%d group%d: splits %d, %d CTAs (%d without keys), ring %d, error flag %d\n",
               r.batch, r.len, r.heads_kv, r.group, d.splits, ctas, idle, ring, err);
-  std::printf("  graph replay        %8.2f us a kernel (median of 11 x 20)\n", quantile(per_kernel, 0.5));
-  std::printf("  isolated launch     %8.2f us first CTA start to last CTA end; SM clock %.2f GHz\n",
+  std::printf("  graph replay          %8.2f us a kernel (median of 11 x 20)\n", quantile(per_kernel, 0.5));
+  std::printf("  isolated launch       %8.2f us first CTA start to last CTA end; SM clock %.2f GHz\n",
               (g_last - g_first) / 1e3, ghz);
-  std::printf("  CTA starts          p50 %6.2f  max %6.2f us\n", quantile(starts, 0.5), quantile(starts, 1));
-  std::printf("  CTA ends            p50 %6.2f  p90 %6.2f  max %6.2f us\n", quantile(ends, 0.5),
-              quantile(ends, 0.9), quantile(ends, 1));
-  const char* names[4] = {"entry -> seqlens", "seqlens -> block 1", "key loop", "epilogue+counter"};
-  for (int k = 0; k < 4; ++k)
-    std::printf("  %-19s p50 %6.2f  p90 %6.2f  max %6.2f us\n", names[k], quantile(phase[k], 0.5),
-                quantile(phase[k], 0.9), quantile(phase[k], 1));
-  std::printf("  %-19s p50 %6.2f  p90 %6.2f  max %6.2f us (the last arriver of a unit merges)\n",
-              "counter -> end", quantile(merge, 0.5), quantile(merge, 0.9), quantile(merge, 1));
+  const char* names[5] = {"entry -> seqlens", "seqlens -> block 1", "key loop", "epilogue+counter",
+                          "counter -> end"};
+  std::printf("  %-21s %-26s %-26s %s\n", "phase (CTAs with keys)", "length p50 / p90 / max us",
+              "ends at p50 / p90 / max us", "the last CTA to end");
+  for (int k = 0; k < 5; ++k) {
+    const unsigned long long* x = last >= 0 ? &t[size_t(last) * 8] : nullptr;
+    std::printf("  %-21s %7.2f %7.2f %8.2f   %7.2f %7.2f %8.2f   %7.2f\n", names[k],
+                quantile(phase[k], 0.5), quantile(phase[k], 0.9), quantile(phase[k], 1),
+                quantile(at[k], 0.5), quantile(at[k], 0.9), quantile(at[k], 1),
+                x ? at_of(x, k + 1) : 0.0);
+  }
+  std::printf("  (counter -> end: the last arriver of a unit merges the splits' partials)\n");
 
   for (int i = 0; i < ring; ++i) {
     CHECK(cudaFree(kc[i]));

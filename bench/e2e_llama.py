@@ -172,7 +172,8 @@ def main():
                     continue
             ids = torch.randint(1, config.vocab_size, (batch, ctx), device=device)
             cache = transformers.StaticCache(config=config, max_cache_len=max_len)
-            for impl in ("sdpa", "flashcore"):
+            impls = ("sdpa", "flashcore") if len(rows) % 2 == 0 else ("flashcore", "sdpa")
+            for impl in impls:  # alternating which goes first, row by row
                 model.set_attn_implementation(impl)
                 cache.reset()
                 row[f"{impl}_ms"] = ms_per_token(DecodeStep(model, ids, cache), args.tokens,

@@ -6,8 +6,8 @@
 // block has landed (2), after the key loop (3), after the split counter (4) and at the end (5,
 // after the last arriver's merge), plus globaltimer at entry and end. Each row is timed under
 // graph replay (20 launches a graph, median of 11, caches rotated past L2), then one isolated
-// launch gives the timeline. Plans are the library's (plan_decode with the device's CTAs per
-// SM) unless a row names its split count.
+// launch gives the timeline. Plans are the library's (decode::plan_for_device) unless a row
+// names its split count.
 //
 //   flashcore-decode-timeline [--row B:L:HKV:GROUP[:SPLITS]]...   (default: the ANCHORS rows)
 //
@@ -111,7 +111,7 @@ void run_row(const Row& r, int sms, int smem_per_sm) {
   p.dtype = DType::kBFloat16, p.batch = r.batch, p.seqlen_q = 1;
   p.num_heads_q = int64_t(r.heads_kv) * r.group, p.num_heads_kv = r.heads_kv, p.head_dim = kD;
   const detail::KvProblem f = detail::resolve(p);
-  decode::DecodePlan plan = decode::plan_decode(f, sms, decode::ctas_per_sm(kD, smem_per_sm));
+  decode::DecodePlan plan = decode::plan_for_device(f, sms, smem_per_sm);
   if (r.splits > 0) {  // the same plan with another split count
     plan.splits = r.splits;
     const int64_t units = int64_t(r.batch) * r.heads_kv * plan.chunks;

@@ -173,7 +173,7 @@ KvKernelChoice select_kv(const KvProblem& f, int device) {
     c.name = std::string("portable.decode.") + to_string(f.p.dtype) + ".d" +
              std::to_string(e.head_dim);
     c.launch = e.launch;
-    c.plan = decode::plan_decode(f, sms, decode::ctas_per_sm(e.head_dim, smem_sm));
+    c.plan = decode::plan_for_device(f, sms, smem_sm);
     return c;
   }
   c.status = not_supported(std::string("dtype/head_dim: no KV-cache kernel compiled for ") +

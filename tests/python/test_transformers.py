@@ -285,6 +285,30 @@ def test_cache_args_are_computed_once_a_forward(monkeypatch):
         fct.register()
 
 
+def test_generate_under_inference_mode():
+    """Inference tensors have no version counter: a left-padded static-cache generate under
+    torch.inference_mode() runs (it raised before) and gives sdpa's tokens."""
+    import torch
+    import transformers
+
+    import flashcore.integrations.transformers as fct
+
+    fct.register()
+    torch.manual_seed(5)
+    config = transformers.LlamaConfig(vocab_size=256, hidden_size=256, intermediate_size=512,
+                                      num_hidden_layers=2, num_attention_heads=4,
+                                      num_key_value_heads=2)
+    models = same_weights(config)
+    ids = torch.randint(1, 256, (2, 12))
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0
+    with torch.inference_mode():
+        got = {k: m.generate(input_ids=ids, attention_mask=mask, max_new_tokens=8, do_sample=False,
+                             pad_token_id=0, cache_implementation="static")
+               for k, m in models.items()}
+    assert torch.equal(got["flashcore"], got["sdpa"])
+
+
 def test_padded_masks_answer_as_unpadded_ones():
     """_mask's padding (False columns up to the cache buffer's length) changes no answer: a
     one-token step with left padding (read in place) and with a gap (the FlashAttention path)

@@ -46,6 +46,15 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+def tiny_llama_models():
+    """same_weights() of a 2-layer GQA LLaMA (4/2 heads, hidden 256, vocabulary 256)."""
+    import transformers
+
+    return same_weights(transformers.LlamaConfig(vocab_size=256, hidden_size=256,
+                                                 intermediate_size=512, num_hidden_layers=2,
+                                                 num_attention_heads=4, num_key_value_heads=2))
+
+
 def same_weights(config, impls=("flashcore", "sdpa")):
     """A bf16 LLaMA per attention implementation, all with the first one's random weights."""
     import copy
@@ -116,17 +125,13 @@ def test_static_cache_steps_read_the_cache_in_place(padded_masks):
     length (one shape for every step); the right-padded batch takes the FlashAttention path
     with them."""
     import torch
-    import transformers
 
     import flashcore.integrations.transformers as fct
     import flashcore.interface as fi
 
     fct.register(in_place_when_compiled=padded_masks)
     torch.manual_seed(2)
-    config = transformers.LlamaConfig(vocab_size=256, hidden_size=256, intermediate_size=512,
-                                      num_hidden_layers=2, num_attention_heads=4,
-                                      num_key_value_heads=2)
-    models = same_weights(config)
+    models = tiny_llama_models()
     steps = []
     original = fi._with_kvcache
 
@@ -289,16 +294,12 @@ def test_generate_under_inference_mode():
     """Inference tensors have no version counter: a left-padded static-cache generate under
     torch.inference_mode() runs (it raised before) and gives sdpa's tokens."""
     import torch
-    import transformers
 
     import flashcore.integrations.transformers as fct
 
     fct.register()
     torch.manual_seed(5)
-    config = transformers.LlamaConfig(vocab_size=256, hidden_size=256, intermediate_size=512,
-                                      num_hidden_layers=2, num_attention_heads=4,
-                                      num_key_value_heads=2)
-    models = same_weights(config)
+    models = tiny_llama_models()
     ids = torch.randint(1, 256, (2, 12))
     mask = torch.ones_like(ids)
     mask[1, :3] = 0

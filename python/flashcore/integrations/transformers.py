@@ -79,13 +79,12 @@ def _in_place(module, query, key, value, attention_mask, kwargs):
     # KV-cache call takes 16-bit tensors as they are.
     if query.dtype not in (torch.float16, torch.bfloat16) or not query.dtype == key.dtype == value.dtype:
         return None
+    layer_idx = getattr(module, "layer_idx", None)
     if _graph_safe_only(query):
-        if not _in_place_when_compiled:
-            return None
-        return _cache_args(attention_mask, False, getattr(module, "layer_idx", None))[:2]
+        return _cache_args(attention_mask, False, layer_idx)[:2] if _in_place_when_compiled else None
     # Outside compilation and capture the mask can be inspected: a mask whose valid keys are
     # not one run (padding on the right or inside) goes to the FlashAttention path.
-    first, lens, one_run = _cache_args(attention_mask, True, getattr(module, "layer_idx", None))
+    first, lens, one_run = _cache_args(attention_mask, True, layer_idx)
     return (first, lens) if one_run else None
 
 

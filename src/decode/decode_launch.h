@@ -22,12 +22,10 @@ inline int ctas_per_sm(int d, int smem_per_sm) {
   return by_smem < min_blocks(d) ? by_smem : min_blocks(d);
 }
 
-// The plan a device gets (select.cpp; flashcore-decode-timeline times the same): one CTA an
-// SM. A second CTA on an SM adds no bandwidth once the first keeps three stages in flight, and
-// doubles the partials to merge (perf-notes K12, P1); smem_per_sm only bounds it.
+// The plan a device gets (select.cpp; flashcore-decode-timeline times the same): every CTA
+// slot filled in one wave.
 inline DecodePlan plan_for_device(const detail::KvProblem& f, int sms, int smem_per_sm) {
-  const int fit = ctas_per_sm(static_cast<int>(f.p.head_dim), smem_per_sm);
-  return plan_decode(f, sms, fit < 1 ? fit : 1);
+  return plan_decode(f, sms, ctas_per_sm(static_cast<int>(f.p.head_dim), smem_per_sm));
 }
 
 }  // namespace flashcore::decode

@@ -232,6 +232,23 @@ TEST(Workspace, CounterAreaIsSharedByEveryEntryPoint) {
   }
 }
 
+// The decode split count: the fewest splits within 5 % of the least modelled time (the most
+// CTAs an SM streams at once, times each one's share of a unit's keys), one wave at most.
+TEST(DecodePlan, FewestSplitsThatBalanceTheSms) {
+  KvCacheParams kp;
+  kp.num_heads_q = 32, kp.seqlen_q = 1, kp.head_dim = 128;
+  auto splits = [&](int64_t batch, int64_t heads_kv, int64_t capacity) {
+    kp.batch = batch, kp.num_heads_kv = heads_kv, kp.cache_capacity = capacity;
+    return decode::plan_decode(detail::resolve(kp), 132, 2).splits;
+  };
+  EXPECT_EQ(splits(1, 8, 16384), 16);  // one CTA an SM; 33 (two an SM) models 3 % faster only
+  EXPECT_EQ(splits(1, 8, 1024), 16);   // 16 blocks: one each
+  EXPECT_EQ(splits(16, 8, 4096), 1);   // 128 units: one wave either way, no merge
+  EXPECT_EQ(splits(9, 8, 4096), 3);    // 72 units: 216 CTAs, at most 2 an SM, a third each
+  EXPECT_EQ(splits(1, 32, 4096), 4);   // MHA: 128 CTAs
+  EXPECT_EQ(splits(64, 8, 4096), 1);   // more units than CTA slots
+}
+
 // The forward call's maps: varlen tensors become one packed batch of total rows, and a dim of
 // extent 1 gets a stride TMA accepts even where the caller's is 0.
 TEST(FwdMapSpecs, VarlenIsOnePackedBatchAndEveryMapIsValid) {

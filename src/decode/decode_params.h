@@ -70,13 +70,23 @@ inline DecodePlan plan_decode(const detail::KvProblem& f, int sms, int ctas_per_
   const int64_t rows = f.p.num_heads_q / f.p.num_heads_kv * f.p.seqlen_q;
   pl.chunks = static_cast<int32_t>(rows > 0 ? (rows + kRows - 1) / kRows : 1);
   const int64_t units = f.p.batch * f.p.num_heads_kv * pl.chunks;
-  // One wave: as many splits as fill every CTA slot of the GPU (a second, partial wave would
-  // cost a whole split's time), each at least kSplitKeys keys (one block) of the capacity.
+  // Split count: at most what fills every CTA slot in one wave (a second, partial wave would
+  // cost a whole split's time), each split at least kSplitKeys keys (one block) of the
+  // capacity. Within that, the fewest splits whose time is within 5 % of the least, the time
+  // modelled as the most CTAs an SM streams at once times each one's share of a unit's keys:
+  // ceil(units s / sms) / s. Two CTAs on an SM share its bandwidth, and each split more costs
+  // partials and merge work (perf-notes K12: 16 splits beat 33 at batch 1, 16k, by 4 %).
   // At most 4 CTAs an SM, so a split unit count stays within the counter area's 2 * sms.
   const int64_t slots = int64_t(sms) * (ctas_per_sm < 1 ? 1 : ctas_per_sm > 4 ? 4 : ctas_per_sm);
   const int64_t by_sms = units > 0 ? slots / units : 1;
   const int64_t by_len = (f.capacity + kSplitKeys - 1) / kSplitKeys;
-  int64_t splits = by_sms < by_len ? by_sms : by_len;
+  int64_t most = by_sms < by_len ? by_sms : by_len;
+  if (most > kMaxSplits) most = kMaxSplits;
+  auto cost = [&](int64_t s) { return double((units * s + sms - 1) / sms) / double(s); };
+  double least = cost(1);
+  for (int64_t s = 2; s <= most; ++s) least = cost(s) < least ? cost(s) : least;
+  int64_t splits = 1;
+  while (splits < most && cost(splits) > 1.05 * least) ++splits;
   if (splits > kMaxSplits) splits = kMaxSplits;
   pl.splits = static_cast<int32_t>(splits < 1 ? 1 : splits);
   if (pl.splits > 1) {

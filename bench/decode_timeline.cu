@@ -5,9 +5,9 @@
 // records per CTA: clock64 at entry (0), once cache_seqlens has landed (1), once the first K/V
 // block has landed (2), after the key loop (3), after the split counter (4) and at the end (5,
 // after the last arriver's merge), plus globaltimer at entry and end. Each row is timed under
-// graph replay (20 launches a graph, median of 11, caches rotated past L2), then one isolated
-// launch gives the timeline. Plans are the library's (decode::plan_for_device) unless a row
-// names its split count.
+// graph replay (20 or more launches a graph, a multiple of the cache ring, so each launch finds
+// its copy of the cache out of L2; median of 11), then one isolated launch gives the timeline.
+// Plans are the library's (decode::plan_for_device) unless a row names its split count.
 //
 //   flashcore-decode-timeline [--row B:L:HKV:GROUP[:SPLITS]]...   (default: the ANCHORS rows)
 //
@@ -21,13 +21,19 @@
 #include <string>
 #include <vector>
 
-__device__ unsigned long long* g_stamps;  // 8 a CTA: clock64 0-5, globaltimer at 0 and 5
+// kSlots a CTA: clock64 at stamps 0-5, globaltimer at 0 and 5, a sink for stamp 1's value. In
+// the constant bank: a __device__ pointer would be a global load ahead of the first stamp.
+constexpr int kSlots = 9;
+__constant__ unsigned long long* g_stamps;
 
-__device__ __forceinline__ void decode_stamp(int i) {
+__device__ __forceinline__ void decode_stamp(int i, int landed) {
   if (i == 5) __syncthreads();  // the end: every thread's work issued
   if (threadIdx.x != 0) return;
   unsigned long long* row =
-      g_stamps + 8 * (blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z));
+      g_stamps + kSlots * (blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z));
+  // Storing the awaited value first makes the clock read below issue only once it has landed
+  // (a warp issues in order; the store waits on the load's scoreboard).
+  if (i == 1) row[8] = static_cast<unsigned long long>(landed);
   unsigned long long c;
   asm volatile("mov.u64 %0, %%clock64;" : "=l"(c)::"memory");
   row[i] = c;
@@ -37,12 +43,7 @@ __device__ __forceinline__ void decode_stamp(int i) {
     row[i == 0 ? 6 : 7] = g;
   }
 }
-// `landed` is consumed first, so the stamp waits for its load.
-#define FLASHCORE_DECODE_STAMP(i, landed)            \
-  do {                                               \
-    asm volatile("" ::"r"(static_cast<int>(landed))); \
-    decode_stamp(i);                                 \
-  } while (0)
+#define FLASHCORE_DECODE_STAMP(i, landed) decode_stamp(i, static_cast<int>(landed))
 
 #include "common/kv_problem.h"
 #include "decode/decode_kernel.cuh"
@@ -115,6 +116,13 @@ void run_row(const Row& r, int sms, int smem_per_sm) {
   if (r.splits > 0) {  // the same plan with another split count
     plan.splits = r.splits;
     const int64_t units = int64_t(r.batch) * r.heads_kv * plan.chunks;
+    if (r.splits > 1 && units * 4 > detail::workspace_counter_bytes(sms)) {
+      std::fprintf(stderr, "--row %d:%d:%d:%d:%d: %lld units split need more counters than the "
+                   "counter area holds (%lld); fewer units, or no split\n", r.batch, r.len,
+                   r.heads_kv, r.group, r.splits, static_cast<long long>(units),
+                   static_cast<long long>(detail::workspace_counter_bytes(sms) / 4));
+      std::exit(2);
+    }
     plan.counter_bytes = r.splits > 1 ? detail::workspace_counter_bytes(sms) : 0;
     plan.workspace_bytes = r.splits > 1 ? plan.counter_bytes + units * r.splits * decode::kRows *
                                                                    (kD + 2) * int64_t(sizeof(float))
@@ -129,7 +137,7 @@ void run_row(const Row& r, int sms, int smem_per_sm) {
   const dim3 grid(d.splits, d.num_heads_kv * d.chunks, d.batch);
   const int ctas = int(grid.x * grid.y * grid.z);
   unsigned long long* stamps;
-  CHECK(cudaMalloc(&stamps, size_t(ctas) * 64));
+  CHECK(cudaMalloc(&stamps, size_t(ctas) * kSlots * 8));
   CHECK(cudaMemcpyToSymbol(g_stamps, &stamps, sizeof(stamps)));
 
   auto kernel = decode::decode_kernel<detail::Bf16, kD>;
@@ -140,12 +148,15 @@ void run_row(const Row& r, int sms, int smem_per_sm) {
   auto launch = [&](int i) {
     d.k_cache = kc[i % ring], d.v_cache = vc[i % ring];
     kernel<<<grid, decode::kThreads, smem, s>>>(d);
+    CHECK(cudaGetLastError());
   };
+  // A multiple of the ring: every launch of a replay finds its copy ring launches old.
+  const int graph_launches = ring * ((20 + ring - 1) / ring);
   for (int i = 0; i < 30; ++i) launch(i);
   cudaGraph_t graph;
   cudaGraphExec_t exec;
   CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
-  for (int i = 0; i < 20; ++i) launch(i);
+  for (int i = 0; i < graph_launches; ++i) launch(i);
   CHECK(cudaStreamEndCapture(s, &graph));
   CHECK(cudaGraphInstantiate(&exec, graph, 0));
   cudaEvent_t e0, e1;
@@ -159,12 +170,12 @@ void run_row(const Row& r, int sms, int smem_per_sm) {
     CHECK(cudaEventSynchronize(e1));
     float ms;
     CHECK(cudaEventElapsedTime(&ms, e0, e1));
-    per_kernel.push_back(ms * 1e3 / 20);
+    per_kernel.push_back(ms * 1e3 / graph_launches);
   }
-  CHECK(cudaMemset(stamps, 0, size_t(ctas) * 64));
-  launch(3);  // isolated: the stream is idle before it
+  CHECK(cudaMemset(stamps, 0, size_t(ctas) * kSlots * 8));
+  launch(graph_launches);  // isolated (the stream idle), on the least recently used copy
   CHECK(cudaStreamSynchronize(s));
-  std::vector<unsigned long long> t(size_t(ctas) * 8);
+  std::vector<unsigned long long> t(size_t(ctas) * kSlots);
   CHECK(cudaMemcpy(t.data(), stamps, t.size() * 8, cudaMemcpyDeviceToHost));
   int err = 0;
   CHECK(cudaMemcpy(&err, flag, 4, cudaMemcpyDeviceToHost));
@@ -173,11 +184,13 @@ void run_row(const Row& r, int sms, int smem_per_sm) {
   std::vector<double> ratio;
   unsigned long long g_first = ~0ull, g_last = 0;
   for (int c = 0; c < ctas; ++c) {
-    const unsigned long long* x = &t[size_t(c) * 8];
+    const unsigned long long* x = &t[size_t(c) * kSlots];
     g_first = std::min(g_first, x[6]), g_last = std::max(g_last, x[7]);
     if (x[7] > x[6] + 1000) ratio.push_back(double(x[5] - x[0]) / double(x[7] - x[6]));
   }
-  const double ghz = quantile(ratio, 0.5);
+  int khz = 0;
+  CHECK(cudaDeviceGetAttribute(&khz, cudaDevAttrClockRate, 0));
+  const double ghz = ratio.empty() ? khz / 1e6 : quantile(ratio, 0.5);  // else the boost clock
   // Per CTA: the phases' lengths, and each stamp's time since the first CTA started (its own
   // globaltimer start plus its clock64 offset), which tells a late stream from a late epilogue.
   std::vector<double> phase[5], at[5];
@@ -186,7 +199,7 @@ void run_row(const Row& r, int sms, int smem_per_sm) {
     return (x[6] - g_first) / 1e3 + (x[k] - x[0]) / ghz / 1e3;
   };
   for (int c = 0; c < ctas; ++c) {
-    const unsigned long long* x = &t[size_t(c) * 8];
+    const unsigned long long* x = &t[size_t(c) * kSlots];
     if (x[2] == 0) {  // a split with no key block (the lengths leave it none)
       ++idle;
       continue;
@@ -195,11 +208,12 @@ void run_row(const Row& r, int sms, int smem_per_sm) {
       phase[k].push_back((x[k + 1] - x[k]) / ghz / 1e3);
       at[k].push_back(at_of(x, k + 1));
     }
-    if (last < 0 || x[7] > t[size_t(last) * 8 + 7]) last = c;
+    if (last < 0 || x[7] > t[size_t(last) * kSlots + 7]) last = c;
   }
   std::printf("\nB%d L%d Hkv%d group%d: splits %d, %d CTAs (%d without keys), ring %d, error flag %d\n",
               r.batch, r.len, r.heads_kv, r.group, d.splits, ctas, idle, ring, err);
-  std::printf("  graph replay          %8.2f us a kernel (median of 11 x 20)\n", quantile(per_kernel, 0.5));
+  std::printf("  graph replay          %8.2f us a kernel (median of 11 x %d)\n", quantile(per_kernel, 0.5),
+              graph_launches);
   std::printf("  isolated launch       %8.2f us first CTA start to last CTA end; SM clock %.2f GHz\n",
               (g_last - g_first) / 1e3, ghz);
   const char* names[5] = {"entry -> seqlens", "seqlens -> block 1", "key loop", "epilogue+counter",
@@ -207,7 +221,7 @@ void run_row(const Row& r, int sms, int smem_per_sm) {
   std::printf("  %-21s %-26s %-26s %s\n", "phase (CTAs with keys)", "length p50 / p90 / max us",
               "ends at p50 / p90 / max us", "the last CTA to end");
   for (int k = 0; k < 5; ++k) {
-    const unsigned long long* x = last >= 0 ? &t[size_t(last) * 8] : nullptr;
+    const unsigned long long* x = last >= 0 ? &t[size_t(last) * kSlots] : nullptr;
     std::printf("  %-21s %7.2f %7.2f %8.2f   %7.2f %7.2f %8.2f   %7.2f\n", names[k],
                 quantile(phase[k], 0.5), quantile(phase[k], 0.9), quantile(phase[k], 1),
                 quantile(at[k], 0.5), quantile(at[k], 0.9), quantile(at[k], 1),

@@ -351,8 +351,6 @@ TEST(KvGpu, BadBlockTableEntryWithSplits) {
   EXPECT_EQ(bad, 0) << "entry 0";
 }
 
-// Captured once, replayed while cache_seqlens grows by one token per step, as a decode loop
-// does; each replay must match the reference run on the same state.
 // Two calls back to back on one stream, the second reading the row the first appends: launched
 // as a programmatic dependent (sm_90+), the second may start before the first ends and must
 // still see its writes (and the shared workspace's counters left at zero). Eagerly and in one
@@ -419,6 +417,8 @@ TEST(KvGpu, SecondCallSeesTheFirstCallsAppend) {
   }
 }
 
+// Captured once, replayed while cache_seqlens grows by one token per step, as a decode loop
+// does; each replay must match the reference run on the same state.
 TEST(KvGpu, GraphReplaysWhileCacheSeqlensChange) {
   SKIP_WITHOUT_GPU();
   KvSpec s;

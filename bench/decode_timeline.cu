@@ -7,7 +7,8 @@
 // after the last arriver's merge), plus globaltimer at entry and end. Each row is timed under
 // graph replay (20 or more launches a graph, a multiple of the cache ring, so each launch finds
 // its copy of the cache out of L2; median of 11), then one isolated launch gives the timeline.
-// Plans are the library's (decode::plan_for_device) unless a row names its split count.
+// Plans and launches are the library's (decode::plan_for_device, decode::launch_decode_kernel:
+// early launch on sm_90+) unless a row names its split count.
 //
 //   flashcore-decode-timeline [--row B:L:HKV:GROUP[:SPLITS]]...   (default: the ANCHORS rows)
 //
@@ -46,8 +47,7 @@ __device__ __forceinline__ void decode_stamp(int i, int landed) {
 #define FLASHCORE_DECODE_STAMP(i, landed) decode_stamp(i, static_cast<int>(landed))
 
 #include "common/kv_problem.h"
-#include "decode/decode_kernel.cuh"
-#include "decode/decode_launch.h"
+#include "decode/decode_launch.cuh"
 
 namespace {
 
@@ -141,14 +141,12 @@ void run_row(const Row& r, int sms, int smem_per_sm) {
   CHECK(cudaMemcpyToSymbol(g_stamps, &stamps, sizeof(stamps)));
 
   auto kernel = decode::decode_kernel<detail::Bf16, kD>;
-  const int smem = decode::smem_bytes(kD);
-  CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  const bool early = decode::image_waits_for_dependency(reinterpret_cast<const void*>(kernel));
   cudaStream_t s;
   CHECK(cudaStreamCreate(&s));
   auto launch = [&](int i) {
     d.k_cache = kc[i % ring], d.v_cache = vc[i % ring];
-    kernel<<<grid, decode::kThreads, smem, s>>>(d);
-    CHECK(cudaGetLastError());
+    CHECK(decode::launch_decode_kernel<kD>(kernel, d, early, s));  // the library's launch
   };
   // A multiple of the ring: every launch of a replay finds its copy ring launches old.
   const int graph_launches = ring * ((20 + ring - 1) / ring);

@@ -10,6 +10,7 @@
 #include <tuple>
 #include <vector>
 
+#include "decode/decode_launch.h"
 #include "decode/decode_params.h"
 #include "flashcore/flashcore.h"
 #include "hopper/fwd_launch.h"
@@ -247,6 +248,28 @@ TEST(DecodePlan, FewestSplitsThatBalanceTheSms) {
   EXPECT_EQ(splits(9, 8, 4096), 3);    // 72 units: 216 CTAs, at most 2 an SM, a third each
   EXPECT_EQ(splits(1, 32, 4096), 4);   // MHA: 128 CTAs
   EXPECT_EQ(splits(64, 8, 4096), 1);   // more units than CTA slots
+}
+
+// One wave of at most one CTA an SM launches with over half an SM's shared memory, so a next
+// grid launched early cannot put two CTAs on one SM; other plans launch with what they need.
+TEST(DecodePlan, OneCtaAnSmTakesOverHalfAnSmsSharedMemory) {
+  KvCacheParams kp;
+  kp.num_heads_q = 32, kp.seqlen_q = 1, kp.head_dim = 128;
+  constexpr int kH100 = 228 * 1024, kA100 = 164 * 1024;
+  auto smem = [&](int64_t batch, int64_t capacity, int smem_per_sm) {
+    kp.batch = batch, kp.num_heads_kv = 8, kp.cache_capacity = capacity;
+    return decode::plan_for_device(detail::resolve(kp), 132, smem_per_sm).launch_smem;
+  };
+  for (int64_t cap : {1024, 16384, 65536}) {
+    const int s = smem(1, cap, kH100);  // 16 splits x 8 kv heads: 128 CTAs
+    EXPECT_GT(s, decode::smem_bytes(128));
+    EXPECT_EQ(kH100 / (s + 1024), 1) << cap;
+    EXPECT_LE(s, kH100 - 1024);
+  }
+  EXPECT_GT(smem(16, 4096, kH100), 0);  // 128 CTAs, unsplit
+  EXPECT_EQ(smem(9, 4096, kH100), 0);   // 216 CTAs: two an SM
+  EXPECT_EQ(smem(64, 4096, kH100), 0);  // several waves
+  EXPECT_EQ(smem(1, 16384, kA100), 0);  // one CTA an SM already
 }
 
 // The forward call's maps: varlen tensors become one packed batch of total rows, and a dim of

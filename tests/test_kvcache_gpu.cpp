@@ -351,6 +351,72 @@ TEST(KvGpu, BadBlockTableEntryWithSplits) {
   EXPECT_EQ(bad, 0) << "entry 0";
 }
 
+// Two calls back to back on one stream, the second reading the row the first appends: launched
+// as a programmatic dependent (sm_90+), the second may start before the first ends and must
+// still see its writes (and the shared workspace's counters left at zero). Eagerly and in one
+// captured graph. The row holds NaN before the append, so reading it early fails loudly.
+TEST(KvGpu, SecondCallSeesTheFirstCallsAppend) {
+  SKIP_WITHOUT_GPU();
+  KvSpec s;
+  s.batch = 1, s.hq = 32, s.hkv = 8, s.d = 128, s.lens = {4000}, s.capacity = 4096;
+  for (bool in_graph : {false, true}) {
+    KvHost a(s, 40 + in_graph), a_gpu(a);
+    a_gpu.rebuild();
+    a.p.backend = Backend::kReference;
+    ASSERT_TRUE(run(a.p).ok());
+    KvHost b(a);  // the cache after the append, one row longer, no new rows
+    b.spec.append = false;
+    b.seqlens[0] += 1;
+    b.rebuild();
+    KvHost b_low(b);
+    b_low.rebuild();
+    b.p.backend = Backend::kReference;
+    ASSERT_TRUE(run(b.p).ok());
+    ASSERT_TRUE(ref::kvcache(fd::resolve(b_low.p), {/*round_p=*/true, 0}).ok());
+
+    KvDevice dev(a_gpu);
+    Dev<int32_t> b_seqlens(b.seqlens);
+    Dev<uint16_t> b_out(std::vector<uint16_t>(b.o.size(), 0x7fc0));  // NaN until written
+    KvCacheParams pb = dev.p;
+    pb.k_new = pb.v_new = nullptr;
+    pb.cache_seqlens = b_seqlens.ptr;
+    pb.o = b_out.ptr;
+    pb.lse = nullptr;
+    const Plan plan_a = query(dev.p), plan_b = query(pb);
+    ASSERT_TRUE(plan_a.status.ok() && plan_b.status.ok());
+    ASSERT_GT(plan_b.kv_splits, 1);  // the second call merges through the shared counters
+    Workspace ws(std::max(plan_a.workspace_bytes, plan_b.workspace_bytes));
+    cudaStream_t stream;
+    ASSERT_EQ(cudaStreamCreate(&stream), cudaSuccess);
+    cudaGraph_t graph = nullptr;
+    cudaGraphExec_t exec = nullptr;
+    if (in_graph) ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal), cudaSuccess);
+    const Status sa = run(dev.p, ws.ptr, stream), sb = run(pb, ws.ptr, stream);
+    if (in_graph) {
+      ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
+      ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
+      ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
+    }
+    ASSERT_TRUE(sa.ok() && sb.ok()) << sa.message << sb.message;
+    ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+    std::vector<uint16_t> got(b.o.size());
+    b_out.to_host(got);
+    int64_t bad = 0;
+    for (size_t i = 0; i < got.size(); ++i) {
+      const double x = fd::to_float(s.dtype, got[i]), want = fd::to_float(s.dtype, b.o[i]);
+      const double lp = fd::to_float(s.dtype, b_low.o[i]);
+      bad += !(std::fabs(x - want) <= 2 * std::fabs(lp - want) + 2 * ulp(s.dtype, want) + 5e-4);
+    }
+    EXPECT_EQ(bad, 0) << (in_graph ? "in a graph" : "eagerly");
+    std::vector<int32_t> flag(1);
+    dev.flag.to_host(flag);
+    EXPECT_EQ(flag[0], 0);
+    if (exec) cudaGraphExecDestroy(exec);
+    if (graph) cudaGraphDestroy(graph);
+    cudaStreamDestroy(stream);
+  }
+}
+
 // Captured once, replayed while cache_seqlens grows by one token per step, as a decode loop
 // does; each replay must match the reference run on the same state.
 TEST(KvGpu, GraphReplaysWhileCacheSeqlensChange) {

@@ -81,6 +81,11 @@ template <class Tag, int D>
 __global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const __grid_constant__ DecodeParams p) {
   extern __shared__ __align__(128) uint8_t smem_raw[];
   auto& sm = *reinterpret_cast<Smem<D>*>(smem_raw);
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  // Launched as a programmatic dependent (decode_launch.cuh): everything below reads what the
+  // stream's previous kernel may still be writing, so wait for it to complete first.
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
   FLASHCORE_DECODE_STAMP(0, 0);
   const int split = blockIdx.x, kvh = blockIdx.y / p.chunks, chunk = blockIdx.y % p.chunks;
   const int b = blockIdx.z, tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
@@ -355,6 +360,10 @@ __global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const _
   cp_async_wait<0>();  // only empty groups remain; the merge below overlays the stages
   __syncthreads();
   FLASHCORE_DECODE_STAMP(3, 0);
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  // The next kernel may launch now: it waits for this grid's completion before it reads.
+  asm volatile("griddepcontrol.launch_dependents;");
+#endif
 
   decode_epilogue<Tag, D>(p, *reinterpret_cast<MergeSmem<D>*>(sm.k), sm.flag, o[0], row_max[0],
                           row_sum[0], b, kvh, chunk, split);

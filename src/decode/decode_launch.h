@@ -22,10 +22,19 @@ inline int ctas_per_sm(int d, int smem_per_sm) {
   return by_smem < min_blocks(d) ? by_smem : min_blocks(d);
 }
 
-// The plan a device gets (select.cpp; flashcore-decode-timeline times the same): every CTA
-// slot filled in one wave.
+// The plan a device gets (select.cpp; flashcore-decode-timeline times the same): plan_decode's
+// splits. Where its grid is one wave of at most one CTA an SM, the launch asks for just over
+// half an SM's shared memory so no SM can hold two: the next decode call, launched early
+// (programmatic dependent launch), would otherwise put its CTAs in the second slots as they
+// open, two on some SMs and none on others, and stream unevenly (perf-notes K13: 64k 4 µs
+// slower).
 inline DecodePlan plan_for_device(const detail::KvProblem& f, int sms, int smem_per_sm) {
-  return plan_decode(f, sms, ctas_per_sm(static_cast<int>(f.p.head_dim), smem_per_sm));
+  const int d = static_cast<int>(f.p.head_dim), per_sm = ctas_per_sm(d, smem_per_sm);
+  DecodePlan pl = plan_decode(f, sms, per_sm);
+  const int64_t ctas = f.p.batch * f.p.num_heads_kv * pl.chunks * int64_t(pl.splits);
+  const int half = (smem_per_sm / 2 - 1024 + 16) / 16 * 16;  // 2 x (half + 1 KB) > an SM's
+  if (per_sm > 1 && ctas <= sms && half > smem_bytes(d)) pl.launch_smem = half;
+  return pl;
 }
 
 }  // namespace flashcore::decode

@@ -52,6 +52,7 @@ struct DecodeParams {
   int32_t rotary_dim, max_position;
   bool interleaved, paged, append, masked;
   int32_t rows, chunks, splits;  // rows = group * seqlen_q; chunks of kRows; key splits
+  int32_t launch_smem;           // shared memory to launch with where above the kernel's need
   int32_t* counters;             // [batch * num_heads_kv * chunks], zero between calls
   float* partials;               // per (unit, split): kRows x D of O, kRows x (max, sum)
 };
@@ -62,6 +63,7 @@ struct DecodeParams {
 // when there are fewer units than CTA slots, which the counter area covers), then the partials.
 struct DecodePlan {
   int32_t chunks = 1, splits = 1;
+  int32_t launch_smem = 0;  // 0: what the kernel needs (decode_launch.h, plan_for_device)
   int64_t counter_bytes = 0, workspace_bytes = 0;
 };
 
@@ -146,6 +148,7 @@ inline DecodeParams make_decode_params(const detail::KvProblem& f, DecodePlan pl
   d.rows = static_cast<int32_t>(f.group * p.seqlen_q);
   d.chunks = pl.chunks;
   d.splits = pl.splits;
+  d.launch_smem = pl.launch_smem;
   if (pl.splits > 1) {
     d.counters = static_cast<int32_t*>(workspace);
     d.partials =

@@ -76,6 +76,22 @@ __device__ __forceinline__ void pair_of(const DecodeParams& p, int i, int& a, in
   a = p.interleaved ? 2 * i : i;
   b = p.interleaved ? 2 * i + 1 : i + p.rotary_dim / 2;
 }
+// Rotates rows [0, nrows) of a shared-memory tile in place: at(j, c) is row j's element c, and
+// row j is at position pos(j), or left as it is where pos(j) < 0.
+template <class Tag, class At, class Pos>
+__device__ __forceinline__ void rotate_rows(const DecodeParams& p, int nrows, At at, Pos pos) {
+  const int half = p.rotary_dim / 2;
+  for (int idx = threadIdx.x; idx < nrows * half; idx += kThreads) {
+    const int j = idx / half, pr = idx % half, n = pos(j);
+    if (n < 0) continue;
+    int a, bb;
+    pair_of(p, pr, a, bb);
+    float x = to_f<Tag>(at(j, a)), y = to_f<Tag>(at(j, bb));
+    rotate_pair<Tag>(p, n, pr, x, y);
+    at(j, a) = from_f<Tag>(x);
+    at(j, bb) = from_f<Tag>(y);
+  }
+}
 
 template <class Tag, int D>
 __global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const __grid_constant__ DecodeParams p) {
@@ -249,17 +265,8 @@ __global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const _
   };
   // The new keys of a landed block, rotated in place.
   auto rotate_new = [&](int blk, int st) {
-    const int half = p.rotary_dim / 2;
-    for (int idx = tid; idx < kBK * half; idx += kThreads) {
-      const int j = idx / half, pr = idx % half, n = blk * kBK + j;
-      if (n < L || n >= Lk) continue;
-      int a, bb;
-      pair_of(p, pr, a, bb);
-      float x = to_f<Tag>(k_at(st, j, a)), y = to_f<Tag>(k_at(st, j, bb));
-      rotate_pair<Tag>(p, n, pr, x, y);
-      k_at(st, j, a) = from_f<Tag>(x);
-      k_at(st, j, bb) = from_f<Tag>(y);
-    }
+    rotate_rows<Tag>(p, kBK, [&](int j, int c) -> uint16_t& { return k_at(st, j, c); },
+                     [&](int j) { const int n = blk * kBK + j; return n < L || n >= Lk ? -1 : n; });
   };
 
   // Each warp: all 16 rows against its 16-key slice of every block.
@@ -293,17 +300,10 @@ __global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const _
   if (p.rotary_dim > 0) {
     cp_async_wait<kS - 1>();  // the q group; the K/V groups after it may still be in flight
     __syncthreads();
-    const int half = p.rotary_dim / 2;
-    for (int idx = tid; idx < kRows * half; idx += kThreads) {
-      const int rr = idx / half, pr = idx % half, r = row0 + rr;
-      if (r >= p.rows) continue;
-      int a, bb;
-      pair_of(p, pr, a, bb);
-      float x = to_f<Tag>(q_at(rr, a)), y = to_f<Tag>(q_at(rr, bb));
-      rotate_pair<Tag>(p, p.masked ? L + r / p.group : L, pr, x, y);
-      q_at(rr, a) = from_f<Tag>(x);
-      q_at(rr, bb) = from_f<Tag>(y);
-    }
+    rotate_rows<Tag>(p, kRows, q_at, [&](int rr) {
+      const int r = row0 + rr;
+      return r >= p.rows ? -1 : p.masked ? L + r / p.group : L;
+    });
   }
   // The new rows of this split's range go into the cache (the loads above take them from
   // k_new/v_new, so no ordering with them is needed).

@@ -1,8 +1,9 @@
 // KV-cache attention kernel, portable sm80+ (docs/decode-design.md). One CTA per (key split,
 // kv head x row chunk, batch entry): its 16 rows are the GQA-packed query rows of that kv head,
 // so K and V are read once per kv head. Keys stream through shared memory in blocks of
-// 4 x kWarpKeys (cp.async, stages(D) deep), dealt to the splits in turn (split s takes blocks
-// s, s + S, ...), so a split's first blocks are known before the cache length lands; each warp takes its quarter of a block with mma.sync
+// 4 x kWarpKeys (cp.async, stages(D) deep), from contiguous caches dealt to the splits in turn
+// (split s takes blocks s, s + S, ...), so a split's first blocks are known before the cache
+// length lands; each warp takes its quarter of a block with mma.sync
 // (S = Q K^T and O += P V on the tensor cores, the online softmax on the accumulators, as the
 // portable forward kernel does), and the four warps' running results merge at the end. Splits
 // merge in-kernel: the last split of a unit to finish merges all partials in split order.
@@ -130,10 +131,13 @@ __global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const _
   }
   cp_async_commit();
 
-  // Key blocks are dealt to the splits in turn: split s takes blocks s, s + S, s + 2S, ... of
-  // the range its rows see (S = splits). So whatever the length, a split's first blocks are
-  // s and s + S unless a window or the left pad moves the range: those are copied before the
-  // length has landed, and kept if they turn out whole blocks of cache rows (perf-notes K15).
+  // Contiguous caches deal key blocks to the splits in turn: split s takes blocks s, s + S,
+  // s + 2S, ... of the range its rows see (S = splits), so whatever the length, its first
+  // blocks are s and s + S unless a window or the left pad moves the range. Those are copied
+  // before the length has landed and kept if they turn out whole blocks of cache rows
+  // (perf-notes K15). Paged caches keep one contiguous share a split: dealt blocks there read
+  // a block-table line a block instead of one per eight, and lost 2 % (K15).
+  const bool dealt = !p.paged, speculate = dealt && p.window_left < 0;
   // Block copies: thread t copies the 16-byte column c8 = t % kCpr of rows j0 + i * kRowStep,
   // so a block of cache rows costs a pointer step per row instead of an address rebuilt per
   // chunk: the general form took ~190 instructions a copy (perf-notes K8).
@@ -145,8 +149,7 @@ __global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const _
   const auto* kc = static_cast<const uint16_t*>(p.k_cache) + int64_t(kvh) * p.kc_h + 8 * c8;
   const auto* vc = static_cast<const uint16_t*>(p.v_cache) + int64_t(kvh) * p.vc_h + 8 * c8;
   const uint32_t sK = portable::smem_addr(sm.k), sV = portable::smem_addr(sm.v);
-  // A block of cache rows (below the capacity). Paged: a table entry out of range copies
-  // zeros; a block that is kept has had its entries checked below, before any use.
+  // A block of cache rows (below the capacity).
   auto load_cache_block = [&](int blk, int st) {
     const int n0 = blk * kBK + j0;
     const uint32_t dk = sK + st * kStageBytes, dv = sV + st * kStageBytes;
@@ -167,16 +170,14 @@ __global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const _
 #pragma unroll
     for (int i = 0; i < kPerThread; ++i) {
       const int64_t page = table[pg];
-      const bool ok = page >= 0 && page < p.num_pages;
       const uint32_t o = portable::swz<C>(j0 + i * kRowStep, c8);
-      portable::cp_async_16(dk + o, ok ? kc + page * p.kc_b + int64_t(slot) * p.kc_s : kc, ok);
-      portable::cp_async_16(dv + o, ok ? vc + page * p.vc_b + int64_t(slot) * p.vc_s : vc, ok);
+      portable::cp_async_16(dk + o, kc + page * p.kc_b + int64_t(slot) * p.kc_s, true);
+      portable::cp_async_16(dv + o, vc + page * p.vc_b + int64_t(slot) * p.vc_s, true);
       pg += dpg, slot += dslot;  // row + kRowStep: whole pages, then at most one more
       if (slot >= p.page_size) slot -= p.page_size, ++pg;
     }
   };
   // Not under a window: its range starts where only the length tells. One group per slot.
-  const bool speculate = p.window_left < 0;
   if (speculate) {
 #pragma unroll 1
     for (int s = 0; s < kS - 1; ++s) {
@@ -242,17 +243,26 @@ __global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const _
     return;
   }
 
-  // This split's key blocks: every S-th block of those any row of this CTA sees (bottom-right
-  // aligned masks), from the first at or after the range's start that is s modulo S.
-  const int nblocks = (Lk + kBK - 1) / kBK;
+  // This split's key blocks, narrowed to those any row of this CTA sees (bottom-right aligned
+  // masks): dealt, every S-th from the first at or after the range's start that is s modulo
+  // S; else its contiguous share. Block i of the split is first + i * stride.
+  const int nblocks = (Lk + kBK - 1) / kBK, per = (nblocks + S - 1) / S;
   const int last_row = min(p.rows, row0 + kRows) - 1;
   const int i_first = row0 / p.group, i_last = max(last_row, row0) / p.group;
   const int off = Lk - p.seqlen_q;
   const int lo_all = p.window_left >= 0 ? max(pad, i_first + off - p.window_left) : pad;
   const int hi_all = p.window_right >= 0 ? min(Lk, i_last + off + p.window_right + 1) : Lk;
   const int lo_blk = min(nblocks, lo_all / kBK), hi_blk = min(nblocks, (hi_all + kBK - 1) / kBK);
-  const int first = lo_blk + (split - lo_blk % S + S) % S;
-  const int mine = first < hi_blk ? (hi_blk - 1 - first) / S + 1 : 0;  // blocks this split takes
+  int first, stride, mine;
+  if (dealt) {
+    first = lo_blk + (split - lo_blk % S + S) % S, stride = S;
+    mine = first < hi_blk ? (hi_blk - 1 - first) / S + 1 : 0;
+  } else {
+    const int kb0 = min(nblocks, split * per), kb1 = min(nblocks, kb0 + per);
+    first = max(kb0, lo_blk), stride = 1;
+    mine = max(0, min(kb1, hi_blk) - first);
+  }
+  auto owner = [&](int blk) { return dealt ? blk % S : blk / per; };  // whether or not seen
 
   // Block loader: cache rows below L, new rows (raw; rotated in smem) below Lk, zeros after.
   auto full = [&](int blk) { return blk * kBK >= pad && (blk + 1) * kBK <= L; };
@@ -313,12 +323,12 @@ __global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const _
   // are waited out (their stages are refilled) and the slots issued again.
   bool kept = speculate && first == split;
 #pragma unroll
-  for (int s = 0; s < kS - 1; ++s) kept &= s >= mine || full(first + s * S);
+  for (int s = 0; s < kS - 1; ++s) kept &= s >= mine || full(first + s * stride);
   if (!kept) {
     if (speculate) cp_async_wait<0>();
 #pragma unroll 1  // one copy of the loader for the prologue, one for the loop
     for (int s = 0; s < kS - 1; ++s) {
-      if (s < mine) load(first + s * S, s);
+      if (s < mine) load(first + s * stride, s);
       cp_async_commit();
     }
   }
@@ -332,13 +342,13 @@ __global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const _
       return r >= p.rows ? -1 : p.masked ? L + r / p.group : L;
     });
   }
-  // The new rows of this split's blocks (block n / kBK is split (n / kBK) % S's, whether or
-  // not its rows see it) go into the cache (the loads take them from k_new/v_new, so no
+  // The new rows of this split's blocks (owner: whether or not its rows see them) go into the
+  // cache (the loads take them from k_new/v_new, so no
   // ordering with them is needed).
   if (chunk == 0 && n_new > 0) {
     for (int idx = tid; idx < n_new * D; idx += kThreads) {
       const int n = L + idx / D, c = idx % D, i = n - L;
-      if ((n / kBK) % S != split) continue;
+      if (owner(n / kBK) != split) continue;
       const auto* kn = static_cast<const uint16_t*>(p.k_new) + b * p.kn_b + i * p.kn_s + kvh * p.kn_h;
       const auto* vn = static_cast<const uint16_t*>(p.v_new) + b * p.vn_b + i * p.vn_s + kvh * p.vn_h;
       uint16_t kval = kn[c];
@@ -357,13 +367,13 @@ __global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const _
     }
   }
   for (int it = 0; it < mine; ++it) {
-    const int blk = first + it * S, st = it % kS;
+    const int blk = first + it * stride, st = it % kS;
     cp_async_wait<kS - 2>();
     // Block blk has landed for every thread, and every warp is done with the stage that the
     // previous block used, which the next load refills.
     __syncthreads();
     if (it == 0) FLASHCORE_DECODE_STAMP(2, 0);
-    if (it + kS - 1 < mine) load(first + (it + kS - 1) * S, (it + kS - 1) % kS);
+    if (it + kS - 1 < mine) load(first + (it + kS - 1) * stride, (it + kS - 1) % kS);
     cp_async_commit();
     if (rotate && (blk + 1) * kBK > L) {
       rotate_new(blk, st);

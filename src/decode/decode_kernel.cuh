@@ -1,7 +1,9 @@
 // KV-cache attention kernel, portable sm80+ (docs/decode-design.md). One CTA per (key split,
 // kv head x row chunk, batch entry): its 16 rows are the GQA-packed query rows of that kv head,
 // so K and V are read once per kv head. Keys stream through shared memory in blocks of
-// 4 x kWarpKeys (cp.async, stages(D) deep); each warp takes its quarter of a block with mma.sync
+// 4 x kWarpKeys (cp.async, stages(D) deep), from contiguous caches dealt to the splits in turn
+// (split s takes blocks s, s + S, ...), so a split's first blocks are known before the cache
+// length lands; each warp takes its quarter of a block with mma.sync
 // (S = Q K^T and O += P V on the tensor cores, the online softmax on the accumulators, as the
 // portable forward kernel does), and the four warps' running results merge at the end. Splits
 // merge in-kernel: the last split of a unit to finish merges all partials in split order.
@@ -110,9 +112,11 @@ __global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const _
   constexpr int kBK = C::kBlockKeys;
   static_assert(sizeof(MergeSmem<D>) <= sizeof(sm.k) + sizeof(sm.v), "the merge overlays K/V");
 
-  // q tile first, its own cp.async group (rows past the chunk's rows zero-filled): it needs no
-  // cache length, so its latency overlaps the cache_seqlens load; the first K/V blocks follow
-  // as soon as the length is known (perf-notes K6).
+  // The entry's length and left pad are loaded first and used last: the q tile (its own
+  // cp.async group, rows past the chunk's rows zero-filled) and the speculative first blocks
+  // below are issued while they travel (perf-notes K6, K15).
+  const int L = p.cache_seqlens[b];
+  const int pad = p.cache_leftpad ? p.cache_leftpad[b] : 0;  // keys start at this row
   auto q_at = [&](int r, int c) -> uint16_t& {
     return *reinterpret_cast<uint16_t*>(reinterpret_cast<uint8_t*>(sm.q) +
                                         portable::swz<C>(r, c / 8) + (c % 8) * 2);
@@ -126,9 +130,63 @@ __global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const _
     cp_async_16(reinterpret_cast<uint8_t*>(sm.q) + portable::swz<C>(rr, c8), src, valid);
   }
   cp_async_commit();
-  const int L = p.cache_seqlens[b];
+
+  // Contiguous caches deal key blocks to the splits in turn: split s takes blocks s, s + S,
+  // s + 2S, ... of the range its rows see (S = splits), so whatever the length, its first
+  // blocks are s and s + S unless a window or the left pad moves the range. Those are copied
+  // before the length has landed and kept if they turn out whole blocks of cache rows
+  // (perf-notes K15). Paged caches keep one contiguous share a split: dealt blocks there read
+  // a block-table line a block instead of one per eight, and lost 2 % (K15).
+  const bool dealt = !p.paged, speculate = dealt && p.window_left < 0;
+  // Block copies: thread t copies the 16-byte column c8 = t % kCpr of rows j0 + i * kRowStep,
+  // so a block of cache rows costs a pointer step per row instead of an address rebuilt per
+  // chunk: the general form took ~190 instructions a copy (perf-notes K8).
+  constexpr int kS = stages(D);
+  constexpr int kCpr = D / 8, kRowStep = kThreads / kCpr, kPerThread = kBK / kRowStep;
+  static_assert(kThreads % kCpr == 0 && kBK % kRowStep == 0, "whole rows a pass");
+  constexpr uint32_t kStageBytes = kBK * D * 2;
+  const int c8 = tid % kCpr, j0 = tid / kCpr, S = p.splits;
+  const auto* kc = static_cast<const uint16_t*>(p.k_cache) + int64_t(kvh) * p.kc_h + 8 * c8;
+  const auto* vc = static_cast<const uint16_t*>(p.v_cache) + int64_t(kvh) * p.vc_h + 8 * c8;
+  const uint32_t sK = portable::smem_addr(sm.k), sV = portable::smem_addr(sm.v);
+  // A block of cache rows (below the capacity).
+  auto load_cache_block = [&](int blk, int st) {
+    const int n0 = blk * kBK + j0;
+    const uint32_t dk = sK + st * kStageBytes, dv = sV + st * kStageBytes;
+    if (!p.paged) {
+      const uint16_t* ks = kc + b * p.kc_b + int64_t(n0) * p.kc_s;
+      const uint16_t* vs = vc + b * p.vc_b + int64_t(n0) * p.vc_s;
+#pragma unroll
+      for (int i = 0; i < kPerThread; ++i) {
+        const uint32_t o = portable::swz<C>(j0 + i * kRowStep, c8);
+        portable::cp_async_16(dk + o, ks + int64_t(i) * kRowStep * p.kc_s, true);
+        portable::cp_async_16(dv + o, vs + int64_t(i) * kRowStep * p.vc_s, true);
+      }
+      return;
+    }
+    const int32_t* table = p.block_table + b * p.bt_stride;  // the page and slot step with the row
+    int pg = n0 / p.page_size, slot = n0 - pg * p.page_size;
+    const int dpg = kRowStep / p.page_size, dslot = kRowStep - dpg * p.page_size;
+#pragma unroll
+    for (int i = 0; i < kPerThread; ++i) {
+      const int64_t page = table[pg];
+      const uint32_t o = portable::swz<C>(j0 + i * kRowStep, c8);
+      portable::cp_async_16(dk + o, kc + page * p.kc_b + int64_t(slot) * p.kc_s, true);
+      portable::cp_async_16(dv + o, vc + page * p.vc_b + int64_t(slot) * p.vc_s, true);
+      pg += dpg, slot += dslot;  // row + kRowStep: whole pages, then at most one more
+      if (slot >= p.page_size) slot -= p.page_size, ++pg;
+    }
+  };
+  // Not under a window: its range starts where only the length tells. One group per slot.
+  if (speculate) {
+#pragma unroll 1
+    for (int s = 0; s < kS - 1; ++s) {
+      const int blk = split + s * S;
+      if ((blk + 1) * kBK <= p.capacity) load_cache_block(blk, s);
+      cp_async_commit();
+    }
+  }
   FLASHCORE_DECODE_STAMP(1, L);
-  const int pad = p.cache_leftpad ? p.cache_leftpad[b] : 0;  // keys start at this row
   const int n_new = p.append ? p.seqlen_q : 0;
   const int64_t lk64 = int64_t(L) + n_new;
   const int Lk = static_cast<int>(lk64);
@@ -169,7 +227,7 @@ __global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const _
       err = kKvRotaryOutOfRange;
   }
   if (err) {
-    cp_async_wait<0>();  // the q tile's copies, before the CTA's shared memory goes away
+    cp_async_wait<0>();  // q and any speculative blocks, before the shared memory goes away
     if (tid == 0) atomicOr(p.error_flag, err);
     if (split != 0) return;
     const uint16_t nan = from_f<Tag>(__int_as_float(0x7fc00000));
@@ -185,62 +243,34 @@ __global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const _
     return;
   }
 
-  // This split's key blocks (of the entry's length, known only here), narrowed to the keys any
-  // row of this CTA sees (bottom-right aligned masks).
-  const int nblocks = (Lk + kBK - 1) / kBK;
-  const int per = (nblocks + p.splits - 1) / p.splits;
-  const int kb0 = min(nblocks, split * per), kb1 = min(nblocks, kb0 + per);
+  // This split's key blocks, narrowed to those any row of this CTA sees (bottom-right aligned
+  // masks): dealt, every S-th from the first at or after the range's start that is s modulo
+  // S; else its contiguous share. Block i of the split is first + i * stride.
+  const int nblocks = (Lk + kBK - 1) / kBK, per = (nblocks + S - 1) / S;
   const int last_row = min(p.rows, row0 + kRows) - 1;
   const int i_first = row0 / p.group, i_last = max(last_row, row0) / p.group;
   const int off = Lk - p.seqlen_q;
   const int lo_all = p.window_left >= 0 ? max(pad, i_first + off - p.window_left) : pad;
   const int hi_all = p.window_right >= 0 ? min(Lk, i_last + off + p.window_right + 1) : Lk;
-  const int jb0 = max(kb0, lo_all / kBK);
-  const int jb1 = min(kb1, (hi_all + kBK - 1) / kBK);
+  const int lo_blk = min(nblocks, lo_all / kBK), hi_blk = min(nblocks, (hi_all + kBK - 1) / kBK);
+  int first, stride, mine;
+  if (dealt) {
+    first = lo_blk + (split - lo_blk % S + S) % S, stride = S;
+    mine = first < hi_blk ? (hi_blk - 1 - first) / S + 1 : 0;
+  } else {
+    const int kb0 = min(nblocks, split * per), kb1 = min(nblocks, kb0 + per);
+    first = max(kb0, lo_blk), stride = 1;
+    mine = max(0, min(kb1, hi_blk) - first);
+  }
+  auto owner = [&](int blk) { return dealt ? blk % S : blk / per; };  // whether or not seen
 
   // Block loader: cache rows below L, new rows (raw; rotated in smem) below Lk, zeros after.
-  // Thread t copies the 16-byte column c8 = t % kCpr of rows j0 + i * kRowStep, so a block of
-  // cache rows only (all but the last one or two) costs a pointer step per row instead of an
-  // address rebuilt per chunk: the general form took ~190 instructions a copy (perf-notes K8).
-  constexpr int kCpr = D / 8, kRowStep = kThreads / kCpr, kPerThread = kBK / kRowStep;
-  static_assert(kThreads % kCpr == 0 && kBK % kRowStep == 0, "whole rows a pass");
-  constexpr uint32_t kStageBytes = kBK * D * 2;
-  const int c8 = tid % kCpr, j0 = tid / kCpr;
-  const auto* kc = static_cast<const uint16_t*>(p.k_cache) + int64_t(kvh) * p.kc_h + 8 * c8;
-  const auto* vc = static_cast<const uint16_t*>(p.v_cache) + int64_t(kvh) * p.vc_h + 8 * c8;
-  const uint32_t sK = portable::smem_addr(sm.k), sV = portable::smem_addr(sm.v);
+  auto full = [&](int blk) { return blk * kBK >= pad && (blk + 1) * kBK <= L; };
   auto load = [&](int blk, int st) {
-    const int n0 = blk * kBK + j0;
-    const uint32_t dk = sK + st * kStageBytes, dv = sV + st * kStageBytes;
     // Rows below the left pad are neither read nor attended: P is 0 there, but 0 x NaN (or
     // x Inf) is NaN on the tensor cores, so the block holding the pad zero-fills them.
-    const bool full = blk * kBK >= pad && (blk + 1) * kBK <= L;
-    if (full && !p.paged) {
-      const uint16_t* ks = kc + b * p.kc_b + int64_t(n0) * p.kc_s;
-      const uint16_t* vs = vc + b * p.vc_b + int64_t(n0) * p.vc_s;
-#pragma unroll
-      for (int i = 0; i < kPerThread; ++i) {
-        const uint32_t o = portable::swz<C>(j0 + i * kRowStep, c8);
-        portable::cp_async_16(dk + o, ks + int64_t(i) * kRowStep * p.kc_s, true);
-        portable::cp_async_16(dv + o, vs + int64_t(i) * kRowStep * p.vc_s, true);
-      }
-      return;
-    }
-    if (full) {  // paged: the page and slot step with the row
-      const int32_t* table = p.block_table + b * p.bt_stride;
-      int pg = n0 / p.page_size, slot = n0 - pg * p.page_size;
-      const int dpg = kRowStep / p.page_size, dslot = kRowStep - dpg * p.page_size;
-#pragma unroll
-      for (int i = 0; i < kPerThread; ++i) {
-        const int64_t page = table[pg];
-        const uint32_t o = portable::swz<C>(j0 + i * kRowStep, c8);
-        portable::cp_async_16(dk + o, kc + page * p.kc_b + int64_t(slot) * p.kc_s, true);
-        portable::cp_async_16(dv + o, vc + page * p.vc_b + int64_t(slot) * p.vc_s, true);
-        pg += dpg, slot += dslot;  // row + kRowStep: whole pages, then at most one more
-        if (slot >= p.page_size) slot -= p.page_size, ++pg;
-      }
-      return;
-    }
+    if (full(blk)) return load_cache_block(blk, st);
+    const uint32_t dk = sK + st * kStageBytes, dv = sV + st * kStageBytes;
 #pragma unroll 1  // the tail block's path: kept small (instruction cache)
     for (int i = 0; i < kPerThread; ++i) {
       const int j = j0 + i * kRowStep, n = blk * kBK + j;
@@ -288,12 +318,19 @@ __global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const _
   const bool rotate = p.rotary_dim > 0 && n_new > 0;
 
   // One cp.async group per block slot, empty past the end, so waiting for all but the newest
-  // kS - 2 groups always means block blk has landed.
-  constexpr int kS = stages(D);
+  // kS - 2 groups always means the current block has landed. The speculative copies stand
+  // where they are this split's first blocks and whole blocks of cache rows; otherwise they
+  // are waited out (their stages are refilled) and the slots issued again.
+  bool kept = speculate && first == split;
+#pragma unroll
+  for (int s = 0; s < kS - 1; ++s) kept &= s >= mine || full(first + s * stride);
+  if (!kept) {
+    if (speculate) cp_async_wait<0>();
 #pragma unroll 1  // one copy of the loader for the prologue, one for the loop
-  for (int s = 0; s < kS - 1; ++s) {
-    if (jb0 + s < jb1) load(jb0 + s, s);
-    cp_async_commit();
+    for (int s = 0; s < kS - 1; ++s) {
+      if (s < mine) load(first + s * stride, s);
+      cp_async_commit();
+    }
   }
   // q rotated in place once landed, rounded to the dtype as the reference does; the key loop's
   // first barrier orders this before the tile is read.
@@ -305,12 +342,13 @@ __global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const _
       return r >= p.rows ? -1 : p.masked ? L + r / p.group : L;
     });
   }
-  // The new rows of this split's range go into the cache (the loads above take them from
-  // k_new/v_new, so no ordering with them is needed).
+  // The new rows of this split's blocks (owner: whether or not its rows see them) go into the
+  // cache (the loads take them from k_new/v_new, so no
+  // ordering with them is needed).
   if (chunk == 0 && n_new > 0) {
-    const int n0 = max(L, kb0 * kBK), n1 = min(Lk, kb1 * kBK);
-    for (int idx = tid; idx < (n1 - n0) * D; idx += kThreads) {
-      const int n = n0 + idx / D, c = idx % D, i = n - L;
+    for (int idx = tid; idx < n_new * D; idx += kThreads) {
+      const int n = L + idx / D, c = idx % D, i = n - L;
+      if (owner(n / kBK) != split) continue;
       const auto* kn = static_cast<const uint16_t*>(p.k_new) + b * p.kn_b + i * p.kn_s + kvh * p.kn_h;
       const auto* vn = static_cast<const uint16_t*>(p.v_new) + b * p.vn_b + i * p.vn_s + kvh * p.vn_h;
       uint16_t kval = kn[c];
@@ -328,14 +366,14 @@ __global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const _
           vn[c];
     }
   }
-  for (int blk = jb0; blk < jb1; ++blk) {
-    const int st = (blk - jb0) % kS;
+  for (int it = 0; it < mine; ++it) {
+    const int blk = first + it * stride, st = it % kS;
     cp_async_wait<kS - 2>();
-    // Block blk has landed for every thread, and every warp is done with the stage that block
-    // blk - 1 used, which the next load refills.
+    // Block blk has landed for every thread, and every warp is done with the stage that the
+    // previous block used, which the next load refills.
     __syncthreads();
-    if (blk == jb0) FLASHCORE_DECODE_STAMP(2, 0);
-    if (blk + kS - 1 < jb1) load(blk + kS - 1, (blk - jb0 + kS - 1) % kS);
+    if (it == 0) FLASHCORE_DECODE_STAMP(2, 0);
+    if (it + kS - 1 < mine) load(first + (it + kS - 1) * stride, (it + kS - 1) % kS);
     cp_async_commit();
     if (rotate && (blk + 1) * kBK > L) {
       rotate_new(blk, st);

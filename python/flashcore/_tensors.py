@@ -1,23 +1,68 @@
 """Framework-neutral helpers: allocate outputs next to an input tensor (same framework, same
 device) and find the stream a call should run on. flashcore takes any DLPack tensor; outputs
-are made with the caller's own framework so they come back as the caller's type."""
+are made with the caller's own framework so they come back as the caller's type.
+
+JAX arrays are immutable, so a call on them writes into numpy arrays of its own and hands JAX
+copies afterwards (as_caller); a bfloat16 output is a uint16 array the core writes through a
+bfloat16 view (numpy has no bfloat16 that DLPack carries). Only host (CPU) JAX arrays: on a GPU
+the route is an XLA FFI custom call (JAX's own stream and buffers), not done."""
 
 
 def framework(x):
     return type(x).__module__.split(".")[0]
 
 
-def _unsupported_framework(like):
-    if framework(like) in ("jax", "jaxlib"):
-        return TypeError(
-            "flashcore does not take JAX arrays yet: it writes outputs (and KV caches) into "
-            "buffers it is given or makes, and JAX arrays are immutable (the route is an XLA FFI "
-            "custom call, not done). Pass torch, cupy or numpy arrays (torch.from_dlpack / "
-            "np.from_dlpack take a JAX array without a copy)"
+def is_jax(x):
+    return framework(x) in ("jax", "jaxlib")
+
+
+def _check_jax_host(like):
+    platforms = {d.platform for d in like.devices()}
+    if platforms != {"cpu"}:
+        raise TypeError(
+            f"flashcore takes JAX arrays on the host only (they run on the CPU reference); this "
+            f"one is on {sorted(platforms)}. On a GPU, JAX's buffers are immutable and its stream "
+            f"is its own: the route is an XLA FFI custom call, not done. Pass torch or cupy "
+            f"arrays (torch.from_dlpack takes a JAX GPU array without a copy)"
         )
+
+
+def _unsupported_framework(like):
     return TypeError(
-        f"flashcore allocates outputs for torch, numpy and cupy arrays; got {type(like).__name__}"
+        f"flashcore allocates outputs for torch, numpy, cupy and host JAX arrays; got "
+        f"{type(like).__name__}"
     )
+
+
+class _Bf16Host:
+    """A numpy uint16 array the core fills with bfloat16 values: passed to the core as a
+    bfloat16 view, handed to JAX as bfloat16."""
+
+    def __init__(self, shape):
+        import numpy
+
+        self.bits = numpy.empty(shape, dtype=numpy.uint16)
+        self.shape = tuple(shape)
+
+    def __dlpack__(self, stream=None, **kwargs):
+        from . import _flashcore
+
+        return _flashcore.bf16_view(self.bits, self.bits)  # a DLPack capsule
+
+    def __dlpack_device__(self):
+        return (1, 0)  # kDLCPU
+
+
+def as_caller(like, x):
+    """x (an output made by empty() for like) as like's framework's type: a JAX array (a copy)
+    for JAX callers, x itself otherwise."""
+    if x is None or not is_jax(like):
+        return x
+    import jax.numpy as jnp
+
+    if isinstance(x, _Bf16Host):
+        return jnp.asarray(x.bits).view(jnp.bfloat16)
+    return jnp.asarray(x)
 
 
 def empty(like, shape, float32=False):
@@ -36,6 +81,15 @@ def empty(like, shape, float32=False):
 
         with cupy.cuda.Device(like.device.id):
             return cupy.empty(shape, dtype=cupy.float32 if float32 else like.dtype)
+    if is_jax(like):
+        _check_jax_host(like)
+        import numpy
+
+        if float32:
+            return numpy.empty(shape, dtype=numpy.float32)
+        if str(like.dtype) == "bfloat16":
+            return _Bf16Host(shape)
+        return numpy.empty(shape, dtype=str(like.dtype))
     raise _unsupported_framework(like)
 
 
@@ -55,6 +109,11 @@ def zeros(like, shape, dtype):
 
         with cupy.cuda.Device(like.device.id):
             return cupy.zeros(shape, dtype=dtype)
+    if is_jax(like):  # the caller's own buffers (error flag, cache_seqlens) are numpy
+        _check_jax_host(like)
+        import numpy
+
+        return numpy.zeros(shape, dtype=dtype)
     raise _unsupported_framework(like)
 
 

@@ -6,7 +6,7 @@ FlashAttention-3 returns), not +inf."""
 
 from . import _flashcore as _C
 from ._tensors import device_key as _device_key
-from ._tensors import capturing, empty, framework, stream_of
+from ._tensors import as_caller, capturing, empty, framework, is_jax, stream_of
 from ._tensors import full_int32 as _full_int32
 from ._tensors import persistent_zeros as _persistent_zeros
 
@@ -108,7 +108,8 @@ def _flash_attn(q, k, v, softmax_scale, causal, window_size, return_attn_probs):
     lse = empty(q, (q.shape[0], q.shape[2], q.shape[1]), float32=True) if return_attn_probs else None
     left, right = _window(window_size)
     _fwd(q, k, v, out, lse, None, None, 0, 0, _scale(softmax_scale), bool(causal), left, right)
-    return (out, lse, _dmask(q)) if return_attn_probs else out
+    out, lse = as_caller(q, out), as_caller(q, lse)
+    return (out, lse, as_caller(q, _dmask(q))) if return_attn_probs else out
 
 
 def flash_attn_varlen_func(
@@ -151,7 +152,8 @@ def _flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_se
     left, right = _window(window_size)
     _fwd(q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k),
          _scale(softmax_scale), bool(causal), left, right)
-    return (out, lse, _dmask(q)) if return_attn_probs else out
+    out, lse = as_caller(q, out), as_caller(q, lse)
+    return (out, lse, as_caller(q, _dmask(q))) if return_attn_probs else out
 
 
 def flash_attn_qkvpacked_func(
@@ -327,6 +329,12 @@ def flash_attn_with_kvcache(
         )
     if (k is None) != (v is None):
         raise ValueError("k/v: give both new-key tensors or neither")
+    if k is not None and (is_jax(k_cache) or is_jax(v_cache)):
+        raise ValueError(
+            "k_cache/v_cache: JAX arrays are immutable, and with k/v flashcore writes the new rows "
+            "into the cache in place (as FlashAttention-2 does); write them with .at[].set and "
+            "call without k/v, or pass torch/numpy caches"
+        )
     if (rotary_cos is not None or rotary_sin is not None) and k is None:
         raise ValueError("rotary_cos/rotary_sin: rotary needs the new k and v (as in "
                          "FlashAttention-2); q alone is not rotated")
@@ -369,4 +377,4 @@ def _with_kvcache(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqle
             rotary_cos, rotary_sin, bool(rotary_interleaved), lse, _scale(softmax_scale),
             bool(causal), left, right, kvcache_error_flag(q))
     _run(_C.kvcache, q, args, split)
-    return out, lse
+    return as_caller(q, out), as_caller(q, lse)

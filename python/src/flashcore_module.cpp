@@ -6,11 +6,13 @@
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
 
 #include <cstdint>
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "flashcore/flashcore.h"
 #include "flashcore/kvcache.h"
@@ -396,6 +398,18 @@ std::string query_kvcache(const std::string& dtype, int64_t head_dim, int64_t pa
   return plan.status.ok() ? std::string() : plan.status.message;
 }
 
+// A uint16 host array seen as bfloat16, owned by `owner` (the array itself): the output of a
+// bfloat16 call on host JAX arrays, which numpy cannot carry as bfloat16 through DLPack. The
+// package makes a numpy uint16 array, the core writes bfloat16 into this view, and the bits go
+// to JAX as a uint16 array viewed as bfloat16.
+nb::ndarray<nb::device::cpu> bf16_view(nb::ndarray<uint16_t, nb::device::cpu, nb::c_contig> a,
+                                       nb::handle owner) {
+  std::vector<size_t> shape(a.ndim());
+  for (size_t i = 0; i < a.ndim(); ++i) shape[i] = a.shape(i);
+  const nb::dlpack::dtype bf16{uint8_t(nb::dlpack::dtype_code::Bfloat), 16, 1};
+  return nb::ndarray<nb::device::cpu>(a.data(), shape.size(), shape.data(), owner, nullptr, bf16);
+}
+
 }  // namespace
 
 NB_MODULE(_flashcore, m) {
@@ -422,4 +436,5 @@ NB_MODULE(_flashcore, m) {
         nb::arg("rotary_interleaved") = false, nb::arg("causal") = false,
         nb::arg("window_left") = -1, nb::arg("window_right") = -1, nb::arg("leftpad") = false);
   m.def("cuda_device_count", &flashcore::cuda_device_count);
+  m.def("bf16_view", &bf16_view, nb::arg("a"), nb::arg("owner"));
 }

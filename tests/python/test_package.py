@@ -398,15 +398,42 @@ def test_a_capture_adopts_a_workspace_made_outside_it(monkeypatch):
         interface._retired[:] = saved[2]
 
 
-def test_jax_arrays_raise_saying_why():
-    """JAX arrays are immutable, so flashcore cannot write its outputs into them: a clear
-    TypeError that names JAX and the way around it, not a crash or a silent copy."""
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_jax_host_arrays_run_on_the_reference(dtype):
+    """Host JAX arrays in, JAX arrays out (outputs made by the package and handed over through
+    DLPack: JAX arrays are immutable, and numpy has no bfloat16 that DLPack carries)."""
+    jax = pytest.importorskip("jax")
+    jnp = jax.numpy
+    rng = np.random.default_rng(21)
+    f32 = [rng.standard_normal(shape).astype(np.float32)
+           for shape in ((2, 9, 4, 64), (2, 13, 2, 64), (2, 13, 2, 64))]
+    q, k, v = (jnp.asarray(x).astype(dtype) for x in f32)
+    out, lse, s_dmask = flashcore.flash_attn_func(q, k, v, causal=True, return_attn_probs=True)
+    assert isinstance(out, jax.Array) and out.dtype == q.dtype and out.shape == q.shape
+    assert isinstance(lse, jax.Array) and lse.dtype == jnp.float32 and lse.shape == (2, 4, 9)
+    assert isinstance(s_dmask, jax.Array) and s_dmask.size == 0
+    as64 = [np.asarray(x.astype(jnp.float32), dtype=np.float64) for x in (q, k, v)]
+    tol = 4e-3 if dtype == "float16" else 1e-2
+    for b in range(2):
+        ref, ref_lse = reference(*(x[b] for x in as64), causal=True)
+        np.testing.assert_allclose(np.asarray(out[b].astype(jnp.float32)), ref, atol=tol, rtol=tol)
+        np.testing.assert_allclose(np.asarray(lse[b]), ref_lse, atol=1e-3, rtol=1e-4)
+    # The cache read (no append) takes JAX caches too; cache_seqlens as an int.
+    got = flashcore.flash_attn_with_kvcache(q[:, :1], k, v, cache_seqlens=11)
+    ref, _ = reference(as64[0][0, :1], as64[1][0, :11], as64[2][0, :11])
+    assert isinstance(got, jax.Array)
+    np.testing.assert_allclose(np.asarray(got[0].astype(jnp.float32)), ref, atol=tol, rtol=tol)
+
+
+def test_jax_caches_cannot_take_an_append():
+    """The append writes the cache in place, which a JAX array forbids: a ValueError naming the
+    cache and the way around it, not a silent copy the caller never sees."""
     jnp = pytest.importorskip("jax.numpy")
-    q = jnp.ones((1, 4, 2, 64), dtype=jnp.float16)
-    with pytest.raises(TypeError, match="JAX arrays are immutable"):
-        flashcore.flash_attn_func(q, q, q)
-    with pytest.raises(TypeError, match="JAX"):
-        flashcore.flash_attn_with_kvcache(q, q, q, cache_seqlens=2)
+    q = jnp.ones((1, 1, 4, 64), dtype=jnp.float16)
+    cache = jnp.zeros((1, 8, 2, 64), dtype=jnp.float16)
+    new = jnp.ones((1, 1, 2, 64), dtype=jnp.float16)
+    with pytest.raises(ValueError, match="k_cache/v_cache: JAX arrays are immutable"):
+        flashcore.flash_attn_with_kvcache(q, cache, cache, new, new, cache_seqlens=3)
 
 
 def test_with_kvcache_left_pad():

@@ -17,7 +17,13 @@ def is_jax(x):
 
 
 def _check_jax_host(like):
-    platforms = {d.platform for d in like.devices()}
+    try:
+        platforms = {d.platform for d in like.devices()}
+    except Exception as e:  # a tracer (jax.jit, grad) has no buffer to read
+        raise TypeError(
+            "flashcore takes concrete host JAX arrays, not traced ones (jax.jit, jax.grad): "
+            "call it outside the traced function"
+        ) from e
     if platforms != {"cpu"}:
         raise TypeError(
             f"flashcore takes JAX arrays on the host only (they run on the CPU reference); this "

@@ -436,6 +436,13 @@ def test_jax_caches_cannot_take_an_append():
         flashcore.flash_attn_with_kvcache(q, cache, cache, new, new, cache_seqlens=3)
 
 
+def test_traced_jax_arrays_raise_saying_why():
+    jax = pytest.importorskip("jax")
+    q = jax.numpy.ones((1, 4, 2, 64), dtype=jax.numpy.float16)
+    with pytest.raises(TypeError, match="not traced ones"):
+        jax.jit(lambda x: flashcore.flash_attn_func(x, x, x))(q)
+
+
 def test_with_kvcache_left_pad():
     rng = np.random.default_rng(12)
     q, kc, vc = randn(rng, 2, 2, 4, 64), randn(rng, 2, 30, 2, 64), randn(rng, 2, 30, 2, 64)

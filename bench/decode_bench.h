@@ -3,7 +3,9 @@
 // rotated over a ring larger than twice the L2 so every call reads from HBM, µs = replay / 20
 // (median of 20 replays). TB/s counts the K and V bytes the call must read. The _page rows
 // are the same problems on a paged cache (pages of that many rows, a shuffled block table):
-// flashcore's paged cost next to its contiguous one (SDPA has no paged cache to compare).
+// flashcore's paged cost next to its contiguous one (SDPA has no paged cache to compare). The
+// _cap rows hold the keys in a longer buffer (a static cache early in a generation): what
+// reading only the valid keys costs when the split plan is made for the capacity.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -34,6 +36,7 @@ inline int run_decode_grid(cudaStream_t stream, const cudaDeviceProp& prop,
   struct Row {
     const char* name;
     int64_t b, len, page;  // page 0: contiguous
+    int64_t cap = 0;       // the cache's rows; 0: len
   };
   const Row rows[] = {{"decode_b1_1k", 1, 1024, 0},
                       {"decode_b1_4k", 1, 4096, 0},
@@ -42,7 +45,9 @@ inline int run_decode_grid(cudaStream_t stream, const cudaDeviceProp& prop,
                       {"decode_b16_4k", 16, 4096, 0},
                       {"decode_b1_16k_page16", 1, 16384, 16},
                       {"decode_b1_64k_page256", 1, 65536, 256},
-                      {"decode_b16_4k_page64", 16, 4096, 64}};
+                      {"decode_b16_4k_page64", 16, 4096, 64},
+                      {"decode_b1_128_cap4k", 1, 128, 0, 4096},
+                      {"decode_b1_1k_cap4k", 1, 1024, 0, 4096}};
   constexpr int64_t kHq = 32, kHkv = 8, kD = 128, kCalls = 20, kReplays = 20;
   std::printf("%-22s %10s %8s %6s %6s  %s\n", "name", "median us", "TB/s", "sets", "splits",
               "kernel");
@@ -51,8 +56,10 @@ inline int run_decode_grid(cudaStream_t stream, const cudaDeviceProp& prop,
   for (const Row& r : rows) {
     if (std::string(r.name).find(filter) == std::string::npos) continue;
     ++matched;
-    const size_t cache_elems = size_t(r.b) * r.len * kHkv * kD;
-    const size_t set_bytes = 2 * cache_elems * 2;
+    const int64_t cap = r.cap > 0 ? r.cap : r.len;
+    const size_t cache_elems = size_t(r.b) * cap * kHkv * kD;
+    const size_t set_bytes = 2 * cache_elems * 2;              // a ring entry's allocation
+    const size_t read_bytes = 2 * size_t(r.b) * r.len * kHkv * kD * 2;  // what a call reads
     size_t free_b = 0, total_b = 0;
     DECODE_CUDA(cudaMemGetInfo(&free_b, &total_b));
     const size_t want = std::max<size_t>(2, 2 * size_t(prop.l2CacheSize) / set_bytes + 1);
@@ -98,8 +105,8 @@ inline int run_decode_grid(cudaStream_t stream, const cudaDeviceProp& prop,
         p.num_pages = r.b * pages_per_seq;
         p.page_size = r.page;
       } else {
-        p.k_cache_strides = p.v_cache_strides = {r.len * kHkv * kD, kHkv * kD, kD};
-        p.cache_capacity = r.len;
+        p.k_cache_strides = p.v_cache_strides = {cap * kHkv * kD, kHkv * kD, kD};
+        p.cache_capacity = cap;
       }
       p.cache_seqlens = seqlens;
       p.error_flag = flag;
@@ -146,7 +153,7 @@ inline int run_decode_grid(cudaStream_t stream, const cudaDeviceProp& prop,
     const double med = us[us.size() / 2];
     int32_t flag_h = 0;
     DECODE_CUDA(cudaMemcpy(&flag_h, flag, 4, cudaMemcpyDeviceToHost));
-    std::printf("%-22s %10.2f %8.2f %6zu %6lld  %s%s%s\n", r.name, med, set_bytes / med / 1e6,
+    std::printf("%-22s %10.2f %8.2f %6zu %6lld  %s%s%s\n", r.name, med, read_bytes / med / 1e6,
                 nsets, static_cast<long long>(plan.kv_splits), plan.kernel.c_str(),
                 st.ok() ? "" : "  error: ", st.message.c_str());
     failed += !st.ok() || flag_h != 0;

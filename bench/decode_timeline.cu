@@ -141,12 +141,12 @@ void run_row(const Row& r, int sms, int smem_per_sm) {
   CHECK(cudaMemcpyToSymbol(g_stamps, &stamps, sizeof(stamps)));
 
   auto kernel = decode::decode_kernel<detail::Bf16, kD>;
-  const bool early = decode::image_waits_for_dependency(reinterpret_cast<const void*>(kernel));
+  static decode::LaunchState state(reinterpret_cast<const void*>(kernel));
   cudaStream_t s;
   CHECK(cudaStreamCreate(&s));
   auto launch = [&](int i) {
     d.k_cache = kc[i % ring], d.v_cache = vc[i % ring];
-    CHECK(decode::launch_decode_kernel<kD>(kernel, d, early, s));  // the library's launch
+    CHECK(decode::launch_decode_kernel<kD>(kernel, d, state, s));  // the library's launch
   };
   // A multiple of the ring: every launch of a replay finds its copy ring launches old.
   const int graph_launches = ring * ((20 + ring - 1) / ring);

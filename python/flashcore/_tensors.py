@@ -17,13 +17,14 @@ def is_jax(x):
 
 
 def _check_jax_host(like):
-    try:
-        platforms = {d.platform for d in like.devices()}
-    except Exception as e:  # a tracer (jax.jit, grad) has no buffer to read
+    import jax
+
+    if isinstance(like, jax.core.Tracer):  # jax.jit, grad: no buffer to read
         raise TypeError(
             "flashcore takes concrete host JAX arrays, not traced ones (jax.jit, jax.grad): "
             "call it outside the traced function"
-        ) from e
+        )
+    platforms = {d.platform for d in like.devices()}
     if platforms != {"cpu"}:
         raise TypeError(
             f"flashcore takes JAX arrays on the host only (they run on the CPU reference); this "

@@ -436,5 +436,5 @@ NB_MODULE(_flashcore, m) {
         nb::arg("rotary_interleaved") = false, nb::arg("causal") = false,
         nb::arg("window_left") = -1, nb::arg("window_right") = -1, nb::arg("leftpad") = false);
   m.def("cuda_device_count", &flashcore::cuda_device_count);
-  m.def("bf16_view", &bf16_view, nb::arg("a"), nb::arg("owner"));
+  m.def("bf16_view", &bf16_view, nb::arg("a").noconvert(), nb::arg("owner"));
 }

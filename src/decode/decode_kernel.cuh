@@ -343,8 +343,8 @@ __global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const _
     });
   }
   // The new rows of this split's blocks (owner: whether or not its rows see them) go into the
-  // cache (the loads take them from k_new/v_new, so no
-  // ordering with them is needed).
+  // cache (the loads take them from k_new/v_new, so no ordering with them is needed). Each
+  // split scans all n_new rows for its own: Sq is 1-17 in decode.
   if (chunk == 0 && n_new > 0) {
     for (int idx = tid; idx < n_new * D; idx += kThreads) {
       const int n = L + idx / D, c = idx % D, i = n - L;

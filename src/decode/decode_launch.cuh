@@ -2,19 +2,58 @@
 // bench/decode_timeline.cu, which launches its stamped instance the same way).
 #pragma once
 
+#include <mutex>
+
 #include "decode/decode_kernel.cuh"
 #include "decode/decode_launch.h"
 
 namespace flashcore::decode {
 
-// Whether a kernel's loaded image holds griddepcontrol.wait: only one compiled for sm_90+ does.
-// A kernel JIT-compiled from the sm_80 PTX (a GPU newer than the build's targets) has none and
-// must not be launched early.
-inline bool image_waits_for_dependency(const void* kernel) {
-  cudaFuncAttributes fa{};
-  return cudaFuncGetAttributes(&fa, kernel) == cudaSuccess && fa.binaryVersion >= 90 &&
-         fa.ptxVersion >= 90;
-}
+// What a kernel instance's launches ask the runtime once per device: whether the loaded image
+// holds griddepcontrol.wait (only one compiled for sm_90+ does: a kernel JIT-compiled from the
+// sm_80 PTX, on a GPU newer than the build's targets, has none and must not be launched early),
+// and the dynamic shared memory limit, raised once to the device's most. A per-launch limit of
+// the launch's own size could be lowered by another thread between its set and its launch.
+class LaunchState {
+ public:
+  explicit LaunchState(const void* kernel) : kernel_(kernel) {}
+
+  // The device's entry (set up on first use), or an error of that setup.
+  cudaError_t get(bool& early) {
+    int dev = 0;
+    cudaError_t err = cudaGetDevice(&dev);
+    if (err != cudaSuccess) return err;
+    if (dev < 0 || dev >= kDevices) return setup(early);  // not cached past kDevices devices
+    Entry& e = entries_[dev];
+    std::call_once(e.once, [&] { e.err = setup(e.early); });
+    early = e.early;
+    return e.err;
+  }
+
+ private:
+  static constexpr int kDevices = 64;
+  struct Entry {
+    std::once_flag once;
+    bool early = false;
+    cudaError_t err = cudaSuccess;
+  };
+
+  cudaError_t setup(bool& early) const {
+    cudaFuncAttributes fa{};
+    cudaError_t err = cudaFuncGetAttributes(&fa, kernel_);
+    if (err != cudaSuccess) return err;
+    early = fa.binaryVersion >= 90 && fa.ptxVersion >= 90;
+    int dev = 0, most = 0;
+    if ((err = cudaGetDevice(&dev)) != cudaSuccess) return err;
+    err = cudaDeviceGetAttribute(&most, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+    if (err != cudaSuccess) return err;
+    return cudaFuncSetAttribute(kernel_, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                most - static_cast<int>(fa.sharedSizeBytes));
+  }
+
+  const void* kernel_;
+  Entry entries_[kDevices];
+};
 
 // Programmatic dependent launch where the image allows it: the grid may be launched while the
 // stream's previous kernel finishes (once that kernel triggers, or as it exits); the kernel
@@ -22,11 +61,11 @@ inline bool image_waits_for_dependency(const void* kernel) {
 // Shared memory: the plan's launch size where it asks for more than the kernel needs (one CTA
 // an SM: decode_launch.h, plan_for_device).
 template <int D, class Kernel>
-cudaError_t launch_decode_kernel(Kernel kernel, const DecodeParams& p, bool early,
+cudaError_t launch_decode_kernel(Kernel kernel, const DecodeParams& p, LaunchState& state,
                                  cudaStream_t stream) {
   static_assert(sizeof(Smem<D>) <= smem_bytes(D), "smem_bytes undercounts Smem");
-  const int smem = p.launch_smem > smem_bytes(D) ? p.launch_smem : smem_bytes(D);
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  bool early = false;
+  const cudaError_t err = state.get(early);
   if (err != cudaSuccess) return err;
   cudaLaunchAttribute pdl{};
   pdl.id = cudaLaunchAttributeProgrammaticStreamSerialization;
@@ -34,7 +73,7 @@ cudaError_t launch_decode_kernel(Kernel kernel, const DecodeParams& p, bool earl
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = dim3(p.splits, p.num_heads_kv * p.chunks, p.batch);
   cfg.blockDim = dim3(kThreads);
-  cfg.dynamicSmemBytes = smem;
+  cfg.dynamicSmemBytes = p.launch_smem > smem_bytes(D) ? p.launch_smem : smem_bytes(D);
   cfg.stream = stream;
   cfg.attrs = &pdl;
   cfg.numAttrs = early ? 1 : 0;
@@ -44,10 +83,8 @@ cudaError_t launch_decode_kernel(Kernel kernel, const DecodeParams& p, bool earl
 template <class Tag, int kHeadDim>
 cudaError_t launch_decode(const DecodeParams& p, cudaStream_t stream) {
   auto kernel = decode_kernel<Tag, kHeadDim>;
-  // Asked once per instance: the image is the device's, and the library runs on one kind of
-  // GPU at a time.
-  static const bool early = image_waits_for_dependency(reinterpret_cast<const void*>(kernel));
-  return launch_decode_kernel<kHeadDim>(kernel, p, early, stream);
+  static LaunchState state(reinterpret_cast<const void*>(kernel));
+  return launch_decode_kernel<kHeadDim>(kernel, p, state, stream);
 }
 
 }  // namespace flashcore::decode

@@ -89,7 +89,6 @@ inline DecodePlan plan_decode(const detail::KvProblem& f, int sms, int ctas_per_
   for (int64_t s = 2; s <= most; ++s) least = cost(s) < least ? cost(s) : least;
   int64_t splits = 1;
   while (splits < most && cost(splits) > 1.05 * least) ++splits;
-  if (splits > kMaxSplits) splits = kMaxSplits;
   pl.splits = static_cast<int32_t>(splits < 1 ? 1 : splits);
   if (pl.splits > 1) {
     pl.counter_bytes = detail::workspace_counter_bytes(sms);

@@ -2,7 +2,7 @@
 // kv head x row chunk, batch entry): its 16 rows are the GQA-packed query rows of that kv head,
 // so K and V are read once per kv head. Keys stream through shared memory in blocks of
 // 4 x kWarpKeys (cp.async, stages(D) deep), from contiguous caches dealt to the splits in turn
-// (split s takes blocks s, s + S, ...), so a split's first blocks are known before the cache
+// (split s takes blocks s, s + S, ...), so a split's first block is known before the cache
 // length lands; each warp takes its quarter of a block with mma.sync
 // (S = Q K^T and O += P V on the tensor cores, the online softmax on the accumulators, as the
 // portable forward kernel does), and the four warps' running results merge at the end. Splits
@@ -113,7 +113,7 @@ __global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const _
   static_assert(sizeof(MergeSmem<D>) <= sizeof(sm.k) + sizeof(sm.v), "the merge overlays K/V");
 
   // The entry's length and left pad are loaded first and used last: the q tile (its own
-  // cp.async group, rows past the chunk's rows zero-filled) and the speculative first blocks
+  // cp.async group, rows past the chunk's rows zero-filled) and the speculative first block
   // below are issued while they travel (perf-notes K6, K15).
   const int L = p.cache_seqlens[b];
   const int pad = p.cache_leftpad ? p.cache_leftpad[b] : 0;  // keys start at this row
@@ -133,9 +133,8 @@ __global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const _
 
   // Contiguous caches deal key blocks to the splits in turn: split s takes blocks s, s + S,
   // s + 2S, ... of the range its rows see (S = splits), so whatever the length, its first
-  // blocks are s and s + S unless a window or the left pad moves the range. Those are copied
-  // before the length has landed and kept if they turn out whole blocks of cache rows
-  // (perf-notes K15). Paged caches keep one contiguous share a split: dealt blocks there read
+  // block is s unless a window or the left pad moves the range. That one is copied before the
+  // length has landed and kept if it turns out a whole block of cache rows (perf-notes K15). Paged caches keep one contiguous share a split: dealt blocks there read
   // a block-table line a block instead of one per eight, and lost 2 % (K15).
   const bool dealt = !p.paged, speculate = dealt && p.window_left < 0;
   // Block copies: thread t copies the 16-byte column c8 = t % kCpr of rows j0 + i * kRowStep,
@@ -177,14 +176,13 @@ __global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const _
       if (slot >= p.page_size) slot -= p.page_size, ++pg;
     }
   };
-  // Not under a window: its range starts where only the length tells. One group per slot.
+  // Not under a window: its range starts where only the length tells. Only the first slot: a
+  // split with any keys needs block s whenever the length reaches S blocks, while its later
+  // slots are needed only at S x (kS - 1) blocks or more; a cache longer than its keys (a
+  // static cache early in a generation) would otherwise read a block a CTA in vain.
   if (speculate) {
-#pragma unroll 1
-    for (int s = 0; s < kS - 1; ++s) {
-      const int blk = split + s * S;
-      if ((blk + 1) * kBK <= p.capacity) load_cache_block(blk, s);
-      cp_async_commit();
-    }
+    if ((split + 1) * kBK <= p.capacity) load_cache_block(split, 0);
+    cp_async_commit();
   }
   FLASHCORE_DECODE_STAMP(1, L);
   const int n_new = p.append ? p.seqlen_q : 0;
@@ -318,19 +316,15 @@ __global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const _
   const bool rotate = p.rotary_dim > 0 && n_new > 0;
 
   // One cp.async group per block slot, empty past the end, so waiting for all but the newest
-  // kS - 2 groups always means the current block has landed. The speculative copies stand
-  // where they are this split's first blocks and whole blocks of cache rows; otherwise they
-  // are waited out (their stages are refilled) and the slots issued again.
-  bool kept = speculate && first == split;
-#pragma unroll
-  for (int s = 0; s < kS - 1; ++s) kept &= s >= mine || full(first + s * stride);
-  if (!kept) {
-    if (speculate) cp_async_wait<0>();
+  // kS - 2 groups always means the current block has landed. The speculative copy stands where
+  // it is this split's first block and a whole block of cache rows; otherwise it is waited out
+  // (its stage is refilled) and the first slot issued again.
+  const bool kept = speculate && first == split && (mine == 0 || full(first));
+  if (speculate && !kept) cp_async_wait<0>();
 #pragma unroll 1  // one copy of the loader for the prologue, one for the loop
-    for (int s = 0; s < kS - 1; ++s) {
-      if (s < mine) load(first + s * stride, s);
-      cp_async_commit();
-    }
+  for (int s = kept ? 1 : 0; s < kS - 1; ++s) {
+    if (s < mine) load(first + s * stride, s);
+    cp_async_commit();
   }
   // q rotated in place once landed, rounded to the dtype as the reference does; the key loop's
   // first barrier orders this before the tile is read.

@@ -62,7 +62,8 @@ inline int run_decode_grid(cudaStream_t stream, const cudaDeviceProp& prop,
     const size_t read_bytes = 2 * size_t(r.b) * r.len * kHkv * kD * 2;  // what a call reads
     size_t free_b = 0, total_b = 0;
     DECODE_CUDA(cudaMemGetInfo(&free_b, &total_b));
-    const size_t want = std::max<size_t>(2, 2 * size_t(prop.l2CacheSize) / set_bytes + 1);
+    // Enough sets that the bytes the calls read (not the buffers' size) pass twice the L2.
+    const size_t want = std::max<size_t>(2, 2 * size_t(prop.l2CacheSize) / read_bytes + 1);
     const size_t nsets = std::min<size_t>({want, size_t(0.8 * free_b) / set_bytes, 64});
     std::vector<void*> bufs;
     auto alloc = [&](size_t bytes) {

@@ -407,7 +407,8 @@ def test_jax_host_arrays_run_on_the_reference(dtype):
     rng = np.random.default_rng(21)
     f32 = [rng.standard_normal(shape).astype(np.float32)
            for shape in ((2, 9, 4, 64), (2, 13, 2, 64), (2, 13, 2, 64))]
-    q, k, v = (jnp.asarray(x).astype(dtype) for x in f32)
+    cpu = jax.devices("cpu")[0]  # the default device is a GPU where JAX has one
+    q, k, v = (jax.device_put(x, cpu).astype(dtype) for x in f32)
     out, lse, s_dmask = flashcore.flash_attn_func(q, k, v, causal=True, return_attn_probs=True)
     assert isinstance(out, jax.Array) and out.dtype == q.dtype and out.shape == q.shape
     assert isinstance(lse, jax.Array) and lse.dtype == jnp.float32 and lse.shape == (2, 4, 9)
@@ -434,6 +435,19 @@ def test_jax_caches_cannot_take_an_append():
     new = jnp.ones((1, 1, 2, 64), dtype=jnp.float16)
     with pytest.raises(ValueError, match="k_cache/v_cache: JAX arrays are immutable"):
         flashcore.flash_attn_with_kvcache(q, cache, cache, new, new, cache_seqlens=3)
+
+
+def test_jax_gpu_arrays_raise_saying_why():
+    """JAX arrays on a GPU are not taken (the route is an XLA FFI custom call): a TypeError
+    that names the device and the way around it."""
+    jax = pytest.importorskip("jax")
+    try:
+        gpu = jax.devices("gpu")[0]
+    except RuntimeError:
+        pytest.skip("JAX has no GPU here")
+    q = jax.device_put(np.ones((1, 4, 2, 64), np.float16), gpu)
+    with pytest.raises(TypeError, match="JAX arrays on the host only.*gpu"):
+        flashcore.flash_attn_func(q, q, q)
 
 
 def test_traced_jax_arrays_raise_saying_why():

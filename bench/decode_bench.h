@@ -62,9 +62,11 @@ inline int run_decode_grid(cudaStream_t stream, const cudaDeviceProp& prop,
     const size_t read_bytes = 2 * size_t(r.b) * r.len * kHkv * kD * 2;  // what a call reads
     size_t free_b = 0, total_b = 0;
     DECODE_CUDA(cudaMemGetInfo(&free_b, &total_b));
-    // Enough sets that the bytes the calls read (not the buffers' size) pass twice the L2.
+    // Enough sets that the calls' reads (not the buffers' size) pass twice the L2, but no more
+    // than the graph's calls use: call i reads set i % sets. Where the 20 calls are fewer, a
+    // set's lines were last read 19 calls earlier (80 MB of reads at 1k, more than the L2).
     const size_t want = std::max<size_t>(2, 2 * size_t(prop.l2CacheSize) / read_bytes + 1);
-    const size_t nsets = std::min<size_t>({want, size_t(0.8 * free_b) / set_bytes, 64});
+    const size_t nsets = std::min<size_t>({want, size_t(0.8 * free_b) / set_bytes, size_t(kCalls)});
     std::vector<void*> bufs;
     auto alloc = [&](size_t bytes) {
       void* p = nullptr;

@@ -134,8 +134,9 @@ __global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const _
   // Contiguous caches deal key blocks to the splits in turn: split s takes blocks s, s + S,
   // s + 2S, ... of the range its rows see (S = splits), so whatever the length, its first
   // block is s unless a window or the left pad moves the range. That one is copied before the
-  // length has landed and kept if it turns out a whole block of cache rows (perf-notes K15). Paged caches keep one contiguous share a split: dealt blocks there read
-  // a block-table line a block instead of one per eight, and lost 2 % (K15).
+  // length has landed and kept if it turns out a whole block of cache rows (perf-notes K15,
+  // K19). Paged caches keep one contiguous share a split: dealt blocks there read a
+  // block-table line a block instead of one per eight, and lost 2 % (K15).
   const bool dealt = !p.paged, speculate = dealt && p.window_left < 0;
   // Block copies: thread t copies the 16-byte column c8 = t % kCpr of rows j0 + i * kRowStep,
   // so a block of cache rows costs a pointer step per row instead of an address rebuilt per

@@ -18,7 +18,10 @@ class LaunchState {
  public:
   explicit LaunchState(const void* kernel) : kernel_(kernel) {}
 
-  // The device's entry (set up on first use), or an error of that setup.
+  // The device's entry (set up on first use), or an error of that setup. The setup runs once
+  // per device: a failure sticks for the process (a retry on error is not done), and after
+  // cudaDeviceReset the limit is back at its default while the entry stays, so launches above
+  // 48 KB then fail with that error (reported, not silent).
   cudaError_t get(bool& early) {
     int dev = 0;
     cudaError_t err = cudaGetDevice(&dev);

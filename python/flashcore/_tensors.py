@@ -61,15 +61,17 @@ class _Bf16Host:
 
 
 def as_caller(like, x):
-    """x (an output made by empty() for like) as like's framework's type: a JAX array (a copy)
-    for JAX callers, x itself otherwise."""
+    """x (an output made by empty() for like) as like's framework's type: a JAX array (a copy,
+    on like's device) for JAX callers, x itself otherwise."""
     if x is None or not is_jax(like):
         return x
+    import jax
     import jax.numpy as jnp
 
+    device = next(iter(like.devices()))  # the caller's host device, not JAX's default (a GPU)
     if isinstance(x, _Bf16Host):
-        return jnp.asarray(x.bits).view(jnp.bfloat16)
-    return jnp.asarray(x)
+        return jax.device_put(x.bits, device).view(jnp.bfloat16)
+    return jax.device_put(x, device)
 
 
 def empty(like, shape, float32=False):

@@ -411,6 +411,7 @@ def test_jax_host_arrays_run_on_the_reference(dtype):
     q, k, v = (jax.device_put(x, cpu).astype(dtype) for x in f32)
     out, lse, s_dmask = flashcore.flash_attn_func(q, k, v, causal=True, return_attn_probs=True)
     assert isinstance(out, jax.Array) and out.dtype == q.dtype and out.shape == q.shape
+    assert out.devices() == q.devices() == lse.devices() == {cpu}
     assert isinstance(lse, jax.Array) and lse.dtype == jnp.float32 and lse.shape == (2, 4, 9)
     assert isinstance(s_dmask, jax.Array) and s_dmask.size == 0
     as64 = [np.asarray(x.astype(jnp.float32), dtype=np.float64) for x in (q, k, v)]
@@ -422,7 +423,7 @@ def test_jax_host_arrays_run_on_the_reference(dtype):
     # The cache read (no append) takes JAX caches too; cache_seqlens as an int.
     got = flashcore.flash_attn_with_kvcache(q[:, :1], k, v, cache_seqlens=11)
     ref, _ = reference(as64[0][0, :1], as64[1][0, :11], as64[2][0, :11])
-    assert isinstance(got, jax.Array)
+    assert isinstance(got, jax.Array) and got.devices() == {cpu}
     np.testing.assert_allclose(np.asarray(got[0].astype(jnp.float32)), ref, atol=tol, rtol=tol)
 
 

@@ -26,9 +26,9 @@ class LaunchState {
     int dev = 0;
     cudaError_t err = cudaGetDevice(&dev);
     if (err != cudaSuccess) return err;
-    if (dev < 0 || dev >= kDevices) return setup(early);  // not cached past kDevices devices
+    if (dev < 0 || dev >= kDevices) return setup(dev, early);  // not cached past kDevices devices
     Entry& e = entries_[dev];
-    std::call_once(e.once, [&] { e.err = setup(e.early); });
+    std::call_once(e.once, [&] { e.err = setup(dev, e.early); });
     early = e.early;
     return e.err;
   }
@@ -41,13 +41,12 @@ class LaunchState {
     cudaError_t err = cudaSuccess;
   };
 
-  cudaError_t setup(bool& early) const {
+  cudaError_t setup(int dev, bool& early) const {
     cudaFuncAttributes fa{};
     cudaError_t err = cudaFuncGetAttributes(&fa, kernel_);
     if (err != cudaSuccess) return err;
     early = fa.binaryVersion >= 90 && fa.ptxVersion >= 90;
-    int dev = 0, most = 0;
-    if ((err = cudaGetDevice(&dev)) != cudaSuccess) return err;
+    int most = 0;
     err = cudaDeviceGetAttribute(&most, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
     if (err != cudaSuccess) return err;
     return cudaFuncSetAttribute(kernel_, cudaFuncAttributeMaxDynamicSharedMemorySize,

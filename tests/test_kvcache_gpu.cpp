@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "common/workspace.h"
 #include "kv_util.h"
 #include "test_util.h"
 
@@ -63,10 +64,19 @@ struct KvDevice {
   }
 };
 
+// junk: 0 zero-fills the buffer, as the API asks before its first use; otherwise only the
+// counter area is zero and every word after it holds junk, as another call's partials would.
 struct Workspace {
   void* ptr = nullptr;
-  explicit Workspace(int64_t bytes) {
-    if (bytes > 0 && cudaMalloc(&ptr, size_t(bytes)) == cudaSuccess) cudaMemset(ptr, 0, size_t(bytes));
+  explicit Workspace(int64_t bytes, uint32_t junk = 0) {
+    if (bytes <= 0 || cudaMalloc(&ptr, size_t(bytes)) != cudaSuccess) return;
+    int dev = 0, sms = 0;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+    const int64_t counters = junk ? std::min(bytes, detail::workspace_counter_bytes(sms)) : bytes;
+    std::vector<uint32_t> words(size_t(bytes / 4), junk);
+    std::fill(words.begin(), words.begin() + counters / 4, 0u);
+    cudaMemcpy(ptr, words.data(), words.size() * 4, cudaMemcpyHostToDevice);
   }
   ~Workspace() { cudaFree(ptr); }
 };
@@ -78,7 +88,7 @@ struct Workspace {
 // (twice the gap between the exact reference and the one with rounded P, plus a floor) with
 // the gap taken as its largest over the output row.
 void expect_gpu_matches_reference(const KvSpec& s, uint64_t seed, bool with_workspace = true,
-                                  const std::vector<int32_t>& block_table = {}) {
+                                  const std::vector<int32_t>& block_table = {}, uint32_t junk = 0) {
   KvHost ref(s, seed);
   if (!block_table.empty()) ref.block_table = block_table;  // entries the call must not read
   ref.rebuild();
@@ -92,7 +102,8 @@ void expect_gpu_matches_reference(const KvSpec& s, uint64_t seed, bool with_work
   const Plan plan = query(dev.p);
   ASSERT_TRUE(plan.status.ok()) << plan.status.message;
   EXPECT_EQ(plan.kernel.rfind("portable.decode.", 0), 0u) << plan.kernel;
-  Workspace ws(with_workspace ? plan.workspace_bytes : 0);
+  if (junk) EXPECT_GT(plan.kv_splits, 1) << "the junk is in the partials only a split call uses";
+  Workspace ws(with_workspace ? plan.workspace_bytes : 0, junk);
   const Status st = run(dev.p, ws.ptr, nullptr);
   ASSERT_TRUE(st.ok()) << st.message;
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
@@ -291,6 +302,24 @@ TEST(KvGpu, WithoutWorkspaceRunsUnsplit) {
   s.lens = {3000};
   s.capacity = 4096;
   expect_gpu_matches_reference(s, 3, /*with_workspace=*/false);
+}
+
+// A split call reads only the partials its own splits wrote in this call: the API asks for a
+// zero-filled buffer before its first use, but afterwards only the counter area is zero (the
+// partials hold whatever the last call, decode or forward, left). Junk past the counters
+// (1.0f, a NaN, -0.0f's bits) at one block a split (1k) and at 16k.
+TEST(KvGpu, StaleWorkspaceIsNeverRead) {
+  SKIP_WITHOUT_GPU();
+  for (uint32_t junk : {0x3f800000u, 0x7fc00000u, 0x80000000u})
+    for (int len : {1000, 16384}) {
+      KvSpec s;
+      s.batch = 1;
+      s.hq = 32, s.hkv = 8, s.d = 128;
+      s.lens = {len};
+      s.capacity = len + 1;
+      SCOPED_TRACE("junk " + std::to_string(junk) + ", length " + std::to_string(len));
+      expect_gpu_matches_reference(s, 41 + len, true, {}, junk);
+    }
 }
 
 TEST(KvGpu, BadEntriesAreFlaggedLikeTheReference) {

@@ -5,6 +5,7 @@ ignored. One documented difference: a query row that sees no key gets LSE -inf (
 FlashAttention-3 returns), not +inf."""
 
 from . import _flashcore as _C
+from . import _jax
 from ._tensors import device_key as _device_key
 from ._tensors import as_caller, capturing, empty, framework, is_jax, stream_of
 from ._tensors import full_int32 as _full_int32
@@ -104,9 +105,12 @@ def flash_attn_func(
 
 
 def _flash_attn(q, k, v, softmax_scale, causal, window_size, return_attn_probs):
+    left, right = _window(window_size)
+    if is_jax(q) and _jax.available():  # an XLA custom call: GPU or host, jax.jit too
+        return _jax.flash_attn(q, k, v, _scale(softmax_scale), bool(causal), left, right,
+                               return_attn_probs)
     out = empty(q, tuple(q.shape))
     lse = empty(q, (q.shape[0], q.shape[2], q.shape[1]), float32=True) if return_attn_probs else None
-    left, right = _window(window_size)
     _fwd(q, k, v, out, lse, None, None, 0, 0, _scale(softmax_scale), bool(causal), left, right)
     out, lse = as_caller(q, out), as_caller(q, lse)
     return (out, lse, as_caller(q, _dmask(q))) if return_attn_probs else out

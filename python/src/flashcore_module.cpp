@@ -412,6 +412,12 @@ nb::ndarray<nb::device::cpu> bf16_view(nb::ndarray<uint16_t, nb::device::cpu, nb
 
 }  // namespace
 
+#ifdef FLASHCORE_JAX_FFI
+namespace flashcore::python {
+void add_jax_ffi(nb::module_& m);  // jax_ffi.cpp
+}
+#endif
+
 NB_MODULE(_flashcore, m) {
   m.doc() = "flashcore's C++ API over DLPack tensors (use the flashcore package, not this)";
   m.def("fwd", &fwd, nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("out"),
@@ -437,4 +443,7 @@ NB_MODULE(_flashcore, m) {
         nb::arg("window_left") = -1, nb::arg("window_right") = -1, nb::arg("leftpad") = false);
   m.def("cuda_device_count", &flashcore::cuda_device_count);
   m.def("bf16_view", &bf16_view, nb::arg("a").noconvert(), nb::arg("owner"));
+#ifdef FLASHCORE_JAX_FFI
+  flashcore::python::add_jax_ffi(m);
+#endif
 }

@@ -4,6 +4,10 @@ forms, and ValueError for every option the core does not support. scripts/test i
 package (pip install python/) before running these."""
 
 import inspect
+import os
+
+# JAX (imported by the tests that use it) would otherwise take most of a GPU's memory at once.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import numpy as np
 import pytest
@@ -438,24 +442,106 @@ def test_jax_caches_cannot_take_an_append():
         flashcore.flash_attn_with_kvcache(q, cache, cache, new, new, cache_seqlens=3)
 
 
-def test_jax_gpu_arrays_raise_saying_why():
-    """JAX arrays on a GPU are not taken (the route is an XLA FFI custom call): a TypeError
-    that names the device and the way around it."""
+def _jax_ffi():
+    from flashcore import _jax
+
+    if not _jax.available():
+        pytest.skip("the package was built without jax (no XLA FFI handlers)")
+
+
+def _jax_case(jax, rng, dtype, device, shapes=((2, 9, 4, 64), (2, 13, 2, 64))):
+    qs, ks = shapes
+    f32 = [rng.standard_normal(shape).astype(np.float32) for shape in (qs, ks, ks)]
+    return [jax.device_put(x, device).astype(dtype) for x in f32]
+
+
+def _check_jax_against_reference(jax, q, k, v, out, lse, causal, window, tol):
+    jnp = jax.numpy
+    as64 = [np.asarray(x.astype(jnp.float32), dtype=np.float64) for x in (q, k, v)]
+    for b in range(q.shape[0]):
+        ref, ref_lse = reference(*(x[b] for x in as64), causal=causal, window=window)
+        np.testing.assert_allclose(np.asarray(out[b].astype(jnp.float32)), ref, atol=tol, rtol=tol)
+        if lse is not None:
+            np.testing.assert_allclose(np.asarray(lse[b]), ref_lse, atol=1e-3, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_jax_flash_attn_func_under_jit(dtype):
+    """flash_attn_func is an XLA custom call on JAX arrays: it traces under jax.jit, and the
+    jitted call gives the eager call's result bit for bit, both the reference's."""
+    jax = pytest.importorskip("jax")
+    _jax_ffi()
+    cpu = jax.devices("cpu")[0]
+    q, k, v = _jax_case(jax, np.random.default_rng(5), dtype, cpu)
+    for causal, window in ((True, (-1, -1)), (False, (3, 1))):
+        step = jax.jit(lambda a, b, c: flashcore.flash_attn_func(
+            a, b, c, causal=causal, window_size=window, return_attn_probs=True))
+        out, lse, s_dmask = step(q, k, v)
+        eager = flashcore.flash_attn_func(q, k, v, causal=causal, window_size=window)
+        assert out.devices() == {cpu} and s_dmask.size == 0
+        np.testing.assert_array_equal(np.asarray(out.astype(jax.numpy.float32)),
+                                      np.asarray(eager.astype(jax.numpy.float32)))
+        tol = 4e-3 if dtype == "float16" else 1e-2
+        _check_jax_against_reference(jax, q, k, v, out, lse, causal, window, tol)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_jax_gpu_flash_attn_func_random_shapes(seed):
+    """JAX GPU arrays: the custom call runs the CUDA kernels on JAX's buffers and stream,
+    under jax.jit; against the float64 reference on random shapes."""
+    jax = pytest.importorskip("jax")
+    _jax_ffi()
+    try:
+        gpu = jax.devices("gpu")[0]
+    except RuntimeError:
+        pytest.skip("JAX has no GPU here")
+    rng = np.random.default_rng(100 + seed)
+    pick = lambda xs: xs[int(rng.integers(len(xs)))]  # noqa: E731
+    dtype, d, hkv = pick(["float16", "bfloat16"]), pick([64, 128, 256]), pick([1, 2, 8])
+    hq, b, sq, sk = hkv * pick([1, 4]), pick([1, 3]), pick([1, 17, 300]), pick([1, 64, 1000])
+    causal, window = pick([True, False]), pick([(-1, -1), (50, 0)])
+    q, k, v = _jax_case(jax, rng, dtype, gpu, ((b, sq, hq, d), (b, sk, hkv, d)))
+    step = jax.jit(lambda x, y, z: flashcore.flash_attn_func(
+        x, y, z, causal=causal, window_size=window, return_attn_probs=True))
+    out, lse, _ = step(q, k, v)
+    assert out.devices() == {gpu} and lse.devices() == {gpu}
+    _check_jax_against_reference(jax, q, k, v, out, lse, causal, window, 3e-2)
+
+
+def test_jax_bad_input_raises_when_traced():
+    """The rules are checked while the call is traced: ValueError naming the argument, before
+    XLA runs anything."""
+    jax = pytest.importorskip("jax")
+    _jax_ffi()
+    jnp = jax.numpy
+    q = jnp.ones((1, 4, 3, 64), dtype=jnp.float16)
+    kv = jnp.ones((1, 4, 2, 64), dtype=jnp.float16)
+    with pytest.raises(ValueError, match="num_heads_q: must be a multiple of num_heads_kv"):
+        jax.jit(lambda a, b: flashcore.flash_attn_func(a, b, b))(q, kv)
+    with pytest.raises(ValueError, match="q: dtype must be float16 or bfloat16"):
+        flashcore.flash_attn_func(q.astype(jnp.float32), kv, kv)
+    with pytest.raises(ValueError, match="head_dim"):
+        flashcore.flash_attn_func(q[..., :60], kv[:, :, :1, :60], kv[:, :, :1, :60])
+
+
+def test_jax_gpu_arrays_outside_flash_attn_func_raise_saying_why():
+    """On a GPU only flash_attn_func has the custom call; the cache and varlen functions take
+    host JAX arrays only: a TypeError that names the device and the way around it."""
     jax = pytest.importorskip("jax")
     try:
         gpu = jax.devices("gpu")[0]
     except RuntimeError:
         pytest.skip("JAX has no GPU here")
-    q = jax.device_put(np.ones((1, 4, 2, 64), np.float16), gpu)
+    q = jax.device_put(np.ones((1, 1, 2, 64), np.float16), gpu)
     with pytest.raises(TypeError, match="JAX arrays on the host only.*gpu"):
-        flashcore.flash_attn_func(q, q, q)
+        flashcore.flash_attn_with_kvcache(q, q, q, cache_seqlens=1)
 
 
-def test_traced_jax_arrays_raise_saying_why():
+def test_traced_jax_arrays_outside_flash_attn_func_raise_saying_why():
     jax = pytest.importorskip("jax")
-    q = jax.numpy.ones((1, 4, 2, 64), dtype=jax.numpy.float16)
+    q = jax.numpy.ones((1, 1, 2, 64), dtype=jax.numpy.float16)
     with pytest.raises(TypeError, match="not traced ones"):
-        jax.jit(lambda x: flashcore.flash_attn_func(x, x, x))(q)
+        jax.jit(lambda x: flashcore.flash_attn_with_kvcache(x, x, x, cache_seqlens=1))(q)
 
 
 def test_with_kvcache_left_pad():

@@ -1,0 +1,77 @@
+"""flash_attn_func on JAX arrays as an XLA custom call (python/src/jax_ffi.cpp): XLA allocates
+the outputs and hands over its own stream, so it runs on the GPU and the host (the CPU
+reference), eagerly and under jax.jit. The package has it where jax was installed when it was
+built; otherwise JAX arrays take the host-only path of _tensors.py.
+
+Shape and dtype rules are checked here, when the call is traced, and the problem's rules by the
+core's query (the same messages as every other path), so bad input raises ValueError before
+XLA runs anything. A problem the GPU has no kernel for fails when it runs (XLA's error, with
+the core's message)."""
+
+from . import _flashcore as _C
+
+_registered = False
+
+
+def available():
+    return hasattr(_C, "jax_ffi_targets")
+
+
+def _register():
+    global _registered
+    if _registered:
+        return
+    import jax
+
+    for name, platforms in _C.jax_ffi_targets().items():
+        for platform, capsule in platforms.items():
+            jax.ffi.register_ffi_target(name, capsule, platform=platform)
+    _registered = True
+
+
+def _check(q, k, v, causal, left, right):
+    import jax.numpy as jnp
+
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if len(x.shape) != 4:
+            raise ValueError(f"{name}: must have 4 dimensions (batch, seqlen, heads, head_dim) "
+                             f"(got {tuple(x.shape)})")
+    if q.dtype not in (jnp.float16, jnp.bfloat16):
+        raise ValueError(f"q: dtype must be float16 or bfloat16 (got {q.dtype})")
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        raise ValueError("k/v: dtype must match q's")
+    if tuple(v.shape) != tuple(k.shape):
+        raise ValueError(f"v: shape must be k's {tuple(k.shape)} (got {tuple(v.shape)})")
+    if k.shape[0] != q.shape[0] or k.shape[3] != q.shape[3]:
+        raise ValueError(f"k: batch and head_dim must be q's (q {tuple(q.shape)}, k "
+                         f"{tuple(k.shape)})")
+    hq, hkv = q.shape[2], k.shape[2]
+    if hkv < 1 or hq % hkv:
+        raise ValueError(f"num_heads_q: must be a multiple of num_heads_kv (got {hq} and {hkv})")
+    # The core's rules for the rest (head_dim, windows), on a stand-in of the same group size.
+    group = hq // hkv
+    dtype = "float16" if q.dtype == jnp.float16 else "bfloat16"
+    message = _C.query_forward(dtype, q.shape[3], min(group, 32), 1, causal, left, right,
+                               lse=True)
+    if message:
+        raise ValueError(message)
+
+
+def flash_attn(q, k, v, softmax_scale, causal, left, right, return_attn_probs):
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    _check(q, k, v, bool(causal), left, right)
+    _register()
+    b, sq, hq, _ = q.shape
+    call = jax.ffi.ffi_call(
+        "flashcore_fwd",
+        (jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((b, hq, sq), jnp.float32)),
+        vmap_method="sequential",
+    )
+    out, lse = call(q, k, v, softmax_scale=np.float32(softmax_scale), causal=bool(causal),
+                    window_left=np.int64(left), window_right=np.int64(right))
+    if not return_attn_probs:
+        return out
+    return out, lse, jnp.zeros((0,), dtype=q.dtype)

@@ -1,0 +1,89 @@
+// The decode kernel launched as a programmatic dependent (sm_90, decode_launch.cuh) must wait
+// for the kernel before it: a predecessor that lets its dependents launch at once and writes
+// cache_seqlens ~50 µs later, then a decode call on the same stream. Had the kernel read the
+// length before its griddepcontrol.wait, it would see the old one (100 keys, not 3000) and the
+// output would differ from the reference. KvGpu.SecondCallSeesTheFirstCallsAppend cannot tell:
+// there the first call writes before it triggers. Compiled for sm_90a only (label gpu); skips
+// without a compute capability 9.x GPU.
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "kv_device.h"
+#include "kv_util.h"
+#include "test_util.h"
+
+namespace flashcore::test {
+namespace {
+
+bool have_sm90() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) return false;
+  int major = 0;
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0);
+  return major == 9;
+}
+
+// Lets the next kernel launch now, then writes *at = value after delay_ns.
+__global__ void late_writer(int32_t* at, int32_t value, unsigned long long delay_ns) {
+  asm volatile("griddepcontrol.launch_dependents;");
+  unsigned long long t0, t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
+  do {
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  } while (t - t0 < delay_ns);
+  *at = value;
+}
+
+TEST(KvPdl, DecodeWaitsForAKernelThatTriggersEarlyAndWritesLate) {
+  if (!have_sm90()) GTEST_SKIP() << "needs a compute capability 9.x GPU";
+  KvSpec s;
+  s.batch = 1, s.hq = 32, s.hkv = 8, s.d = 128, s.lens = {3000}, s.capacity = 4096;
+  s.append = false;
+  s.nan_past_len = false;  // the old length's keys are finite: only a wrong answer shows
+  for (bool in_graph : {false, true}) {
+    KvHost ref(s, 60 + in_graph), low(ref), gpu(ref);
+    low.rebuild();
+    gpu.rebuild();
+    ref.p.backend = Backend::kReference;
+    ASSERT_TRUE(run(ref.p).ok());
+    ASSERT_TRUE(ref::kvcache(fd::resolve(low.p), {/*round_p=*/true, 0}).ok());
+    gpu.seqlens[0] = 100;  // on the device until the predecessor writes 3000
+    KvDevice dev(gpu);
+    const Plan plan = query(dev.p);
+    ASSERT_TRUE(plan.status.ok()) << plan.status.message;
+    Workspace ws(plan.workspace_bytes);
+    cudaStream_t stream;
+    ASSERT_EQ(cudaStreamCreate(&stream), cudaSuccess);
+    cudaGraph_t graph = nullptr;
+    cudaGraphExec_t exec = nullptr;
+    if (in_graph) ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal), cudaSuccess);
+    late_writer<<<1, 32, 0, stream>>>(dev.seqlens.ptr, 3000, 50'000);
+    const Status st = run(dev.p, ws.ptr, stream);
+    if (in_graph) {
+      ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
+      ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
+      ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
+    }
+    ASSERT_TRUE(st.ok()) << st.message;
+    ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+    dev.o.to_host(gpu.o);
+    int64_t bad = 0;
+    for (size_t i = 0; i < ref.o.size(); ++i) {
+      const double x = fd::to_float(s.dtype, gpu.o[i]), want = fd::to_float(s.dtype, ref.o[i]);
+      const double lp = fd::to_float(s.dtype, low.o[i]);
+      bad += !(std::fabs(x - want) <= 2 * std::fabs(lp - want) + 2 * ulp(s.dtype, want) + 5e-4);
+    }
+    EXPECT_EQ(bad, 0) << (in_graph ? "in a graph" : "eagerly")
+                      << ": the decode call read cache_seqlens before the predecessor wrote it";
+    if (exec) cudaGraphExecDestroy(exec);
+    if (graph) cudaGraphDestroy(graph);
+    cudaStreamDestroy(stream);
+  }
+}
+
+}  // namespace
+}  // namespace flashcore::test

@@ -1,6 +1,6 @@
 // The decode kernel launched as a programmatic dependent (sm_90, decode_launch.cuh) must wait
 // for the kernel before it: a predecessor that lets its dependents launch at once and writes
-// cache_seqlens ~50 µs later, then a decode call on the same stream. Had the kernel read the
+// cache_seqlens 200 µs later, then a decode call on the same stream. Had the kernel read the
 // length before its griddepcontrol.wait, it would see the old one (100 keys, not 3000) and the
 // output would differ from the reference. KvGpu.SecondCallSeesTheFirstCallsAppend cannot tell:
 // there the first call writes before it triggers. Compiled for sm_90a only (label gpu); skips
@@ -58,10 +58,15 @@ TEST(KvPdl, DecodeWaitsForAKernelThatTriggersEarlyAndWritesLate) {
     Workspace ws(plan.workspace_bytes);
     cudaStream_t stream;
     ASSERT_EQ(cudaStreamCreate(&stream), cudaSuccess);
+    // A first call sets the launch up (once a process), so that below the decode launch comes
+    // well within the predecessor's delay.
+    ASSERT_TRUE(run(dev.p, ws.ptr, stream).ok());
+    ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+    ASSERT_EQ(cudaMemcpy(dev.seqlens.ptr, gpu.seqlens.data(), 4, cudaMemcpyHostToDevice), cudaSuccess);
     cudaGraph_t graph = nullptr;
     cudaGraphExec_t exec = nullptr;
     if (in_graph) ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal), cudaSuccess);
-    late_writer<<<1, 32, 0, stream>>>(dev.seqlens.ptr, 3000, 50'000);
+    late_writer<<<1, 32, 0, stream>>>(dev.seqlens.ptr, 3000, 200'000);
     const Status st = run(dev.p, ws.ptr, stream);
     if (in_graph) {
       ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);

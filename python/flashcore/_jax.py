@@ -1,4 +1,5 @@
-"""flash_attn_func on JAX arrays as an XLA custom call (python/src/jax_ffi.cpp): XLA allocates
+"""flash_attn_func and flash_attn_varlen_func on JAX arrays as XLA custom calls
+(python/src/jax_ffi.cpp): XLA allocates
 the outputs and hands over its own stream, so it runs on the GPU and the host (the CPU
 reference), eagerly and under jax.jit. The package has it where jax was installed when it was
 built; otherwise JAX arrays take the host-only path of _tensors.py.
@@ -29,30 +30,30 @@ def _register():
     _registered = True
 
 
-def _check(q, k, v, causal, left, right):
+def _check(q, k, v, causal, left, right, varlen=False):
     import jax.numpy as jnp
 
+    rank, dims = (3, "(total, heads, head_dim)") if varlen else (4, "(batch, seqlen, heads, head_dim)")
     for name, x in (("q", q), ("k", k), ("v", v)):
-        if len(x.shape) != 4:
-            raise ValueError(f"{name}: must have 4 dimensions (batch, seqlen, heads, head_dim) "
-                             f"(got {tuple(x.shape)})")
+        if len(x.shape) != rank:
+            raise ValueError(f"{name}: must have {rank} dimensions {dims} (got {tuple(x.shape)})")
     if q.dtype not in (jnp.float16, jnp.bfloat16):
         raise ValueError(f"q: dtype must be float16 or bfloat16 (got {q.dtype})")
     if k.dtype != q.dtype or v.dtype != q.dtype:
         raise ValueError("k/v: dtype must match q's")
     if tuple(v.shape) != tuple(k.shape):
         raise ValueError(f"v: shape must be k's {tuple(k.shape)} (got {tuple(v.shape)})")
-    if k.shape[0] != q.shape[0] or k.shape[3] != q.shape[3]:
+    if k.shape[-1] != q.shape[-1] or (not varlen and k.shape[0] != q.shape[0]):
         raise ValueError(f"k: batch and head_dim must be q's (q {tuple(q.shape)}, k "
                          f"{tuple(k.shape)})")
-    hq, hkv = q.shape[2], k.shape[2]
+    hq, hkv = q.shape[-2], k.shape[-2]
     if hkv < 1 or hq % hkv:
         raise ValueError(f"num_heads_q: must be a multiple of num_heads_kv (got {hq} and {hkv})")
     # The core's rules for the rest (head_dim, windows), on a stand-in of the same group size.
     group = hq // hkv
     dtype = "float16" if q.dtype == jnp.float16 else "bfloat16"
-    message = _C.query_forward(dtype, q.shape[3], min(group, 32), 1, causal, left, right,
-                               lse=True)
+    message = _C.query_forward(dtype, q.shape[-1], min(group, 32), 1, causal, left, right,
+                               varlen=varlen, lse=True)
     if message:
         raise ValueError(message)
 
@@ -72,6 +73,33 @@ def flash_attn(q, k, v, softmax_scale, causal, left, right, return_attn_probs):
     )
     out, lse = call(q, k, v, softmax_scale=np.float32(softmax_scale), causal=bool(causal),
                     window_left=np.int64(left), window_right=np.int64(right))
+    if not return_attn_probs:
+        return out
+    return out, lse, jnp.zeros((0,), dtype=q.dtype)
+
+
+def flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                      softmax_scale, causal, left, right, return_attn_probs):
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    _check(q, k, v, bool(causal), left, right, varlen=True)
+    for name, x in (("cu_seqlens_q", cu_seqlens_q), ("cu_seqlens_k", cu_seqlens_k)):
+        if x.dtype != jnp.int32 or len(x.shape) != 1 or x.shape[0] < 1:
+            raise ValueError(f"{name}: must be a 1-d int32 array (batch + 1)")
+    if cu_seqlens_k.shape != cu_seqlens_q.shape:
+        raise ValueError("cu_seqlens_k: must have cu_seqlens_q's length (batch + 1)")
+    _register()
+    call = jax.ffi.ffi_call(
+        "flashcore_varlen_fwd",
+        (jax.ShapeDtypeStruct(q.shape, q.dtype),
+         jax.ShapeDtypeStruct((q.shape[1], q.shape[0]), jnp.float32)),
+        vmap_method="sequential",
+    )
+    out, lse = call(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q=np.int64(max_seqlen_q),
+                    max_seqlen_k=np.int64(max_seqlen_k), softmax_scale=np.float32(softmax_scale),
+                    causal=bool(causal), window_left=np.int64(left), window_right=np.int64(right))
     if not return_attn_probs:
         return out
     return out, lse, jnp.zeros((0,), dtype=q.dtype)

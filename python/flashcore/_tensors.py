@@ -2,9 +2,9 @@
 device) and find the stream a call should run on. flashcore takes any DLPack tensor; outputs
 are made with the caller's own framework so they come back as the caller's type.
 
-flash_attn_func on JAX arrays is an XLA custom call (_jax.py) where the package has one. Other
-calls on JAX arrays (the cache and varlen functions, or every call in a package built without
-jax) take host arrays only: JAX arrays are immutable, so a call writes into numpy arrays of its
+flash_attn_func and flash_attn_varlen_func on JAX arrays are XLA custom calls (_jax.py) where
+the package has them. Other calls on JAX arrays (the cache function, or every call in a package
+built without jax) take host arrays only: JAX arrays are immutable, so a call writes into numpy arrays of its
 own and hands JAX copies afterwards (as_caller); a bfloat16 output is a uint16 array the core
 writes through a bfloat16 view (numpy has no bfloat16 that DLPack carries)."""
 
@@ -23,15 +23,16 @@ def _check_jax_host(like):
     if isinstance(like, jax.core.Tracer):  # jax.jit, grad: no buffer to read
         raise TypeError(
             "flashcore takes concrete host JAX arrays, not traced ones (jax.jit, jax.grad), "
-            "except in flash_attn_func (an XLA custom call): call it outside the traced function"
+            "except in flash_attn_func and flash_attn_varlen_func (XLA custom calls): call it "
+            "outside the traced function"
         )
     platforms = {d.platform for d in like.devices()}
     if platforms != {"cpu"}:
         raise TypeError(
             f"flashcore takes JAX arrays on the host only (they run on the CPU reference); this "
             f"one is on {sorted(platforms)}. On a GPU, JAX's buffers are immutable and its stream "
-            f"is its own: only flash_attn_func has an XLA custom call for them (in a package "
-            f"built with jax installed). Pass torch or cupy arrays (torch.from_dlpack takes a "
+            f"is its own: only flash_attn_func and flash_attn_varlen_func have XLA custom "
+            f"calls for them (in a package built with jax installed). Pass torch or cupy arrays (torch.from_dlpack takes a "
             f"JAX GPU array without a copy)"
         )
 

@@ -151,9 +151,13 @@ def flash_attn_varlen_func(
 
 def _flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                        softmax_scale, causal, window_size, return_attn_probs):
+    left, right = _window(window_size)
+    if is_jax(q) and _jax.available():  # an XLA custom call: GPU or host, jax.jit too
+        return _jax.flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q),
+                                      int(max_seqlen_k), _scale(softmax_scale), bool(causal),
+                                      left, right, return_attn_probs)
     out = empty(q, tuple(q.shape))
     lse = empty(q, (q.shape[1], q.shape[0]), float32=True) if return_attn_probs else None
-    left, right = _window(window_size)
     _fwd(q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k),
          _scale(softmax_scale), bool(causal), left, right)
     out, lse = as_caller(q, out), as_caller(q, lse)

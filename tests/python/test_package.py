@@ -508,6 +508,57 @@ def test_jax_gpu_flash_attn_func_random_shapes(seed):
     _check_jax_against_reference(jax, q, k, v, out, lse, causal, window, 3e-2)
 
 
+def _jax_varlen_case(jax, rng, dtype, device, lq, lk, hq, hkv, d):
+    cu = [np.concatenate([[0], np.cumsum(lens)]).astype(np.int32) for lens in (lq, lk)]
+    q, k, v = (jax.device_put(rng.standard_normal(shape).astype(np.float32), device).astype(dtype)
+               for shape in ((cu[0][-1], hq, d), (cu[1][-1], hkv, d), (cu[1][-1], hkv, d)))
+    return q, k, v, *(jax.device_put(c, device) for c in cu)
+
+
+def _check_jax_varlen(jax, q, k, v, cu_q, cu_k, out, lse, causal, window, tol):
+    as64 = [np.asarray(x.astype(jax.numpy.float32), dtype=np.float64) for x in (q, k, v)]
+    cq, ck = np.asarray(cu_q), np.asarray(cu_k)
+    for b in range(len(cq) - 1):
+        sq, sk = slice(cq[b], cq[b + 1]), slice(ck[b], ck[b + 1])
+        ref, ref_lse = reference(as64[0][sq], as64[1][sk], as64[2][sk], causal=causal,
+                                 window=window)
+        np.testing.assert_allclose(np.asarray(out[sq].astype(jax.numpy.float32)), ref, atol=tol,
+                                   rtol=tol)
+        np.testing.assert_allclose(np.asarray(lse[:, sq]), ref_lse, atol=1e-3, rtol=1e-4)
+
+
+def test_jax_varlen_under_jit():
+    """flash_attn_varlen_func on JAX arrays is a custom call too (max_seqlen static, as
+    FlashAttention-2 takes it): three sequences of different lengths, causal and windowed."""
+    jax = pytest.importorskip("jax")
+    _jax_ffi()
+    cpu = jax.devices("cpu")[0]
+    case = _jax_varlen_case(jax, np.random.default_rng(9), "bfloat16", cpu, [5, 9, 1],
+                            [7, 12, 2], 4, 2, 64)
+    for causal, window in ((True, (-1, -1)), (False, (2, 3))):
+        step = jax.jit(lambda *a: flashcore.flash_attn_varlen_func(
+            *a, 9, 12, causal=causal, window_size=window, return_attn_probs=True))
+        out, lse, _ = step(*case)
+        assert out.devices() == {cpu}
+        _check_jax_varlen(jax, *case, out, lse, causal, window, 1e-2)
+
+
+def test_jax_gpu_varlen():
+    jax = pytest.importorskip("jax")
+    _jax_ffi()
+    try:
+        gpu = jax.devices("gpu")[0]
+    except RuntimeError:
+        pytest.skip("JAX has no GPU here")
+    case = _jax_varlen_case(jax, np.random.default_rng(10), "float16", gpu, [5, 130, 1, 300],
+                            [9, 200, 64, 300], 8, 2, 128)
+    step = jax.jit(lambda *a: flashcore.flash_attn_varlen_func(
+        *a, 300, 300, causal=True, return_attn_probs=True))
+    out, lse, _ = step(*case)
+    assert out.devices() == {gpu}
+    _check_jax_varlen(jax, *case, out, lse, True, (-1, -1), 3e-2)
+
+
 def test_jax_bad_input_raises_when_traced():
     """The rules are checked while the call is traced: ValueError naming the argument, before
     XLA runs anything."""
@@ -525,8 +576,9 @@ def test_jax_bad_input_raises_when_traced():
 
 
 def test_jax_gpu_arrays_outside_flash_attn_func_raise_saying_why():
-    """On a GPU only flash_attn_func has the custom call; the cache and varlen functions take
-    host JAX arrays only: a TypeError that names the device and the way around it."""
+    """On a GPU only flash_attn_func and flash_attn_varlen_func have custom calls; the cache
+    function takes host JAX arrays only: a TypeError that names the device and the way around
+    it."""
     jax = pytest.importorskip("jax")
     try:
         gpu = jax.devices("gpu")[0]

@@ -2,6 +2,7 @@
 // bench/decode_timeline.cu, which launches its stamped instance the same way).
 #pragma once
 
+#include <atomic>
 #include <mutex>
 
 #include "decode/decode_kernel.cuh"
@@ -18,27 +19,35 @@ class LaunchState {
  public:
   explicit LaunchState(const void* kernel) : kernel_(kernel) {}
 
-  // The device's entry (set up on first use), or an error of that setup. The setup runs once
-  // per device: a failure sticks for the process (a retry on error is not done), and after
-  // cudaDeviceReset the limit is back at its default while the entry stays, so launches above
-  // 48 KB then fail with that error (reported, not silent).
+  // The device's entry (set up on first use), or an error of that setup. A setup that fails
+  // is not kept: the next call tries again. After cudaDeviceReset the limit is back at its
+  // default while the entry stays, so launches above 48 KB then fail with that error
+  // (reported, not silent).
   cudaError_t get(bool& early) {
     int dev = 0;
     cudaError_t err = cudaGetDevice(&dev);
     if (err != cudaSuccess) return err;
     if (dev < 0 || dev >= kDevices) return setup(dev, early);  // not cached past kDevices devices
     Entry& e = entries_[dev];
-    std::call_once(e.once, [&] { e.err = setup(dev, e.early); });
+    if (!e.done.load(std::memory_order_acquire)) {
+      std::lock_guard<std::mutex> lock(e.mutex);
+      if (!e.done.load(std::memory_order_relaxed)) {
+        bool image_early = false;
+        if ((err = setup(dev, image_early)) != cudaSuccess) return err;
+        e.early = image_early;
+        e.done.store(true, std::memory_order_release);  // publishes early
+      }
+    }
     early = e.early;
-    return e.err;
+    return cudaSuccess;
   }
 
  private:
   static constexpr int kDevices = 64;
   struct Entry {
-    std::once_flag once;
+    std::mutex mutex;
+    std::atomic<bool> done{false};
     bool early = false;
-    cudaError_t err = cudaSuccess;
   };
 
   cudaError_t setup(int dev, bool& early) const {

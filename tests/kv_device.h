@@ -63,18 +63,24 @@ struct KvDevice {
 
 // junk: 0 zero-fills the buffer, as the API asks before its first use; otherwise only the
 // counter area is zero and every word after it holds junk, as another call's partials would.
+// A failed allocation leaves ptr null (the call would then run unsplit): tests check ok().
 struct Workspace {
   void* ptr = nullptr;
+  bool failed = false;
   explicit Workspace(int64_t bytes, uint32_t junk = 0) {
-    if (bytes <= 0 || cudaMalloc(&ptr, size_t(bytes)) != cudaSuccess) return;
+    if (bytes <= 0) return;
+    failed = cudaMalloc(&ptr, size_t(bytes)) != cudaSuccess ||
+             cudaMemset(ptr, 0, size_t(bytes)) != cudaSuccess;
+    if (failed || !junk) return;
     int dev = 0, sms = 0;
     cudaGetDevice(&dev);
     cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-    const int64_t counters = junk ? std::min(bytes, detail::workspace_counter_bytes(sms)) : bytes;
-    std::vector<uint32_t> words(size_t(bytes / 4), junk);
-    std::fill(words.begin(), words.begin() + counters / 4, 0u);
-    cudaMemcpy(ptr, words.data(), words.size() * 4, cudaMemcpyHostToDevice);
+    const int64_t counters = std::min(bytes, detail::workspace_counter_bytes(sms));
+    const std::vector<uint32_t> words(size_t((bytes - counters) / 4), junk);
+    failed = cudaMemcpy(static_cast<uint8_t*>(ptr) + counters, words.data(), words.size() * 4,
+                        cudaMemcpyHostToDevice) != cudaSuccess;
   }
+  bool ok() const { return !failed; }
   ~Workspace() { cudaFree(ptr); }
 };
 

@@ -39,6 +39,7 @@ void expect_gpu_matches_reference(const KvSpec& s, uint64_t seed, bool with_work
   EXPECT_EQ(plan.kernel.rfind("portable.decode.", 0), 0u) << plan.kernel;
   if (junk) EXPECT_GT(plan.kv_splits, 1) << "the junk is in the partials only a split call uses";
   Workspace ws(with_workspace ? plan.workspace_bytes : 0, junk);
+  ASSERT_TRUE(ws.ok()) << "workspace of " << plan.workspace_bytes << " bytes";
   const Status st = run(dev.p, ws.ptr, nullptr);
   ASSERT_TRUE(st.ok()) << st.message;
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
@@ -258,8 +259,8 @@ TEST(KvGpu, StaleWorkspaceIsNeverRead) {
 }
 
 // A static cache early in a generation: few keys in a long buffer, so most of the 16 splits
-// have no block (their speculative first block is read in vain and not waited for before the
-// arrival, perf-notes K22) and the last arriver may be one of them. Decode and append, a window.
+// have no block (their speculative first block is read in vain, perf-notes K21) and the last
+// arriver may be one of them. Decode and append, a window, junk in the workspace.
 TEST(KvGpu, FewKeysInALongCache) {
   SKIP_WITHOUT_GPU();
   for (int len : {0, 5, 128, 1000})

@@ -30,7 +30,9 @@ def _register():
     _registered = True
 
 
-def _check(q, k, v, causal, left, right, varlen=False):
+def _check(q, k, v, scale, causal, left, right, varlen=False):
+    import math
+
     import jax.numpy as jnp
 
     rank, dims = (3, "(total, heads, head_dim)") if varlen else (4, "(batch, seqlen, heads, head_dim)")
@@ -49,6 +51,11 @@ def _check(q, k, v, causal, left, right, varlen=False):
     hq, hkv = q.shape[-2], k.shape[-2]
     if hkv < 1 or hq % hkv:
         raise ValueError(f"num_heads_q: must be a multiple of num_heads_kv (got {hq} and {hkv})")
+    if not (math.isfinite(scale) and scale >= 0.0):
+        raise ValueError(f"softmax_scale: must be finite and >= 0, where 0 selects "
+                         f"1/sqrt(head_dim) (got {scale})")
+    if not 1 <= q.shape[-1] <= 512:
+        raise ValueError(f"head_dim: must be 1-512 (got {q.shape[-1]})")
     # The core's rules for the rest (head_dim, windows), on a stand-in of the same group size.
     group = hq // hkv
     dtype = "float16" if q.dtype == jnp.float16 else "bfloat16"
@@ -63,7 +70,7 @@ def flash_attn(q, k, v, softmax_scale, causal, left, right, return_attn_probs):
     import jax.numpy as jnp
     import numpy as np
 
-    _check(q, k, v, bool(causal), left, right)
+    _check(q, k, v, softmax_scale, bool(causal), left, right)
     _register()
     b, sq, hq, _ = q.shape
     call = jax.ffi.ffi_call(
@@ -84,7 +91,7 @@ def flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
     import jax.numpy as jnp
     import numpy as np
 
-    _check(q, k, v, bool(causal), left, right, varlen=True)
+    _check(q, k, v, softmax_scale, bool(causal), left, right, varlen=True)
     for name, x in (("cu_seqlens_q", cu_seqlens_q), ("cu_seqlens_k", cu_seqlens_k)):
         if x.dtype != jnp.int32 or len(x.shape) != 1 or x.shape[0] < 1:
             raise ValueError(f"{name}: must be a 1-d int32 array (batch + 1)")

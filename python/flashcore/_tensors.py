@@ -20,20 +20,22 @@ def is_jax(x):
 def _check_jax_host(like):
     import jax
 
+    from . import _jax
+
+    custom = ("flash_attn_func and flash_attn_varlen_func, XLA custom calls, take them"
+              if _jax.available() else "this package was built without jax: no XLA custom calls")
     if isinstance(like, jax.core.Tracer):  # jax.jit, grad: no buffer to read
         raise TypeError(
-            "flashcore takes concrete host JAX arrays, not traced ones (jax.jit, jax.grad), "
-            "except in flash_attn_func and flash_attn_varlen_func (XLA custom calls): call it "
-            "outside the traced function"
+            f"flashcore takes concrete host JAX arrays, not traced ones (jax.jit, jax.grad; "
+            f"{custom}): call it outside the traced function"
         )
     platforms = {d.platform for d in like.devices()}
     if platforms != {"cpu"}:
         raise TypeError(
             f"flashcore takes JAX arrays on the host only (they run on the CPU reference); this "
-            f"one is on {sorted(platforms)}. On a GPU, JAX's buffers are immutable and its stream "
-            f"is its own: only flash_attn_func and flash_attn_varlen_func have XLA custom "
-            f"calls for them (in a package built with jax installed). Pass torch or cupy arrays (torch.from_dlpack takes a "
-            f"JAX GPU array without a copy)"
+            f"one is on {sorted(platforms)} ({custom}). JAX's buffers are immutable and its "
+            f"stream is its own; pass torch or cupy arrays (torch.from_dlpack takes a JAX GPU "
+            f"array without a copy)"
         )
 
 

@@ -4,10 +4,11 @@
 // Built only where jaxlib's FFI headers were found at configure time (python/CMakeLists.txt);
 // the Python side is flashcore/_jax.py. XLA hands over dense row-major buffers and allocates
 // the outputs; nothing here allocates. No workspace: the Hopper kernels then run without a
-// split tail (the same result).
+// split tail (the same result up to rounding).
 #include <nanobind/nanobind.h>
 
 #include <cstdint>
+#include <exception>
 #include <string>
 #include <utility>
 
@@ -132,8 +133,17 @@ ffi::Error varlen_params(ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v,
   return ffi::Error::Success();
 }
 
+// No exception may leave a handler (XLA calls it through C): the reference backend's threads
+// or an allocation can throw.
 ffi::Error run(flashcore::AttentionParams& p, void* stream) {
-  const flashcore::Status s = flashcore::run(p, nullptr, stream);
+  flashcore::Status s;
+  try {
+    s = flashcore::run(p, nullptr, stream);
+  } catch (const std::exception& e) {
+    return ffi::Error(ffi::ErrorCode::kInternal, std::string("flashcore: ") + e.what());
+  } catch (...) {
+    return ffi::Error(ffi::ErrorCode::kInternal, "flashcore: unknown exception");
+  }
   if (s.ok()) return ffi::Error::Success();
   return ffi::Error(s.code == flashcore::StatusCode::kCudaError ? ffi::ErrorCode::kInternal
                     : s.code == flashcore::StatusCode::kNotSupported

@@ -485,22 +485,29 @@ def test_jax_flash_attn_func_under_jit(dtype):
         _check_jax_against_reference(jax, q, k, v, out, lse, causal, window, tol)
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_jax_gpu_flash_attn_func_random_shapes(seed):
+JAX_GPU_CASES = [  # dtype, (b, sq, hq, d), (sk, hkv), causal, window
+    ("bfloat16", (2, 1000, 32, 128), (1000, 8), False, (-1, -1)),
+    ("float16", (1, 300, 8, 128), (64, 2), True, (-1, -1)),
+    ("bfloat16", (3, 17, 4, 64), (1000, 1), False, (50, 0)),
+    ("float16", (1, 129, 8, 256), (700, 8), True, (-1, -1)),
+    ("bfloat16", (2, 1, 32, 128), (4096, 8), False, (-1, -1)),
+]
+
+
+@pytest.mark.parametrize("case", range(len(JAX_GPU_CASES)))
+def test_jax_gpu_flash_attn_func(case):
     """JAX GPU arrays: the custom call runs the CUDA kernels on JAX's buffers and stream,
-    under jax.jit; against the float64 reference on random shapes."""
+    under jax.jit; against the float64 reference: D64-256, GQA and MQA, unmasked, causal with
+    more queries than keys, a window, a single query against 4k keys."""
     jax = pytest.importorskip("jax")
     _jax_ffi()
     try:
         gpu = jax.devices("gpu")[0]
     except RuntimeError:
         pytest.skip("JAX has no GPU here")
-    rng = np.random.default_rng(100 + seed)
-    pick = lambda xs: xs[int(rng.integers(len(xs)))]  # noqa: E731
-    dtype, d, hkv = pick(["float16", "bfloat16"]), pick([64, 128, 256]), pick([1, 2, 8])
-    hq, b, sq, sk = hkv * pick([1, 4]), pick([1, 3]), pick([1, 17, 300]), pick([1, 64, 1000])
-    causal, window = pick([True, False]), pick([(-1, -1), (50, 0)])
-    q, k, v = _jax_case(jax, rng, dtype, gpu, ((b, sq, hq, d), (b, sk, hkv, d)))
+    dtype, (b, sq, hq, d), (sk, hkv), causal, window = JAX_GPU_CASES[case]
+    q, k, v = _jax_case(jax, np.random.default_rng(100 + case), dtype, gpu,
+                        ((b, sq, hq, d), (b, sk, hkv, d)))
     step = jax.jit(lambda x, y, z: flashcore.flash_attn_func(
         x, y, z, causal=causal, window_size=window, return_attn_probs=True))
     out, lse, _ = step(q, k, v)
@@ -573,6 +580,12 @@ def test_jax_bad_input_raises_when_traced():
         flashcore.flash_attn_func(q.astype(jnp.float32), kv, kv)
     with pytest.raises(ValueError, match="head_dim"):
         flashcore.flash_attn_func(q[..., :60], kv[:, :, :1, :60], kv[:, :, :1, :60])
+    with pytest.raises(ValueError, match="softmax_scale: must be finite and >= 0"):
+        jax.jit(lambda a, b: flashcore.flash_attn_func(a, b, b, softmax_scale=-1.0))(q, kv[:, :, :1])
+    with pytest.raises(ValueError, match="cu_seqlens_q: must be a 1-d int32 array"):
+        flashcore.flash_attn_varlen_func(q[0], kv[0, :, :1], kv[0, :, :1],
+                                         jnp.zeros((2,), jnp.int16), jnp.zeros((2,), jnp.int32),
+                                         4, 4)
 
 
 def test_jax_gpu_arrays_outside_flash_attn_func_raise_saying_why():

@@ -1,5 +1,6 @@
 // Device copies of a KvHost problem for the GPU tests (test_kvcache_gpu.cpp,
-// test_kv_pdl_gpu.cu): buffers copied to the device, params pointing at them, and a workspace.
+// test_kv_pdl_gpu.cu): buffers copied to the device, params pointing at them, a workspace, and
+// the rule a GPU output is held to.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -10,6 +11,7 @@
 
 #include "common/workspace.h"
 #include "kv_util.h"
+#include "test_util.h"
 
 namespace flashcore::test {
 
@@ -83,5 +85,41 @@ struct Workspace {
   bool ok() const { return !failed; }
   ~Workspace() { cudaFree(ptr); }
 };
+
+// A compute capability 9.x GPU is present (sm_90a code runs).
+inline bool have_sm90() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) return false;
+  int major = 0;
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0);
+  return major == 9;
+}
+
+// Outputs (rows of d values) outside the forward's rule: the kernels round P to the dtype
+// relative to their own running maxima, not the row's final one as the reference with rounded
+// P (`low`) does, so the same noise with other draws; the tolerance is twice the largest gap
+// over the row between the exact reference and `low`, plus 2 ulp and a floor. Where the
+// reference is NaN the output must be NaN. *worst: the largest error seen.
+inline int64_t outside_row_rule(DType t, int64_t d, const std::vector<uint16_t>& ref,
+                                const std::vector<uint16_t>& low,
+                                const std::vector<uint16_t>& got, double* worst = nullptr) {
+  int64_t bad = 0;
+  for (size_t r0 = 0; r0 < ref.size(); r0 += size_t(d)) {
+    double gap = 0;
+    for (size_t i = r0; i < r0 + size_t(d); ++i)
+      gap = std::max(gap, std::fabs(double(fd::to_float(t, low[i])) - fd::to_float(t, ref[i])));
+    for (size_t i = r0; i < r0 + size_t(d); ++i) {
+      const double a = fd::to_float(t, got[i]), b = fd::to_float(t, ref[i]);
+      if (std::isnan(b)) {
+        bad += !std::isnan(a);
+        continue;
+      }
+      const double err = std::fabs(a - b);
+      if (worst) *worst = std::max(*worst, err);
+      bad += !(err <= 2 * gap + 2 * ulp(t, b) + 5e-4);  // NaN fails
+    }
+  }
+  return bad;
+}
 
 }  // namespace flashcore::test

@@ -15,17 +15,12 @@
 #include "hopper/fwd_mainloop.cuh"
 #include "hopper/smem_desc.h"
 #include "hopper/tensor_map.h"
+#include "kv_device.h"
 
 namespace flashcore::hopper {
 namespace {
 
-bool have_sm90() {
-  int n = 0;
-  if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) return false;
-  int major = 0;
-  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0);
-  return major == 9;
-}
+using test::have_sm90;
 #define SKIP_WITHOUT_SM90() \
   if (!have_sm90()) GTEST_SKIP() << "needs a compute capability 9.x GPU"
 #define CUDA_OK(expr) ASSERT_EQ((expr), cudaSuccess) << #expr

@@ -34,64 +34,18 @@ ffi::Error invalid(const std::string& what) {
   return ffi::Error(ffi::ErrorCode::kInvalidArgument, what);
 }
 
-// The params of a (B, S, H, D) forward over XLA's buffers; softmax_scale 0 means
-// 1/sqrt(head_dim), as in the core.
-ffi::Error fwd_params(ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v, ffi::AnyBuffer out,
-                      ffi::Buffer<ffi::F32> lse, float scale, bool causal, int64_t wl,
-                      int64_t wr, flashcore::AttentionParams& p) {
-  const ffi::AnyBuffer* all[] = {&q, &k, &v, &out};
-  const char* names[] = {"q", "k", "v", "out"};
-  for (int i = 0; i < 4; ++i)
-    if (all[i]->dimensions().size() != 4)
-      return invalid(std::string(names[i]) + ": must have 4 dimensions (batch, seqlen, heads, head_dim)");
-  const ffi::DataType t = q.element_type();
-  if (t != ffi::DataType::F16 && t != ffi::DataType::BF16)
-    return invalid("q: dtype must be float16 or bfloat16");
-  for (int i = 1; i < 4; ++i)
-    if (all[i]->element_type() != t)
-      return invalid(std::string(names[i]) + ": dtype must match q's");
-  auto dense = [](const ffi::AnyBuffer& b) {
-    const auto d = b.dimensions();
-    return flashcore::Strides{d[1] * d[2] * d[3], d[2] * d[3], d[3]};
-  };
-  const auto qd = q.dimensions(), kd = k.dimensions();
-  p.dtype = t == ffi::DataType::F16 ? flashcore::DType::kFloat16 : flashcore::DType::kBFloat16;
-  p.q = q.untyped_data();
-  p.k = k.untyped_data();
-  p.v = v.untyped_data();
-  p.o = out.untyped_data();
-  p.lse = lse.typed_data();
-  p.q_strides = dense(q), p.k_strides = dense(k), p.v_strides = dense(v), p.o_strides = dense(out);
-  p.batch = qd[0], p.seqlen_q = qd[1], p.num_heads_q = qd[2], p.head_dim = qd[3];
-  p.seqlen_k = kd[1], p.num_heads_kv = kd[2];
-  // The core sees only pointers and strides: every shape must be the one q and k give it.
-  const auto vd = v.dimensions(), od = out.dimensions(), ld = lse.dimensions();
-  for (int i = 0; i < 4; ++i) {
-    if (vd[i] != kd[i]) return invalid("v: shape must match k's");
-    if (od[i] != qd[i]) return invalid("out: shape must match q's");
-  }
-  if (kd[0] != qd[0]) return invalid("k: batch must match q's");
-  if (kd[3] != qd[3]) return invalid("k: head_dim must match q's");
-  if (ld.size() != 3 || ld[0] != qd[0] || ld[1] != qd[2] || ld[2] != qd[1])
-    return invalid("softmax_lse: shape must be (batch, heads, seqlen_q)");
-  p.softmax_scale = scale;
-  p.causal = causal;
-  p.window_left = wl;
-  p.window_right = wr;
-  return ffi::Error::Success();
-}
-
-// The params of a packed varlen forward: q/out (total_q, Hq, D), k/v (total_k, Hkv, D), int32
-// cu_seqlens (B + 1), lse (Hq, total_q).
-ffi::Error varlen_params(ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v,
-                         ffi::Buffer<ffi::S32> cu_q, ffi::Buffer<ffi::S32> cu_k, ffi::AnyBuffer out,
-                         ffi::Buffer<ffi::F32> lse, int64_t max_q, int64_t max_k, float scale,
+// What both forwards share: q, k, v and out of `rank` dimensions (`dims` names them; the last
+// two are heads and head_dim), one 16-bit float dtype, v shaped as k and out as q, XLA's dense
+// row-major strides (rank 3: packed tokens, no batch stride); pointers, scale, masks.
+ffi::Error common_params(ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v, ffi::AnyBuffer out,
+                         ffi::Buffer<ffi::F32> lse, size_t rank, const char* dims, float scale,
                          bool causal, int64_t wl, int64_t wr, flashcore::AttentionParams& p) {
   const ffi::AnyBuffer* all[] = {&q, &k, &v, &out};
   const char* names[] = {"q", "k", "v", "out"};
   for (int i = 0; i < 4; ++i)
-    if (all[i]->dimensions().size() != 3)
-      return invalid(std::string(names[i]) + ": must have 3 dimensions (total, heads, head_dim)");
+    if (all[i]->dimensions().size() != rank)
+      return invalid(std::string(names[i]) + ": must have " + std::to_string(rank) +
+                     " dimensions " + dims);
   const ffi::DataType t = q.element_type();
   if (t != ffi::DataType::F16 && t != ffi::DataType::BF16)
     return invalid("q: dtype must be float16 or bfloat16");
@@ -99,19 +53,15 @@ ffi::Error varlen_params(ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v,
     if (all[i]->element_type() != t)
       return invalid(std::string(names[i]) + ": dtype must match q's");
   const auto qd = q.dimensions(), kd = k.dimensions(), vd = v.dimensions(), od = out.dimensions();
-  for (int i = 0; i < 3; ++i) {
+  for (size_t i = 0; i < rank; ++i) {
     if (vd[i] != kd[i]) return invalid("v: shape must match k's");
     if (od[i] != qd[i]) return invalid("out: shape must match q's");
   }
-  if (kd[2] != qd[2]) return invalid("k: head_dim must match q's");
-  const auto cq = cu_q.dimensions(), ck = cu_k.dimensions(), ld = lse.dimensions();
-  if (cq.size() != 1 || ck.size() != 1 || cq[0] != ck[0] || cq[0] < 1)
-    return invalid("cu_seqlens_q/cu_seqlens_k: must be 1-d of the same length (batch + 1)");
-  if (ld.size() != 2 || ld[0] != qd[1] || ld[1] != qd[0])
-    return invalid("softmax_lse: shape must be (heads, total_q)");
-  auto packed = [](const ffi::AnyBuffer& b) {
+  if (kd[rank - 1] != qd[rank - 1]) return invalid("k: head_dim must match q's");
+  auto strides = [rank](const ffi::AnyBuffer& b) {
     const auto d = b.dimensions();
-    return flashcore::Strides{0, d[1] * d[2], d[2]};
+    const int64_t h = d[rank - 2], hd = d[rank - 1];
+    return flashcore::Strides{rank == 4 ? d[1] * h * hd : 0, h * hd, hd};
   };
   p.dtype = t == ffi::DataType::F16 ? flashcore::DType::kFloat16 : flashcore::DType::kBFloat16;
   p.q = q.untyped_data();
@@ -119,17 +69,52 @@ ffi::Error varlen_params(ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v,
   p.v = v.untyped_data();
   p.o = out.untyped_data();
   p.lse = lse.typed_data();
-  p.q_strides = packed(q), p.k_strides = packed(k), p.v_strides = packed(v), p.o_strides = packed(out);
-  p.cu_seqlens_q = cu_q.typed_data();
-  p.cu_seqlens_k = cu_k.typed_data();
-  p.batch = cq[0] - 1;
-  p.seqlen_q = max_q, p.seqlen_k = max_k;
-  p.total_q = qd[0], p.total_k = kd[0];
-  p.num_heads_q = qd[1], p.num_heads_kv = kd[1], p.head_dim = qd[2];
+  p.q_strides = strides(q), p.k_strides = strides(k), p.v_strides = strides(v);
+  p.o_strides = strides(out);
+  p.num_heads_q = qd[rank - 2], p.num_heads_kv = kd[rank - 2], p.head_dim = qd[rank - 1];
   p.softmax_scale = scale;
   p.causal = causal;
   p.window_left = wl;
   p.window_right = wr;
+  return ffi::Error::Success();
+}
+
+// A (B, S, H, D) forward; softmax_scale 0 means 1/sqrt(head_dim), as in the core.
+ffi::Error fwd_params(ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v, ffi::AnyBuffer out,
+                      ffi::Buffer<ffi::F32> lse, float scale, bool causal, int64_t wl,
+                      int64_t wr, flashcore::AttentionParams& p) {
+  if (ffi::Error e = common_params(q, k, v, out, lse, 4, "(batch, seqlen, heads, head_dim)",
+                                   scale, causal, wl, wr, p);
+      e.failure())
+    return e;
+  const auto qd = q.dimensions(), kd = k.dimensions(), ld = lse.dimensions();
+  if (kd[0] != qd[0]) return invalid("k: batch must match q's");
+  if (ld.size() != 3 || ld[0] != qd[0] || ld[1] != qd[2] || ld[2] != qd[1])
+    return invalid("softmax_lse: shape must be (batch, heads, seqlen_q)");
+  p.batch = qd[0], p.seqlen_q = qd[1], p.seqlen_k = kd[1];
+  return ffi::Error::Success();
+}
+
+// A packed varlen forward: q/out (total_q, Hq, D), k/v (total_k, Hkv, D), int32 cu_seqlens
+// (B + 1), lse (Hq, total_q).
+ffi::Error varlen_params(ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v,
+                         ffi::Buffer<ffi::S32> cu_q, ffi::Buffer<ffi::S32> cu_k, ffi::AnyBuffer out,
+                         ffi::Buffer<ffi::F32> lse, int64_t max_q, int64_t max_k, float scale,
+                         bool causal, int64_t wl, int64_t wr, flashcore::AttentionParams& p) {
+  if (ffi::Error e = common_params(q, k, v, out, lse, 3, "(total, heads, head_dim)", scale,
+                                   causal, wl, wr, p);
+      e.failure())
+    return e;
+  const auto cq = cu_q.dimensions(), ck = cu_k.dimensions(), ld = lse.dimensions();
+  if (cq.size() != 1 || ck.size() != 1 || cq[0] != ck[0] || cq[0] < 1)
+    return invalid("cu_seqlens_q/cu_seqlens_k: must be 1-d of the same length (batch + 1)");
+  if (ld.size() != 2 || ld[0] != q.dimensions()[1] || ld[1] != q.dimensions()[0])
+    return invalid("softmax_lse: shape must be (heads, total_q)");
+  p.cu_seqlens_q = cu_q.typed_data();
+  p.cu_seqlens_k = cu_k.typed_data();
+  p.batch = cq[0] - 1;
+  p.seqlen_q = max_q, p.seqlen_k = max_k;
+  p.total_q = q.dimensions()[0], p.total_k = k.dimensions()[0];
   return ffi::Error::Success();
 }
 
@@ -152,26 +137,27 @@ ffi::Error run(flashcore::AttentionParams& p, void* stream) {
                     s.message);
 }
 
+// A handler's params, once built, run on its platform: the CUDA backend on XLA's stream and
+// device, or the reference (device -1: host memory).
+ffi::Error launch(ffi::Error built, flashcore::AttentionParams& p, void* stream, int32_t device) {
+  if (built.failure()) return built;
+  p.backend = device >= 0 ? flashcore::Backend::kCuda : flashcore::Backend::kReference;
+  p.device = device;
+  return run(p, stream);
+}
+
 ffi::Error fwd_cuda(void* stream, int32_t device, ffi::AnyBuffer q, ffi::AnyBuffer k,
                     ffi::AnyBuffer v, ffi::Result<ffi::AnyBuffer> out,
                     ffi::Result<ffi::Buffer<ffi::F32>> lse, float scale, bool causal, int64_t wl,
                     int64_t wr) {
   flashcore::AttentionParams p;
-  if (ffi::Error e = fwd_params(q, k, v, *out, *lse, scale, causal, wl, wr, p); e.failure())
-    return e;
-  p.backend = flashcore::Backend::kCuda;
-  p.device = device;
-  return run(p, stream);
+  return launch(fwd_params(q, k, v, *out, *lse, scale, causal, wl, wr, p), p, stream, device);
 }
 
 ffi::Error fwd_cpu(ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v,
                    ffi::Result<ffi::AnyBuffer> out, ffi::Result<ffi::Buffer<ffi::F32>> lse,
                    float scale, bool causal, int64_t wl, int64_t wr) {
-  flashcore::AttentionParams p;
-  if (ffi::Error e = fwd_params(q, k, v, *out, *lse, scale, causal, wl, wr, p); e.failure())
-    return e;
-  p.backend = flashcore::Backend::kReference;
-  return run(p, nullptr);
+  return fwd_cuda(nullptr, -1, q, k, v, out, lse, scale, causal, wl, wr);
 }
 
 ffi::Error varlen_cuda(void* stream, int32_t device, ffi::AnyBuffer q, ffi::AnyBuffer k,
@@ -180,13 +166,9 @@ ffi::Error varlen_cuda(void* stream, int32_t device, ffi::AnyBuffer q, ffi::AnyB
                        int64_t max_q, int64_t max_k, float scale, bool causal, int64_t wl,
                        int64_t wr) {
   flashcore::AttentionParams p;
-  if (ffi::Error e = varlen_params(q, k, v, cu_q, cu_k, *out, *lse, max_q, max_k, scale, causal,
-                                   wl, wr, p);
-      e.failure())
-    return e;
-  p.backend = flashcore::Backend::kCuda;
-  p.device = device;
-  return run(p, stream);
+  return launch(varlen_params(q, k, v, cu_q, cu_k, *out, *lse, max_q, max_k, scale, causal, wl,
+                              wr, p),
+                p, stream, device);
 }
 
 ffi::Error varlen_cpu(ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v,
@@ -194,13 +176,8 @@ ffi::Error varlen_cpu(ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v,
                       ffi::Result<ffi::AnyBuffer> out, ffi::Result<ffi::Buffer<ffi::F32>> lse,
                       int64_t max_q, int64_t max_k, float scale, bool causal, int64_t wl,
                       int64_t wr) {
-  flashcore::AttentionParams p;
-  if (ffi::Error e = varlen_params(q, k, v, cu_q, cu_k, *out, *lse, max_q, max_k, scale, causal,
-                                   wl, wr, p);
-      e.failure())
-    return e;
-  p.backend = flashcore::Backend::kReference;
-  return run(p, nullptr);
+  return varlen_cuda(nullptr, -1, q, k, v, cu_q, cu_k, out, lse, max_q, max_k, scale, causal, wl,
+                     wr);
 }
 
 // The varlen handlers' bindings: q, k, v, cu_seqlens_q, cu_seqlens_k -> out, lse.

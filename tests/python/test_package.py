@@ -449,6 +449,16 @@ def _jax_ffi():
         pytest.skip("the package was built without jax (no XLA FFI handlers)")
 
 
+def _jax_gpu():
+    """jax and its first GPU, with the custom calls built; else the test skips."""
+    jax = pytest.importorskip("jax")
+    _jax_ffi()
+    try:
+        return jax, jax.devices("gpu")[0]
+    except RuntimeError:
+        pytest.skip("JAX has no GPU here")
+
+
 def _jax_case(jax, rng, dtype, device, shapes=((2, 9, 4, 64), (2, 13, 2, 64))):
     qs, ks = shapes
     f32 = [rng.standard_normal(shape).astype(np.float32) for shape in (qs, ks, ks)]
@@ -499,12 +509,7 @@ def test_jax_gpu_flash_attn_func(case):
     """JAX GPU arrays: the custom call runs the CUDA kernels on JAX's buffers and stream,
     under jax.jit; against the float64 reference: D64-256, GQA and MQA, unmasked, causal with
     more queries than keys, a window, a single query against 4k keys."""
-    jax = pytest.importorskip("jax")
-    _jax_ffi()
-    try:
-        gpu = jax.devices("gpu")[0]
-    except RuntimeError:
-        pytest.skip("JAX has no GPU here")
+    jax, gpu = _jax_gpu()
     dtype, (b, sq, hq, d), (sk, hkv), causal, window = JAX_GPU_CASES[case]
     q, k, v = _jax_case(jax, np.random.default_rng(100 + case), dtype, gpu,
                         ((b, sq, hq, d), (b, sk, hkv, d)))
@@ -551,12 +556,7 @@ def test_jax_varlen_under_jit():
 
 
 def test_jax_gpu_varlen():
-    jax = pytest.importorskip("jax")
-    _jax_ffi()
-    try:
-        gpu = jax.devices("gpu")[0]
-    except RuntimeError:
-        pytest.skip("JAX has no GPU here")
+    jax, gpu = _jax_gpu()
     case = _jax_varlen_case(jax, np.random.default_rng(10), "float16", gpu, [5, 130, 1, 300],
                             [9, 200, 64, 300], 8, 2, 128)
     step = jax.jit(lambda *a: flashcore.flash_attn_varlen_func(

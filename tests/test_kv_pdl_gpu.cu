@@ -72,7 +72,8 @@ TEST(KvPdl, DecodeWaitsForAKernelThatTriggersEarlyAndWritesLate) {
     ASSERT_TRUE(run(dev.p, ws.ptr, stream.s).ok());
     ASSERT_EQ(cudaStreamSynchronize(stream.s), cudaSuccess);
     Graph graph;
-    if (in_graph) ASSERT_EQ(cudaStreamBeginCapture(stream.s, cudaStreamCaptureModeGlobal), cudaSuccess);
+    if (in_graph)
+      ASSERT_EQ(cudaStreamBeginCapture(stream.s, cudaStreamCaptureModeGlobal), cudaSuccess);
     late_writer<<<1, 32, 0, stream.s>>>(dev.seqlens.ptr, 3000, 200'000);
     const Status st = run(dev.p, ws.ptr, stream.s);
     if (in_graph) {

@@ -297,7 +297,7 @@ TEST(KvGpu, BadBlockTableEntryWithSplits) {
   ASSERT_GT(plan.workspace_bytes, 0) << "the cache should split";
   ASSERT_GT(plan.kv_splits, 1);
   Workspace ws(plan.workspace_bytes);
-  ASSERT_NE(ws.ptr, nullptr);
+  ASSERT_TRUE(ws.ok() && ws.ptr);
   for (int call = 0; call < 2; ++call) {  // the second call finds the counters at zero again
     ASSERT_TRUE(run(dev.p, ws.ptr, nullptr).ok());
     ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
@@ -352,6 +352,7 @@ TEST(KvGpu, SecondCallSeesTheFirstCallsAppend) {
     ASSERT_TRUE(plan_a.status.ok() && plan_b.status.ok());
     ASSERT_GT(plan_b.kv_splits, 1);  // the second call merges through the shared counters
     Workspace ws(std::max(plan_a.workspace_bytes, plan_b.workspace_bytes));
+    ASSERT_TRUE(ws.ok() && ws.ptr);
     cudaStream_t stream;
     ASSERT_EQ(cudaStreamCreate(&stream), cudaSuccess);
     cudaGraph_t graph = nullptr;
@@ -400,6 +401,7 @@ TEST(KvGpu, GraphReplaysWhileCacheSeqlensChange) {
   const Plan plan = query(dev.p);
   ASSERT_TRUE(plan.status.ok()) << plan.status.message;
   Workspace ws(plan.workspace_bytes);
+  ASSERT_TRUE(ws.ok());
   cudaStream_t stream;
   ASSERT_EQ(cudaStreamCreate(&stream), cudaSuccess);
   cudaGraph_t graph;

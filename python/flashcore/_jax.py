@@ -1,13 +1,14 @@
 """flash_attn_func and flash_attn_varlen_func on JAX arrays as XLA custom calls
-(python/src/jax_ffi.cpp): XLA allocates
-the outputs and hands over its own stream, so it runs on the GPU and the host (the CPU
-reference), eagerly and under jax.jit. The package has it where jax was installed when it was
-built; otherwise JAX arrays take the host-only path of _tensors.py.
+(python/src/jax_ffi.cpp): XLA allocates the outputs and hands over its own stream, so they run
+on the GPU and the host (the CPU reference), eagerly and under jax.jit. The package has them
+where jax was installed when it was built; otherwise JAX arrays take the host-only path of
+_tensors.py.
 
 Shape and dtype rules are checked here, when the call is traced, and the problem's rules by the
 core's query (the same messages as every other path), so bad input raises ValueError before
-XLA runs anything. A problem the GPU has no kernel for fails when it runs (XLA's error, with
-the core's message)."""
+XLA runs anything. softmax_scale, window_size and max_seqlen_q/k are Python numbers (static
+under jax.jit), as FlashAttention-2 takes them. A problem the GPU has no kernel for fails when
+it runs (XLA's error, with the core's message)."""
 
 from . import _flashcore as _C
 
@@ -31,12 +32,14 @@ def _register():
 
 
 def _check(q, k, v, scale, causal, left, right, varlen=False):
-    import math
-
     import jax.numpy as jnp
+    import numpy as np
 
-    rank, dims = (3, "(total, heads, head_dim)") if varlen else (4, "(batch, seqlen, heads, head_dim)")
+    rank = 3 if varlen else 4
+    dims = "(total, heads, head_dim)" if varlen else "(batch, seqlen, heads, head_dim)"
     for name, x in (("q", q), ("k", k), ("v", v)):
+        if not (hasattr(x, "shape") and hasattr(x, "dtype")):
+            raise ValueError(f"{name}: must be an array (got {type(x).__name__})")
         if len(x.shape) != rank:
             raise ValueError(f"{name}: must have {rank} dimensions {dims} (got {tuple(x.shape)})")
     if q.dtype not in (jnp.float16, jnp.bfloat16):
@@ -51,8 +54,9 @@ def _check(q, k, v, scale, causal, left, right, varlen=False):
     hq, hkv = q.shape[-2], k.shape[-2]
     if hkv < 1 or hq % hkv:
         raise ValueError(f"num_heads_q: must be a multiple of num_heads_kv (got {hq} and {hkv})")
-    if not (math.isfinite(scale) and scale >= 0.0):
-        raise ValueError(f"softmax_scale: must be finite and >= 0, where 0 selects "
+    s32 = np.float32(scale)  # what the custom call receives
+    if not (np.isfinite(s32) and s32 >= 0 and (s32 > 0 or scale == 0)):
+        raise ValueError(f"softmax_scale: must be finite and >= 0 in float32, where 0 selects "
                          f"1/sqrt(head_dim) (got {scale})")
     if not 1 <= q.shape[-1] <= 512:
         raise ValueError(f"head_dim: must be 1-512 (got {q.shape[-1]})")
@@ -93,8 +97,12 @@ def flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
 
     _check(q, k, v, softmax_scale, bool(causal), left, right, varlen=True)
     for name, x in (("cu_seqlens_q", cu_seqlens_q), ("cu_seqlens_k", cu_seqlens_k)):
-        if x.dtype != jnp.int32 or len(x.shape) != 1 or x.shape[0] < 1:
+        if (not hasattr(x, "dtype") or x.dtype != jnp.int32 or len(x.shape) != 1
+                or x.shape[0] < 1):
             raise ValueError(f"{name}: must be a 1-d int32 array (batch + 1)")
+    for name, m in (("max_seqlen_q", max_seqlen_q), ("max_seqlen_k", max_seqlen_k)):
+        if not 0 <= m < 2**31:
+            raise ValueError(f"{name}: must be in [0, 2^31) (got {m})")
     if cu_seqlens_k.shape != cu_seqlens_q.shape:
         raise ValueError("cu_seqlens_k: must have cu_seqlens_q's length (batch + 1)")
     _register()

@@ -138,7 +138,7 @@ ffi::Error run(flashcore::AttentionParams& p, void* stream) {
 }
 
 // A handler's params, once built, run on its platform: the CUDA backend on XLA's stream and
-// device, or the reference (device -1: host memory).
+// device ordinal, or, for the cpu handlers (which pass -1), the reference backend.
 ffi::Error launch(ffi::Error built, flashcore::AttentionParams& p, void* stream, int32_t device) {
   if (built.failure()) return built;
   p.backend = device >= 0 ? flashcore::Backend::kCuda : flashcore::Backend::kReference;

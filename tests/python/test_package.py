@@ -582,13 +582,18 @@ def test_jax_bad_input_raises_when_traced():
         flashcore.flash_attn_func(q[..., :60], kv[:, :, :1, :60], kv[:, :, :1, :60])
     with pytest.raises(ValueError, match="softmax_scale: must be finite and >= 0"):
         jax.jit(lambda a, b: flashcore.flash_attn_func(a, b, b, softmax_scale=-1.0))(q, kv[:, :, :1])
+    with pytest.raises(ValueError, match="softmax_scale: must be finite and >= 0"):
+        flashcore.flash_attn_func(q, kv[:, :, :1], kv[:, :, :1], softmax_scale=1e-50)
+    with pytest.raises(ValueError, match="cu_seqlens_k: must be a 1-d int32 array"):
+        flashcore.flash_attn_varlen_func(q[0], kv[0, :, :1], kv[0, :, :1],
+                                         jnp.zeros((2,), jnp.int32), [0, 4], 4, 4)
     with pytest.raises(ValueError, match="cu_seqlens_q: must be a 1-d int32 array"):
         flashcore.flash_attn_varlen_func(q[0], kv[0, :, :1], kv[0, :, :1],
                                          jnp.zeros((2,), jnp.int16), jnp.zeros((2,), jnp.int32),
                                          4, 4)
 
 
-def test_jax_gpu_arrays_outside_flash_attn_func_raise_saying_why():
+def test_jax_gpu_arrays_in_the_cache_function_raise_saying_why():
     """On a GPU only flash_attn_func and flash_attn_varlen_func have custom calls; the cache
     function takes host JAX arrays only: a TypeError that names the device and the way around
     it."""
@@ -602,7 +607,7 @@ def test_jax_gpu_arrays_outside_flash_attn_func_raise_saying_why():
         flashcore.flash_attn_with_kvcache(q, q, q, cache_seqlens=1)
 
 
-def test_traced_jax_arrays_outside_flash_attn_func_raise_saying_why():
+def test_traced_jax_arrays_in_the_cache_function_raise_saying_why():
     jax = pytest.importorskip("jax")
     q = jax.numpy.ones((1, 1, 2, 64), dtype=jax.numpy.float16)
     with pytest.raises(TypeError, match="not traced ones"):

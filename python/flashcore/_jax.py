@@ -69,29 +69,36 @@ def _check(q, k, v, scale, causal, left, right, varlen=False):
         raise ValueError(message)
 
 
-def flash_attn(q, k, v, softmax_scale, causal, left, right, return_attn_probs):
+def _call(target, q, lse_shape, args, softmax_scale, causal, left, right, return_attn_probs,
+          **attrs):
+    """Runs the custom call `target` on args: out shaped as q, fp32 lse of lse_shape; returns
+    out, or (out, lse, S_dmask (empty)) as FlashAttention-2 does."""
     import jax
     import jax.numpy as jnp
     import numpy as np
 
-    _check(q, k, v, softmax_scale, bool(causal), left, right)
     _register()
-    b, sq, hq, _ = q.shape
     call = jax.ffi.ffi_call(
-        "flashcore_fwd",
-        (jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((b, hq, sq), jnp.float32)),
+        target,
+        (jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct(lse_shape, jnp.float32)),
         vmap_method="sequential",
     )
-    out, lse = call(q, k, v, softmax_scale=np.float32(softmax_scale), causal=bool(causal),
-                    window_left=np.int64(left), window_right=np.int64(right))
+    out, lse = call(*args, softmax_scale=np.float32(softmax_scale), causal=bool(causal),
+                    window_left=np.int64(left), window_right=np.int64(right), **attrs)
     if not return_attn_probs:
         return out
     return out, lse, jnp.zeros((0,), dtype=q.dtype)
 
 
+def flash_attn(q, k, v, softmax_scale, causal, left, right, return_attn_probs):
+    _check(q, k, v, softmax_scale, bool(causal), left, right)
+    b, sq, hq, _ = q.shape
+    return _call("flashcore_fwd", q, (b, hq, sq), (q, k, v), softmax_scale, causal, left, right,
+                 return_attn_probs)
+
+
 def flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                       softmax_scale, causal, left, right, return_attn_probs):
-    import jax
     import jax.numpy as jnp
     import numpy as np
 
@@ -105,16 +112,7 @@ def flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
             raise ValueError(f"{name}: must be in [0, 2^31) (got {m})")
     if cu_seqlens_k.shape != cu_seqlens_q.shape:
         raise ValueError("cu_seqlens_k: must have cu_seqlens_q's length (batch + 1)")
-    _register()
-    call = jax.ffi.ffi_call(
-        "flashcore_varlen_fwd",
-        (jax.ShapeDtypeStruct(q.shape, q.dtype),
-         jax.ShapeDtypeStruct((q.shape[1], q.shape[0]), jnp.float32)),
-        vmap_method="sequential",
-    )
-    out, lse = call(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q=np.int64(max_seqlen_q),
-                    max_seqlen_k=np.int64(max_seqlen_k), softmax_scale=np.float32(softmax_scale),
-                    causal=bool(causal), window_left=np.int64(left), window_right=np.int64(right))
-    if not return_attn_probs:
-        return out
-    return out, lse, jnp.zeros((0,), dtype=q.dtype)
+    return _call("flashcore_varlen_fwd", q, (q.shape[1], q.shape[0]),
+                 (q, k, v, cu_seqlens_q, cu_seqlens_k), softmax_scale, causal, left, right,
+                 return_attn_probs, max_seqlen_q=np.int64(max_seqlen_q),
+                 max_seqlen_k=np.int64(max_seqlen_k))

@@ -54,7 +54,8 @@ struct AttentionParams {
   void* o = nullptr;        ///< like q
   Strides q_strides, k_strides, v_strides, o_strides;
 
-  /// Optional log-sum-exp (natural log, fp32): contiguous [B, Hq, Sq], or [Hq, total_q] varlen.
+  /// Optional log-sum-exp (natural log, fp32): contiguous [B, Hq, Sq], or [Hq, total_q] varlen
+  /// (total_q as given below, else cu_seqlens_q[batch]; rows past the last sequence untouched).
   float* lse = nullptr;
 
   DType dtype = DType::kBFloat16;

@@ -22,15 +22,20 @@ __device__ __forceinline__ SeqSlice seq_slice(const FwdParams& p, int b,
   if (!fixed_lengths && p.cu_seqlens_q != nullptr) {
     const int q0 = p.cu_seqlens_q[b], k0 = p.cu_seqlens_k[b];
     // The host cannot check device-resident cu_seqlens without a sync: clamp each length to
-    // [0, max] so a bad list can never address memory outside [cu[b], cu[b] + max).
+    // [0, max] so a bad list can never address memory outside [cu[b], cu[b] + max), and,
+    // where the caller gave the packed row counts, outside [0, total).
     s.sq = min(max(p.cu_seqlens_q[b + 1] - q0, 0), p.seqlen_q);
     s.sk = min(max(p.cu_seqlens_k[b + 1] - k0, 0), p.seqlen_k);
+    if (p.total_q > 0) s.sq = q0 < 0 ? 0 : int(min(int64_t(s.sq), max(p.total_q - q0, int64_t(0))));
+    if (p.total_k > 0) s.sk = k0 < 0 ? 0 : int(min(int64_t(s.sk), max(p.total_k - k0, int64_t(0))));
     s.q_off = int64_t(q0) * p.q_seq;
     s.k_off = int64_t(k0) * p.k_seq;
     s.v_off = int64_t(k0) * p.v_seq;
     s.o_off = int64_t(q0) * p.o_seq;
     s.lse_row0 = q0;
-    s.lse_head_stride = p.cu_seqlens_q[p.batch];  // [Hq, total_q]
+    // [Hq, total_q]: the caller's total_q where given (packed q may end in padding rows, as
+    // FlashAttention-2's lse does), else the last cu_seqlens_q entry.
+    s.lse_head_stride = p.total_q > 0 ? p.total_q : p.cu_seqlens_q[p.batch];
     s.q_row0 = q0;
     s.k_row0 = k0;
   } else {

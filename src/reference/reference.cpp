@@ -79,11 +79,16 @@ void run_rows(const FwdProblem& f, const Options& opt, int64_t b, int64_t h, int
   load_rows(f, p.k, p.k_strides, b, sv.k_token0, 0, sv.sk, hkv, k);
   load_rows(f, p.v, p.v_strides, b, sv.k_token0, 0, sv.sk, hkv, v);
 
-  // LSE is [B, Hq, Sq] padded, or [Hq, total_q] packed with total_q = cu_seqlens_q[batch].
+  // LSE is [B, Hq, Sq] padded, or [Hq, total_q] packed, with total_q the caller's where given
+  // (rows past the last sequence are padding), else cu_seqlens_q[batch].
   float* lse_row = nullptr;
   if (p.lse != nullptr) {
-    lse_row = f.varlen ? p.lse + h * static_cast<int64_t>(p.cu_seqlens_q[p.batch]) + sv.q_token0
-                       : p.lse + (b * p.num_heads_q + h) * p.seqlen_q;
+    if (!f.varlen) {
+      lse_row = p.lse + (b * p.num_heads_q + h) * p.seqlen_q;
+    } else {
+      const int64_t total_q = p.total_q > 0 ? p.total_q : p.cu_seqlens_q[p.batch];
+      lse_row = p.lse + h * total_q + sv.q_token0;
+    }
   }
 
   std::vector<double> s, acc(static_cast<size_t>(d));

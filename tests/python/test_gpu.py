@@ -31,18 +31,34 @@ def test_flash_attn_func_random_shapes(seed):
         close(out[e], sdpa(q[e], k[e], v[e], causal, window))
 
 
-def test_varlen_on_the_gpu():
+def lse_of(q, k, causal):
+    """fp32 log-sum-exp (Hq, Sq) of one sequence, causal bottom-right (every row sees a key)."""
+    g = q.shape[1] // k.shape[1]
+    s = torch.einsum("ihd,jhd->hij", q.float(), k.float().repeat_interleave(g, 1))
+    s = s / q.shape[-1] ** 0.5
+    if causal:
+        i = torch.arange(q.shape[0], device=q.device)[:, None] + k.shape[0] - q.shape[0]
+        s = s.masked_fill(torch.arange(k.shape[0], device=q.device)[None, :] > i, float("-inf"))
+    return torch.logsumexp(s, -1)
+
+
+@pytest.mark.parametrize("pad", [0, 11])
+def test_varlen_on_the_gpu(pad):
+    """pad: packed q rows past the last sequence; lse is (Hq, q.shape[0]) either way."""
     g = torch.Generator().manual_seed(7)
     lq, lk = [5, 130, 1], [9, 200, 64]
     cu_q = torch.tensor([0, 5, 135, 136], dtype=torch.int32, device="cuda")
     cu_k = torch.tensor([0, 9, 209, 273], dtype=torch.int32, device="cuda")
-    q = torch.randn(136, 8, 128, generator=g).to("cuda", torch.bfloat16)
+    q = torch.randn(136 + pad, 8, 128, generator=g).to("cuda", torch.bfloat16)
     k = torch.randn(273, 2, 128, generator=g).to("cuda", torch.bfloat16)
     v = torch.randn(273, 2, 128, generator=g).to("cuda", torch.bfloat16)
-    out = flashcore.flash_attn_varlen_func(q, k, v, cu_q, cu_k, max(lq), max(lk), causal=True)
+    out, lse, _ = flashcore.flash_attn_varlen_func(q, k, v, cu_q, cu_k, max(lq), max(lk),
+                                                   causal=True, return_attn_probs=True)
+    assert lse.shape == (8, 136 + pad)
     for e in range(3):
         sq, sk = slice(int(cu_q[e]), int(cu_q[e + 1])), slice(int(cu_k[e]), int(cu_k[e + 1]))
         close(out[sq], sdpa(q[sq], k[sk], v[sk], causal=True))
+        torch.testing.assert_close(lse[:, sq], lse_of(q[sq], k[sk], True), atol=1e-3, rtol=1e-4)
 
 
 @pytest.mark.parametrize("paged", [False, True])

@@ -88,14 +88,17 @@ def test_softmax_scale_is_used():
 
 
 def test_varlen_matches_each_sequence():
+    """Packed q ends in 3 padding rows past the last sequence (cu_seqlens_q[-1] < q.shape[0]):
+    lse is (Hq, q.shape[0]) as in FlashAttention-2, so every head's row stride is q.shape[0]."""
     rng = np.random.default_rng(3)
     lq, lk = [5, 1, 12], [9, 4, 12]
     cu_q = np.array([0, *np.cumsum(lq)], np.int32)
     cu_k = np.array([0, *np.cumsum(lk)], np.int32)
-    q, k, v = randn(rng, sum(lq), 4, 64), randn(rng, sum(lk), 1, 64), randn(rng, sum(lk), 1, 64)
+    q = randn(rng, sum(lq) + 3, 4, 64)
+    k, v = randn(rng, sum(lk), 1, 64), randn(rng, sum(lk), 1, 64)
     out, lse, _ = flashcore.flash_attn_varlen_func(q, k, v, cu_q, cu_k, max(lq), max(lk),
                                                    causal=True, return_attn_probs=True)
-    assert lse.shape == (4, sum(lq))
+    assert lse.shape == (4, sum(lq) + 3)
     for b in range(3):
         sq, sk = slice(cu_q[b], cu_q[b + 1]), slice(cu_k[b], cu_k[b + 1])
         ref, ref_lse = reference(q[sq], k[sk], v[sk], causal=True)
@@ -520,10 +523,11 @@ def test_jax_gpu_flash_attn_func(case):
     _check_jax_against_reference(jax, q, k, v, out, lse, causal, window, 3e-2)
 
 
-def _jax_varlen_case(jax, rng, dtype, device, lq, lk, hq, hkv, d):
+def _jax_varlen_case(jax, rng, dtype, device, lq, lk, hq, hkv, d, pad_q=0):
+    """pad_q: packed q rows past the last sequence (lse's head stride is q.shape[0])."""
     cu = [np.concatenate([[0], np.cumsum(lens)]).astype(np.int32) for lens in (lq, lk)]
     q, k, v = (jax.device_put(rng.standard_normal(shape).astype(np.float32), device).astype(dtype)
-               for shape in ((cu[0][-1], hq, d), (cu[1][-1], hkv, d), (cu[1][-1], hkv, d)))
+               for shape in ((cu[0][-1] + pad_q, hq, d), (cu[1][-1], hkv, d), (cu[1][-1], hkv, d)))
     return q, k, v, *(jax.device_put(c, device) for c in cu)
 
 
@@ -546,7 +550,7 @@ def test_jax_varlen_under_jit():
     _jax_ffi()
     cpu = jax.devices("cpu")[0]
     case = _jax_varlen_case(jax, np.random.default_rng(9), "bfloat16", cpu, [5, 9, 1],
-                            [7, 12, 2], 4, 2, 64)
+                            [7, 12, 2], 4, 2, 64, pad_q=4)
     for causal, window in ((True, (-1, -1)), (False, (2, 3))):
         step = jax.jit(lambda *a: flashcore.flash_attn_varlen_func(
             *a, 9, 12, causal=causal, window_size=window, return_attn_probs=True))
@@ -558,7 +562,7 @@ def test_jax_varlen_under_jit():
 def test_jax_gpu_varlen():
     jax, gpu = _jax_gpu()
     case = _jax_varlen_case(jax, np.random.default_rng(10), "float16", gpu, [5, 130, 1, 300],
-                            [9, 200, 64, 300], 8, 2, 128)
+                            [9, 200, 64, 300], 8, 2, 128, pad_q=21)
     step = jax.jit(lambda *a: flashcore.flash_attn_varlen_func(
         *a, 300, 300, causal=True, return_attn_probs=True))
     out, lse, _ = step(*case)

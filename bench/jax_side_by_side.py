@@ -2,7 +2,10 @@
 jax.nn.dot_product_attention with the cuDNN and XLA implementations, in one process: each a
 jitted forward, bf16, q/k/v rotated over sets larger than the L2. Time: calls dispatched back
 to back, one block_until_ready at the end, wall time / calls; median of 7 rounds. JAX exposes
-no CUDA events, so dispatch overhead counts, hidden behind the kernels at these shapes."""
+no CUDA events, so dispatch overhead counts, hidden behind the kernels at these shapes.
+Decode rows: flash_attn_with_kvcache's cache read (one query token, a full cache) against
+dot_product_attention with key_value_seq_lengths; 20 calls over caches rotated past the L2
+inside one jitted function, so one dispatch covers them (time / 20)."""
 import os
 import time
 
@@ -19,6 +22,11 @@ ROWS = [  # name, batch, seqlen, heads q, heads kv, head_dim, causal
     ("b1_s16k_causal", 1, 16384, 32, 32, 128, True),
     ("b4_s2k_d64_causal", 4, 2048, 32, 32, 64, True),
 ]
+DECODE_ROWS = [  # name, batch, cache length, heads q, heads kv, head_dim
+    ("b1_c4k_gqa_decode", 1, 4096, 32, 8, 128),
+    ("b1_c16k_gqa_decode", 1, 16384, 32, 8, 128),
+]
+DECODE_CALLS = 20
 L2_BYTES = 50 << 20
 
 
@@ -62,6 +70,50 @@ def main():
         flops = 4 * b * hq * s * s * d / (2 if causal else 1)
         print(f"{name:22} {row[0]:10.1f} {row[1]:10.1f} {row[2]:10.1f}  "
               f"{flops / row[0] / 1e6:8.0f}")
+    decode_rows(gpu, rng)
+
+
+
+def decode_rows(gpu, rng):
+    print(f"{'name':22} {'flashcore':>10} {'cudnn':>10} {'xla':>10}  {'fc TB/s':>8}")
+    for name, b, s, hq, hkv, d in DECODE_ROWS:
+        one = 2 * b * s * hkv * d * 2  # bytes of K and V
+        n_sets = max(2, -(-2 * L2_BYTES // one))
+        caches = [[jax.device_put(rng.standard_normal((b, s, hkv, d), np.float32), gpu)
+                   .astype(jnp.bfloat16) for _ in range(2)] for _ in range(n_sets)]
+        q = jax.device_put(rng.standard_normal((b, 1, hq, d), np.float32), gpu).astype(jnp.bfloat16)
+        lens = jax.device_put(np.full((b,), s, np.int32), gpu)
+        reads = {
+            "flashcore": lambda q, k, v, n: flashcore.flash_attn_with_kvcache(q, k, v,
+                                                                            cache_seqlens=n),
+            "cudnn": lambda q, k, v, n: jax.nn.dot_product_attention(
+                q, k, v, key_value_seq_lengths=n, implementation="cudnn"),
+            "xla": lambda q, k, v, n: jax.nn.dot_product_attention(
+                q, k, v, key_value_seq_lengths=n, implementation="xla"),
+        }
+        row = []
+        for impl, read in reads.items():
+            many = jax.jit(lambda q, n, cs, read=read: [
+                read(q, *cs[i % len(cs)], n) for i in range(DECODE_CALLS)])
+            try:
+                if impl != "flashcore":
+                    want = read(q, *caches[0], lens).astype(jnp.float32)
+                    got = reads["flashcore"](q, *caches[0], lens).astype(jnp.float32)
+                    err = float(jnp.abs(want - got).max())
+                    assert err < 5e-2, f"{impl}: max |difference| {err}"
+                for _ in range(3):
+                    jax.block_until_ready(many(q, lens, caches))
+                times = []
+                for _ in range(7):
+                    t0 = time.perf_counter()
+                    jax.block_until_ready(many(q, lens, caches))
+                    times.append((time.perf_counter() - t0) / DECODE_CALLS)
+                row.append(sorted(times)[3] * 1e6)
+            except Exception as e:  # noqa: BLE001  (an implementation JAX cannot run here)
+                print(f"  {name} {impl}: {type(e).__name__}: {str(e).splitlines()[0][:120]}")
+                row.append(float("nan"))
+        print(f"{name:22} {row[0]:10.1f} {row[1]:10.1f} {row[2]:10.1f}  "
+              f"{one / row[0] / 1e6:8.2f}")
 
 
 if __name__ == "__main__":

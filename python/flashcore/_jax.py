@@ -1,6 +1,7 @@
-"""flash_attn_func and flash_attn_varlen_func on JAX arrays as XLA custom calls
-(python/src/jax_ffi.cpp): XLA allocates the outputs and hands over its own stream, so they run
-on the GPU and the host (the CPU reference), eagerly and under jax.jit. The package has them
+"""flash_attn_func, flash_attn_varlen_func and flash_attn_with_kvcache's cache read on JAX
+arrays as XLA custom calls (python/src/jax_ffi.cpp, jax_ffi_kvcache.cpp): XLA allocates the
+outputs and hands over its own stream, so they run on the GPU and the host (the CPU
+reference), eagerly and under jax.jit. The package has them
 where jax was installed when it was built; otherwise JAX arrays take the host-only path of
 _tensors.py.
 
@@ -31,13 +32,15 @@ def _register():
     _registered = True
 
 
-def _check(q, k, v, scale, causal, left, right, varlen=False):
+def _check_arrays(q, k, v, scale, varlen=False, names=("q", "k", "v"), same_batch=True):
+    """Ranks, dtypes, v shaped as k, batch/head_dim/group against q, the float32 scale; returns
+    the dtype's name."""
     import jax.numpy as jnp
     import numpy as np
 
     rank = 3 if varlen else 4
     dims = "(total, heads, head_dim)" if varlen else "(batch, seqlen, heads, head_dim)"
-    for name, x in (("q", q), ("k", k), ("v", v)):
+    for name, x in zip(names, (q, k, v)):
         if not (hasattr(x, "shape") and hasattr(x, "dtype")):
             raise ValueError(f"{name}: must be an array (got {type(x).__name__})")
         if len(x.shape) != rank:
@@ -45,12 +48,13 @@ def _check(q, k, v, scale, causal, left, right, varlen=False):
     if q.dtype not in (jnp.float16, jnp.bfloat16):
         raise ValueError(f"q: dtype must be float16 or bfloat16 (got {q.dtype})")
     if k.dtype != q.dtype or v.dtype != q.dtype:
-        raise ValueError("k/v: dtype must match q's")
+        raise ValueError(f"{names[1]}/{names[2]}: dtype must match q's")
     if tuple(v.shape) != tuple(k.shape):
-        raise ValueError(f"v: shape must be k's {tuple(k.shape)} (got {tuple(v.shape)})")
-    if k.shape[-1] != q.shape[-1] or (not varlen and k.shape[0] != q.shape[0]):
-        raise ValueError(f"k: batch and head_dim must be q's (q {tuple(q.shape)}, k "
-                         f"{tuple(k.shape)})")
+        raise ValueError(f"{names[2]}: shape must be {names[1]}'s {tuple(k.shape)} (got "
+                         f"{tuple(v.shape)})")
+    if k.shape[-1] != q.shape[-1] or (same_batch and not varlen and k.shape[0] != q.shape[0]):
+        raise ValueError(f"{names[1]}: batch and head_dim must be q's (q {tuple(q.shape)}, "
+                         f"{names[1]} {tuple(k.shape)})")
     hq, hkv = q.shape[-2], k.shape[-2]
     if hkv < 1 or hq % hkv:
         raise ValueError(f"num_heads_q: must be a multiple of num_heads_kv (got {hq} and {hkv})")
@@ -60,19 +64,33 @@ def _check(q, k, v, scale, causal, left, right, varlen=False):
                          f"1/sqrt(head_dim) (got {scale})")
     if not 1 <= q.shape[-1] <= 512:
         raise ValueError(f"head_dim: must be 1-512 (got {q.shape[-1]})")
+    return "float16" if q.dtype == jnp.float16 else "bfloat16"
+
+
+def _check(q, k, v, scale, causal, left, right, varlen=False):
+    dtype = _check_arrays(q, k, v, scale, varlen)
     # The core's rules for the rest (head_dim, windows), on a stand-in of the same group size.
-    group = hq // hkv
-    dtype = "float16" if q.dtype == jnp.float16 else "bfloat16"
+    group = q.shape[-2] // k.shape[-2]
     message = _C.query_forward(dtype, q.shape[-1], min(group, 32), 1, causal, left, right,
                                varlen=varlen, lse=True)
     if message:
         raise ValueError(message)
 
 
+def _int32_vector(name, x, batch, rank=1):
+    import jax.numpy as jnp
+
+    if (not hasattr(x, "dtype") or x.dtype != jnp.int32 or len(x.shape) != rank
+            or x.shape[0] != batch):
+        shape = "(batch,)" if rank == 1 else "(batch, max_pages)"
+        raise ValueError(f"{name}: must be an int32 array {shape} with batch = {batch} (got "
+                         f"{getattr(x, 'dtype', type(x).__name__)} {tuple(getattr(x, 'shape', ()))})")
+
+
 def _call(target, q, lse_shape, args, softmax_scale, causal, left, right, return_attn_probs,
-          **attrs):
+          dmask=True, **attrs):
     """Runs the custom call `target` on args: out shaped as q, fp32 lse of lse_shape; returns
-    out, or (out, lse, S_dmask (empty)) as FlashAttention-2 does."""
+    out, or (out, lse, S_dmask (empty)) as FlashAttention-2 does ((out, lse) without dmask)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -87,7 +105,7 @@ def _call(target, q, lse_shape, args, softmax_scale, causal, left, right, return
                     window_left=np.int64(left), window_right=np.int64(right), **attrs)
     if not return_attn_probs:
         return out
-    return out, lse, jnp.zeros((0,), dtype=q.dtype)
+    return (out, lse, jnp.zeros((0,), dtype=q.dtype)) if dmask else (out, lse)
 
 
 def flash_attn(q, k, v, softmax_scale, causal, left, right, return_attn_probs):
@@ -116,3 +134,38 @@ def flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
                  (q, k, v, cu_seqlens_q, cu_seqlens_k), softmax_scale, causal, left, right,
                  return_attn_probs, max_seqlen_q=np.int64(max_seqlen_q),
                  max_seqlen_k=np.int64(max_seqlen_k))
+
+
+def with_kvcache(q, k_cache, v_cache, cache_seqlens, cache_leftpad, block_table, softmax_scale,
+                 causal, left, right, split, return_softmax_lse):
+    """The cache read (no append): caches (B, capacity, Hkv, D), or pages (num_pages,
+    page_size, Hkv, D) with block_table; cache_seqlens an int or int32 (B,). An entry with an
+    error (cache_seqlens past the capacity, a bad block-table entry or left pad) gets NaN rows:
+    the custom call has no error flag to OR into (a JAX array cannot be written across calls)."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    paged = block_table is not None
+    dtype = _check_arrays(q, k_cache, v_cache, softmax_scale, names=("q", "k_cache", "v_cache"),
+                          same_batch=not paged)
+    batch = q.shape[0]
+    if isinstance(cache_seqlens, (int, np.integer)):
+        cache_seqlens = jnp.full((batch,), int(cache_seqlens), jnp.int32)  # placed with q
+    _int32_vector("cache_seqlens", cache_seqlens, batch)
+    if cache_leftpad is not None:
+        _int32_vector("cache_leftpad", cache_leftpad, batch)
+    if paged:
+        _int32_vector("block_table", block_table, batch, rank=2)
+    message = _C.query_kvcache(dtype, q.shape[-1], k_cache.shape[1] if paged else 0, False, 0,
+                               True, bool(causal), left, right, cache_leftpad is not None)
+    if message:
+        raise ValueError(message)
+    none = jnp.zeros((0,), jnp.int32)
+    b, sq, hq, _ = q.shape
+    return _call("flashcore_kvcache", q, (b, hq, sq),
+                 (q, k_cache, v_cache, cache_seqlens,
+                  none if cache_leftpad is None else cache_leftpad,
+                  jnp.zeros((0, 0), jnp.int32) if block_table is None else block_table),
+                 softmax_scale, causal, left, right, return_softmax_lse, dmask=False,
+                 has_leftpad=cache_leftpad is not None, paged=paged, split=bool(split))
+

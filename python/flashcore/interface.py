@@ -257,7 +257,17 @@ def kvcache_error_flag(like):
     stayed inside its cache. An entry with an error writes nothing to the cache and gets NaN
     output rows. The calls never read it (no host synchronisation); the caller reads it and
     clears it (flag[0] = 0). It is made on first use, which must not be inside a CUDA-graph
-    capture (a captured allocation is only zeroed when the graph replays): warm up first."""
+    capture (a captured allocation is only zeroed when the graph replays): warm up first.
+    JAX arrays have none where the package has its XLA custom calls (they cannot be written
+    across calls): there an entry with an error shows only as NaN rows, and this raises."""
+    if is_jax(like) and _jax.available():
+        raise TypeError("kvcache_error_flag: JAX cache reads are XLA custom calls with no error "
+                        "flag (a JAX array cannot be written across calls); an entry with an "
+                        "error gets NaN output rows")
+    return _error_flag(like)
+
+
+def _error_flag(like):
     key = _device_key(like)
     if key not in _flags:
         if capturing(like):
@@ -352,9 +362,13 @@ def flash_attn_with_kvcache(
             raise ValueError("cache_seqlens: required when k/v are appended")
         rows = (block_table.shape[1] * k_cache.shape[1]) if block_table is not None else k_cache.shape[1]
         cache_seqlens = rows
+    left, right = _window(window_size)
+    if is_jax(q) and k is None and _jax.available():  # an XLA custom call: GPU or host, jit too
+        return _jax.with_kvcache(q, k_cache, v_cache, cache_seqlens, cache_leftpad, block_table,
+                                 _scale(softmax_scale), causal, left, right, num_splits == 0,
+                                 return_softmax_lse)
     if isinstance(cache_seqlens, int):
         cache_seqlens = _full_int32(q, batch, cache_seqlens)
-    left, right = _window(window_size)
     if _torch_ops(q):
         import torch
 
@@ -383,6 +397,6 @@ def _with_kvcache(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqle
     left, right = _window(window_size)
     args = (q, k_cache, v_cache, out, k, v, cache_seqlens, cache_leftpad, block_table,
             rotary_cos, rotary_sin, bool(rotary_interleaved), lse, _scale(softmax_scale),
-            bool(causal), left, right, kvcache_error_flag(q))
+            bool(causal), left, right, _error_flag(q))
     _run(_C.kvcache, q, args, split)
     return as_caller(q, out), as_caller(q, lse)

@@ -1,24 +1,25 @@
 // XLA FFI handlers: flash_attn_func and flash_attn_varlen_func on JAX arrays as XLA custom
 // calls (jax.ffi.ffi_call), so JAX's own buffers and stream are used, on the GPU and the host,
-// eagerly and under jax.jit.
-// Built only where jaxlib's FFI headers were found at configure time (python/CMakeLists.txt);
-// the Python side is flashcore/_jax.py. XLA hands over dense row-major buffers and allocates
-// the outputs; nothing here allocates. No workspace: the Hopper kernels then run without a
-// split tail (the same result up to rounding).
+// eagerly and under jax.jit; the cache read of flash_attn_with_kvcache is in
+// jax_ffi_kvcache.cpp. Built only where jaxlib's FFI headers were found at configure time
+// (python/CMakeLists.txt); the Python side is flashcore/_jax.py. XLA hands over dense
+// row-major buffers and allocates the outputs; nothing here allocates. No workspace: the
+// Hopper kernels then run without a split tail (the same result up to rounding).
 #include <nanobind/nanobind.h>
 
 #include <cstdint>
-#include <exception>
 #include <string>
 #include <utility>
 
 #include "flashcore/flashcore.h"
-#include "xla/ffi/api/ffi.h"
+#include "jax_ffi.h"
 
 namespace nb = nanobind;
 namespace ffi = xla::ffi;
 
 namespace {
+using flashcore::python::guarded;
+using flashcore::python::invalid;
 
 // The attributes flashcore/_jax.py passes, in one place for both platforms' bindings.
 template <class Binding>
@@ -28,10 +29,6 @@ auto with_attrs(Binding b) {
       .template Attr<bool>("causal")
       .template Attr<int64_t>("window_left")
       .template Attr<int64_t>("window_right");
-}
-
-ffi::Error invalid(const std::string& what) {
-  return ffi::Error(ffi::ErrorCode::kInvalidArgument, what);
 }
 
 // What both forwards share: q, k, v and out of `rank` dimensions (`dims` names them; the last
@@ -118,23 +115,8 @@ ffi::Error varlen_params(ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v,
   return ffi::Error::Success();
 }
 
-// No exception may leave a handler (XLA calls it through C): the reference backend's threads
-// or an allocation can throw.
 ffi::Error run(flashcore::AttentionParams& p, void* stream) {
-  flashcore::Status s;
-  try {
-    s = flashcore::run(p, nullptr, stream);
-  } catch (const std::exception& e) {
-    return ffi::Error(ffi::ErrorCode::kInternal, std::string("flashcore: ") + e.what());
-  } catch (...) {
-    return ffi::Error(ffi::ErrorCode::kInternal, "flashcore: unknown exception");
-  }
-  if (s.ok()) return ffi::Error::Success();
-  return ffi::Error(s.code == flashcore::StatusCode::kCudaError ? ffi::ErrorCode::kInternal
-                    : s.code == flashcore::StatusCode::kNotSupported
-                        ? ffi::ErrorCode::kUnimplemented
-                        : ffi::ErrorCode::kInvalidArgument,
-                    s.message);
+  return guarded([&] { return flashcore::run(p, nullptr, stream); });
 }
 
 // A handler's params, once built, run on its platform: the CUDA backend on XLA's stream and
@@ -231,9 +213,13 @@ void add_jax_ffi(nb::module_& m) {
     nb::dict varlen;
     varlen["CUDA"] = nb::capsule(reinterpret_cast<void*>(&flashcore_jax_varlen_cuda));
     varlen["cpu"] = nb::capsule(reinterpret_cast<void*>(&flashcore_jax_varlen_cpu));
+    nb::dict kv;
+    kv["CUDA"] = nb::capsule(reinterpret_cast<void*>(&flashcore_jax_kvcache_cuda));
+    kv["cpu"] = nb::capsule(reinterpret_cast<void*>(&flashcore_jax_kvcache_cpu));
     nb::dict all;
     all["flashcore_fwd"] = fwd;
     all["flashcore_varlen_fwd"] = varlen;
+    all["flashcore_kvcache"] = kv;
     return all;
   });
 }

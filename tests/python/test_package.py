@@ -597,11 +597,18 @@ def test_jax_bad_input_raises_when_traced():
                                          4, 4)
 
 
+def _no_jax_ffi():
+    from flashcore import _jax
+
+    if _jax.available():
+        pytest.skip("the package was built with the custom calls (test_jax_*kvcache* cover them)")
+
+
 def test_jax_gpu_arrays_in_the_cache_function_raise_saying_why():
-    """On a GPU only flash_attn_func and flash_attn_varlen_func have custom calls; the cache
-    function takes host JAX arrays only: a TypeError that names the device and the way around
-    it."""
+    """Built without the custom calls, the cache function takes host JAX arrays only: a
+    TypeError that names the device and the way around it."""
     jax = pytest.importorskip("jax")
+    _no_jax_ffi()
     try:
         gpu = jax.devices("gpu")[0]
     except RuntimeError:
@@ -613,9 +620,108 @@ def test_jax_gpu_arrays_in_the_cache_function_raise_saying_why():
 
 def test_traced_jax_arrays_in_the_cache_function_raise_saying_why():
     jax = pytest.importorskip("jax")
+    _no_jax_ffi()
     q = jax.numpy.ones((1, 1, 2, 64), dtype=jax.numpy.float16)
     with pytest.raises(TypeError, match="not traced ones"):
         jax.jit(lambda x: flashcore.flash_attn_with_kvcache(x, x, x, cache_seqlens=1))(q)
+
+
+def _jax_cache_case(jax, rng, device, dtype, b, sq, hq, hkv, d, cap, lens, page_size=0):
+    """q, caches (contiguous, or pages of page_size behind a shuffled block table) with NaN in
+    every slot past an entry's length, int32 lengths, the block table (or None), and the dense
+    per-entry float64 views the reference reads."""
+    jnp = jax.numpy
+    put = lambda x: jax.device_put(x, device)  # noqa: E731
+    q = rng.standard_normal((b, sq, hq, d)).astype(np.float32)
+    dense = [rng.standard_normal((b, cap, hkv, d)).astype(np.float32) for _ in range(2)]
+    for e, n in enumerate(lens):
+        for c in dense:
+            c[e, n:] = np.nan
+    table = None
+    caches = dense
+    if page_size:
+        per = cap // page_size
+        order = rng.permutation(b * per).astype(np.int32)
+        table = order.reshape(b, per)
+        caches = []
+        for c in dense:
+            pages = np.empty((b * per, page_size, hkv, d), np.float32)
+            pages[table.reshape(-1)] = c.reshape(b * per, page_size, hkv, d)
+            caches.append(pages)
+        table = put(table)
+    q, kc, vc = (put(x).astype(dtype) for x in (q, *caches))
+    as64 = [np.asarray(x.astype(jnp.float32), np.float64) for x in (q, *[put(c).astype(dtype)
+                                                                       for c in dense])]
+    return q, kc, vc, put(np.asarray(lens, np.int32)), table, as64
+
+
+def _check_jax_cache_read(jax, out, lse, as64, lens, causal, tol):
+    jnp = jax.numpy
+    for e, n in enumerate(lens):
+        ref, ref_lse = reference(as64[0][e], as64[1][e, :n], as64[2][e, :n], causal=causal)
+        np.testing.assert_allclose(np.asarray(out[e].astype(jnp.float32)), ref, atol=tol, rtol=tol)
+        np.testing.assert_allclose(np.asarray(lse[e]), ref_lse, atol=1e-3, rtol=1e-4)
+
+
+def test_jax_kvcache_under_jit():
+    """The cache read is a custom call too (no append: JAX arrays are immutable): contiguous
+    and paged caches with NaN past cache_seqlens, causal, jitted = eager bit for bit; an entry
+    past its capacity gets NaN rows (no error flag through JAX); bad input raises when traced."""
+    jax = pytest.importorskip("jax")
+    _jax_ffi()
+    jnp = jax.numpy
+    cpu = jax.devices("cpu")[0]
+    rng = np.random.default_rng(13)
+    lens = [5, 17, 32]
+    for page_size in (0, 8):
+        q, kc, vc, L, table, as64 = _jax_cache_case(jax, rng, cpu, "bfloat16", 3, 2, 8, 2, 64,
+                                                    32, lens, page_size)
+        call = lambda *a: flashcore.flash_attn_with_kvcache(  # noqa: E731
+            *a[:3], cache_seqlens=a[3], block_table=a[4], causal=True, return_softmax_lse=True)
+        out, lse = jax.jit(call)(q, kc, vc, L, table)
+        eager_out, eager_lse = call(q, kc, vc, L, table)
+        assert out.devices() == {cpu} and out.dtype == q.dtype and lse.shape == (3, 8, 2)
+        np.testing.assert_array_equal(np.asarray(out), np.asarray(eager_out))
+        np.testing.assert_array_equal(np.asarray(lse), np.asarray(eager_lse))
+        _check_jax_cache_read(jax, out, lse, as64, lens, True, 1e-2)
+    q, kc, vc, L, _, as64 = _jax_cache_case(jax, rng, cpu, "float16", 2, 1, 4, 4, 64, 16, [16, 9])
+    out = flashcore.flash_attn_with_kvcache(q, kc, vc, cache_seqlens=jnp.array([16, 17], jnp.int32))
+    assert bool(jnp.isfinite(out[0].astype(jnp.float32)).all())
+    assert bool(jnp.isnan(out[1].astype(jnp.float32)).all())  # 17 > the capacity 16
+    pads = jnp.array([3, 0], jnp.int32)
+    out = jax.jit(lambda *a: flashcore.flash_attn_with_kvcache(
+        *a[:3], cache_seqlens=a[3], cache_leftpad=a[4]))(q, kc, vc, L, pads)
+    for e, (p, n) in enumerate(((3, 16), (0, 9))):
+        ref, _ = reference(as64[0][e], as64[1][e, p:n], as64[2][e, p:n])
+        np.testing.assert_allclose(np.asarray(out[e].astype(jnp.float32)), ref, atol=4e-3,
+                                   rtol=4e-3)
+    with pytest.raises(ValueError, match="cache_seqlens: must be an int32 array"):
+        jax.jit(lambda a: flashcore.flash_attn_with_kvcache(a, kc, vc, cache_seqlens=L[:1]))(q)
+    with pytest.raises(ValueError, match="block_table: must be an int32 array"):
+        flashcore.flash_attn_with_kvcache(q, kc, vc, cache_seqlens=L,
+                                          block_table=jnp.zeros((2, 1), jnp.int16))
+    with pytest.raises(ValueError, match="k_cache/v_cache: dtype must match"):
+        flashcore.flash_attn_with_kvcache(q, kc.astype(jnp.bfloat16), vc, cache_seqlens=L)
+    with pytest.raises(TypeError, match="kvcache_error_flag: JAX cache reads"):
+        flashcore.kvcache_error_flag(q)
+
+
+@pytest.mark.parametrize("page_size", [0, 64])
+def test_jax_gpu_kvcache(page_size):
+    """The cache read on the GPU under jit: one long entry (split across CTAs, the workspace
+    from XLA's scratch) and a batch of three, GQA 32/8, D128, NaN past cache_seqlens; the
+    unsplit call (num_splits=1) agrees."""
+    jax, gpu = _jax_gpu()
+    rng = np.random.default_rng(14)
+    for b, lens, sq in ((1, [3000], 1), (3, [1, 1000, 4096], 4)):
+        q, kc, vc, L, table, as64 = _jax_cache_case(jax, rng, gpu, "bfloat16", b, sq, 32, 8, 128,
+                                                    4096, lens, page_size)
+        for splits in (0, 1):
+            out, lse = jax.jit(lambda *a: flashcore.flash_attn_with_kvcache(
+                *a[:3], cache_seqlens=a[3], block_table=a[4], causal=True, num_splits=splits,
+                return_softmax_lse=True))(q, kc, vc, L, table)
+            assert out.devices() == {gpu}
+            _check_jax_cache_read(jax, out, lse, as64, lens, True, 2e-2)
 
 
 def test_with_kvcache_left_pad():

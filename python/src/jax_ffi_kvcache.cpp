@@ -1,0 +1,168 @@
+// flash_attn_with_kvcache's cache read (no k/v to append: JAX arrays are immutable) on JAX
+// arrays as an XLA custom call, on the GPU and the host, eagerly and under jax.jit; the Python
+// side is flashcore/_jax.py. q/out (B, Sq, Hq, D); caches (B, capacity, Hkv, D), or pages
+// (num_pages, page_size, Hkv, D) with block_table (B, max_pages); cache_seqlens and the
+// optional cache_leftpad int32 (B); lse (B, Hq, Sq). An absent cache_leftpad or block_table
+// comes as an empty array with its attribute false.
+//
+// On the GPU the split workspace and the error flag come from XLA's scratch allocator, which
+// is stream-ordered like the call, and are zeroed on XLA's stream first (kvcache.h wants a
+// zero-filled workspace; a fresh one each call costs one memset instead of a buffer the
+// package would have to keep per device and stream). The flag is not returned: a JAX array
+// cannot be OR-ed into across calls, and an entry with an error gets NaN output rows anyway.
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <utility>
+
+#include "flashcore/kvcache.h"
+#include "jax_ffi.h"
+
+namespace ffi = xla::ffi;
+using flashcore::python::guarded;
+using flashcore::python::invalid;
+
+namespace {
+
+ffi::Error kv_params(ffi::AnyBuffer q, ffi::AnyBuffer kc, ffi::AnyBuffer vc,
+                     ffi::Buffer<ffi::S32> seqlens, ffi::Buffer<ffi::S32> leftpad,
+                     ffi::Buffer<ffi::S32> block_table, ffi::AnyBuffer out,
+                     ffi::Buffer<ffi::F32> lse, float scale, bool causal, int64_t wl, int64_t wr,
+                     bool has_leftpad, bool paged, flashcore::KvCacheParams& p) {
+  const ffi::AnyBuffer* four[] = {&q, &kc, &vc, &out};
+  const char* names[] = {"q", "k_cache", "v_cache", "out"};
+  for (int i = 0; i < 4; ++i)
+    if (four[i]->dimensions().size() != 4)
+      return invalid(std::string(names[i]) + ": must have 4 dimensions");
+  const ffi::DataType t = q.element_type();
+  if (t != ffi::DataType::F16 && t != ffi::DataType::BF16)
+    return invalid("q: dtype must be float16 or bfloat16");
+  for (int i = 1; i < 4; ++i)
+    if (four[i]->element_type() != t)
+      return invalid(std::string(names[i]) + ": dtype must match q's");
+  const auto qd = q.dimensions(), kd = kc.dimensions(), od = out.dimensions();
+  for (int i = 0; i < 4; ++i) {
+    if (vc.dimensions()[i] != kd[i]) return invalid("v_cache: shape must match k_cache's");
+    if (od[i] != qd[i]) return invalid("out: shape must match q's");
+  }
+  const int64_t b = qd[0], sq = qd[1], hq = qd[2], d = qd[3], hkv = kd[2];
+  const auto ld = lse.dimensions();
+  if (ld.size() != 3 || ld[0] != b || ld[1] != hq || ld[2] != sq)
+    return invalid("softmax_lse: shape must be (batch, heads, seqlen_q)");
+  if (seqlens.dimensions().size() != 1 || seqlens.dimensions()[0] != b)
+    return invalid("cache_seqlens: must be int32 (batch,)");
+  auto dense = [](int64_t s, int64_t h, int64_t hd) { return flashcore::Strides{s * h * hd, h * hd, hd}; };
+  p.dtype = t == ffi::DataType::F16 ? flashcore::DType::kFloat16 : flashcore::DType::kBFloat16;
+  p.q = q.untyped_data();
+  p.o = out.untyped_data();
+  p.q_strides = p.o_strides = dense(sq, hq, d);
+  p.k_cache = kc.untyped_data();
+  p.v_cache = vc.untyped_data();
+  p.k_cache_strides = p.v_cache_strides = dense(kd[1], hkv, kd[3]);
+  if (paged) {
+    const auto bt = block_table.dimensions();
+    if (bt.size() != 2 || bt[0] != b) return invalid("block_table: must be int32 (batch, max_pages)");
+    p.block_table = block_table.typed_data();
+    p.block_table_stride = p.max_pages_per_seq = bt[1];
+    p.num_pages = kd[0];
+    p.page_size = kd[1];
+  } else {
+    if (kd[0] != b) return invalid("k_cache: batch must match q's");
+    p.cache_capacity = kd[1];
+  }
+  p.cache_seqlens = seqlens.typed_data();
+  if (has_leftpad) {
+    if (leftpad.dimensions().size() != 1 || leftpad.dimensions()[0] != b)
+      return invalid("cache_leftpad: must be int32 (batch,)");
+    p.cache_leftpad = leftpad.typed_data();
+  }
+  p.lse = lse.typed_data();
+  p.batch = b, p.seqlen_q = sq, p.num_heads_q = hq, p.num_heads_kv = hkv, p.head_dim = d;
+  p.softmax_scale = scale;
+  p.causal = causal;
+  p.window_left = wl;
+  p.window_right = wr;
+  return ffi::Error::Success();
+}
+
+ffi::Error kv_cuda(cudaStream_t stream, int32_t device, ffi::ScratchAllocator scratch,
+                   ffi::AnyBuffer q, ffi::AnyBuffer kc, ffi::AnyBuffer vc,
+                   ffi::Buffer<ffi::S32> seqlens, ffi::Buffer<ffi::S32> leftpad,
+                   ffi::Buffer<ffi::S32> block_table, ffi::Result<ffi::AnyBuffer> out,
+                   ffi::Result<ffi::Buffer<ffi::F32>> lse, float scale, bool causal, int64_t wl,
+                   int64_t wr, bool has_leftpad, bool paged, bool split) {
+  flashcore::KvCacheParams p;
+  if (ffi::Error e = kv_params(q, kc, vc, seqlens, leftpad, block_table, *out, *lse, scale,
+                               causal, wl, wr, has_leftpad, paged, p);
+      e.failure())
+    return e;
+  p.backend = flashcore::Backend::kCuda;
+  p.device = device;
+  // One scratch block: the flag in its first 256 bytes, the workspace (if any) after them.
+  constexpr size_t kFlagBytes = 256;
+  int64_t ws_bytes = 0;
+  p.error_flag = reinterpret_cast<int32_t*>(q.untyped_data());  // query reads no pointee
+  if (ffi::Error e = guarded([&] {
+        const flashcore::Plan plan = flashcore::query(p);
+        ws_bytes = split ? plan.workspace_bytes : 0;  // num_splits=1: none, so unsplit
+        return plan.status;
+      });
+      e.failure())
+    return e;
+  const std::optional<void*> block = scratch.Allocate(kFlagBytes + size_t(ws_bytes), kFlagBytes);
+  if (!block) return ffi::Error(ffi::ErrorCode::kResourceExhausted, "flashcore: no scratch memory");
+  if (cudaMemsetAsync(*block, 0, kFlagBytes + size_t(ws_bytes), stream) != cudaSuccess)
+    return ffi::Error(ffi::ErrorCode::kInternal,
+                      std::string("flashcore: ") + cudaGetErrorString(cudaGetLastError()));
+  p.error_flag = static_cast<int32_t*>(*block);
+  void* ws = ws_bytes > 0 ? static_cast<char*>(*block) + kFlagBytes : nullptr;
+  return guarded([&] { return flashcore::run(p, ws, stream); });
+}
+
+ffi::Error kv_cpu(ffi::AnyBuffer q, ffi::AnyBuffer kc, ffi::AnyBuffer vc,
+                  ffi::Buffer<ffi::S32> seqlens, ffi::Buffer<ffi::S32> leftpad,
+                  ffi::Buffer<ffi::S32> block_table, ffi::Result<ffi::AnyBuffer> out,
+                  ffi::Result<ffi::Buffer<ffi::F32>> lse, float scale, bool causal, int64_t wl,
+                  int64_t wr, bool has_leftpad, bool paged, bool /*split*/) {
+  flashcore::KvCacheParams p;
+  if (ffi::Error e = kv_params(q, kc, vc, seqlens, leftpad, block_table, *out, *lse, scale,
+                               causal, wl, wr, has_leftpad, paged, p);
+      e.failure())
+    return e;
+  int32_t flag = 0;
+  p.error_flag = &flag;
+  p.backend = flashcore::Backend::kReference;
+  return guarded([&] { return flashcore::run(p); });
+}
+
+// q, k_cache, v_cache, cache_seqlens, cache_leftpad, block_table -> out, lse; attributes.
+template <class Binding>
+auto kv_binding(Binding b) {
+  return std::move(b)
+      .template Arg<ffi::AnyBuffer>()
+      .template Arg<ffi::AnyBuffer>()
+      .template Arg<ffi::AnyBuffer>()
+      .template Arg<ffi::Buffer<ffi::S32>>()
+      .template Arg<ffi::Buffer<ffi::S32>>()
+      .template Arg<ffi::Buffer<ffi::S32>>()
+      .template Ret<ffi::AnyBuffer>()
+      .template Ret<ffi::Buffer<ffi::F32>>()
+      .template Attr<float>("softmax_scale")
+      .template Attr<bool>("causal")
+      .template Attr<int64_t>("window_left")
+      .template Attr<int64_t>("window_right")
+      .template Attr<bool>("has_leftpad")
+      .template Attr<bool>("paged")
+      .template Attr<bool>("split");
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(flashcore_jax_kvcache_cuda, kv_cuda,
+                              kv_binding(ffi::Ffi::Bind()
+                                             .Ctx<ffi::PlatformStream<cudaStream_t>>()
+                                             .Ctx<ffi::DeviceOrdinal>()
+                                             .Ctx<ffi::ScratchAllocator>()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(flashcore_jax_kvcache_cpu, kv_cpu, kv_binding(ffi::Ffi::Bind()));

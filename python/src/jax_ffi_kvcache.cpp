@@ -5,15 +5,18 @@
 // optional cache_leftpad int32 (B); lse (B, Hq, Sq). An absent cache_leftpad or block_table
 // comes as an empty array with its attribute false.
 //
-// On the GPU the split workspace and the error flag come from XLA's scratch allocator, which
-// is stream-ordered like the call, and are zeroed on XLA's stream first (kvcache.h wants a
-// zero-filled workspace; a fresh one each call costs one memset instead of a buffer the
-// package would have to keep per device and stream). The flag is not returned: a JAX array
-// cannot be OR-ed into across calls, and an entry with an error gets NaN output rows anyway.
+// On the GPU the split workspace and the error flag live in one block of device memory per
+// device that this file keeps for the process: kvcache.h wants a workspace zero-filled before
+// its first use, and every call leaves it so, which a buffer fresh from XLA is not (XLA's
+// scratch allocator was refused on the H100 with jax 0.11.2). It grows when a call needs more
+// (after its stream drains, so no queued call still uses the old one). The flag is not
+// returned: a JAX array cannot be OR-ed into across calls, and an entry with an error gets NaN
+// output rows anyway.
 #include <cuda_runtime.h>
 
 #include <cstdint>
-#include <optional>
+#include <map>
+#include <mutex>
 #include <string>
 #include <utility>
 
@@ -25,6 +28,38 @@ using flashcore::python::guarded;
 using flashcore::python::invalid;
 
 namespace {
+
+constexpr size_t kFlagBytes = 256;  // the flag, then the workspace, 256-byte aligned
+
+ffi::Error cuda_failed(cudaError_t e) {
+  cudaGetLastError();
+  return ffi::Error(ffi::ErrorCode::kInternal, std::string("flashcore: ") + cudaGetErrorString(e));
+}
+
+// device's block of at least `bytes`, zero-filled (see the top of the file).
+ffi::Error device_block(int32_t device, size_t bytes, cudaStream_t stream, void** block) {
+  static std::mutex mu;
+  static std::map<int32_t, std::pair<void*, size_t>> blocks;  // never freed: process lifetime
+  std::lock_guard<std::mutex> lock(mu);
+  auto& [ptr, size] = blocks[device];
+  if (size < bytes) {
+    int current = 0;
+    cudaError_t e = cudaGetDevice(&current);
+    if (e == cudaSuccess) e = cudaSetDevice(device);
+    if (e == cudaSuccess && ptr != nullptr) e = cudaStreamSynchronize(stream);
+    if (e == cudaSuccess && ptr != nullptr) e = cudaFree(ptr);
+    if (e == cudaSuccess) ptr = nullptr, size = 0, e = cudaMalloc(&ptr, bytes);
+    if (e == cudaSuccess) e = cudaMemsetAsync(ptr, 0, bytes, stream);
+    if (e == cudaSuccess) size = bytes;
+    cudaSetDevice(current);
+    if (e != cudaSuccess) {
+      ptr = nullptr, size = 0;
+      return cuda_failed(e);
+    }
+  }
+  *block = ptr;
+  return ffi::Error::Success();
+}
 
 ffi::Error kv_params(ffi::AnyBuffer q, ffi::AnyBuffer kc, ffi::AnyBuffer vc,
                      ffi::Buffer<ffi::S32> seqlens, ffi::Buffer<ffi::S32> leftpad,
@@ -87,9 +122,8 @@ ffi::Error kv_params(ffi::AnyBuffer q, ffi::AnyBuffer kc, ffi::AnyBuffer vc,
   return ffi::Error::Success();
 }
 
-ffi::Error kv_cuda(cudaStream_t stream, int32_t device, ffi::ScratchAllocator scratch,
-                   ffi::AnyBuffer q, ffi::AnyBuffer kc, ffi::AnyBuffer vc,
-                   ffi::Buffer<ffi::S32> seqlens, ffi::Buffer<ffi::S32> leftpad,
+ffi::Error kv_cuda(cudaStream_t stream, int32_t device, ffi::AnyBuffer q, ffi::AnyBuffer kc,
+                   ffi::AnyBuffer vc, ffi::Buffer<ffi::S32> seqlens, ffi::Buffer<ffi::S32> leftpad,
                    ffi::Buffer<ffi::S32> block_table, ffi::Result<ffi::AnyBuffer> out,
                    ffi::Result<ffi::Buffer<ffi::F32>> lse, float scale, bool causal, int64_t wl,
                    int64_t wr, bool has_leftpad, bool paged, bool split) {
@@ -100,8 +134,6 @@ ffi::Error kv_cuda(cudaStream_t stream, int32_t device, ffi::ScratchAllocator sc
     return e;
   p.backend = flashcore::Backend::kCuda;
   p.device = device;
-  // One scratch block: the flag in its first 256 bytes, the workspace (if any) after them.
-  constexpr size_t kFlagBytes = 256;
   int64_t ws_bytes = 0;
   p.error_flag = reinterpret_cast<int32_t*>(q.untyped_data());  // query reads no pointee
   if (ffi::Error e = guarded([&] {
@@ -111,13 +143,12 @@ ffi::Error kv_cuda(cudaStream_t stream, int32_t device, ffi::ScratchAllocator sc
       });
       e.failure())
     return e;
-  const std::optional<void*> block = scratch.Allocate(kFlagBytes + size_t(ws_bytes), kFlagBytes);
-  if (!block) return ffi::Error(ffi::ErrorCode::kResourceExhausted, "flashcore: no scratch memory");
-  if (cudaMemsetAsync(*block, 0, kFlagBytes + size_t(ws_bytes), stream) != cudaSuccess)
-    return ffi::Error(ffi::ErrorCode::kInternal,
-                      std::string("flashcore: ") + cudaGetErrorString(cudaGetLastError()));
-  p.error_flag = static_cast<int32_t*>(*block);
-  void* ws = ws_bytes > 0 ? static_cast<char*>(*block) + kFlagBytes : nullptr;
+  void* block = nullptr;
+  if (ffi::Error e = device_block(device, kFlagBytes + size_t(ws_bytes), stream, &block);
+      e.failure())
+    return e;
+  p.error_flag = static_cast<int32_t*>(block);
+  void* ws = ws_bytes > 0 ? static_cast<char*>(block) + kFlagBytes : nullptr;
   return guarded([&] { return flashcore::run(p, ws, stream); });
 }
 
@@ -163,6 +194,5 @@ auto kv_binding(Binding b) {
 XLA_FFI_DEFINE_HANDLER_SYMBOL(flashcore_jax_kvcache_cuda, kv_cuda,
                               kv_binding(ffi::Ffi::Bind()
                                              .Ctx<ffi::PlatformStream<cudaStream_t>>()
-                                             .Ctx<ffi::DeviceOrdinal>()
-                                             .Ctx<ffi::ScratchAllocator>()));
+                                             .Ctx<ffi::DeviceOrdinal>()));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(flashcore_jax_kvcache_cpu, kv_cpu, kv_binding(ffi::Ffi::Bind()));

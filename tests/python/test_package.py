@@ -709,7 +709,7 @@ def test_jax_kvcache_under_jit():
 @pytest.mark.parametrize("page_size", [0, 64])
 def test_jax_gpu_kvcache(page_size):
     """The cache read on the GPU under jit: one long entry (split across CTAs, the workspace
-    from XLA's scratch) and a batch of three, GQA 32/8, D128, NaN past cache_seqlens; the
+    kept per device by the extension) and a batch of three, GQA 32/8, D128, NaN past cache_seqlens; the
     unsplit call (num_splits=1) agrees."""
     jax, gpu = _jax_gpu()
     rng = np.random.default_rng(14)

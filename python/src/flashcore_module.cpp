@@ -367,7 +367,8 @@ std::string query_kvcache(const std::string& dtype, int64_t head_dim, int64_t pa
                           bool append, int64_t rotary_dim, bool rotary_interleaved, bool causal,
                           int64_t window_left, int64_t window_right, bool leftpad) {
   if (head_dim > 512 || head_dim < 1) fail("query_kvcache: head_dim up to 512 here");
-  const int64_t hq = 4, hkv = 2, cap = 16;
+  // One page at least: a page longer than 16 rows must not leave the stand-in with no pages.
+  const int64_t hq = 4, hkv = 2, cap = page_size > 16 ? page_size : 16;
   KvCacheParams p;
   p.q = g_q, p.o = g_o, p.k_cache = g_k, p.v_cache = g_v;
   p.q_strides = p.o_strides = {hq * head_dim, hq * head_dim, head_dim};

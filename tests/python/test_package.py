@@ -673,7 +673,7 @@ def test_jax_kvcache_under_jit():
     cpu = jax.devices("cpu")[0]
     rng = np.random.default_rng(13)
     lens = [5, 17, 32]
-    for page_size in (0, 8):
+    for page_size in (0, 8, 32):  # 32: a page longer than query_kvcache's 16-row stand-in
         q, kc, vc, L, table, as64 = _jax_cache_case(jax, rng, cpu, "bfloat16", 3, 2, 8, 2, 64,
                                                     32, lens, page_size)
         call = lambda *a: flashcore.flash_attn_with_kvcache(  # noqa: E731

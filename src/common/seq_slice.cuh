@@ -24,7 +24,7 @@ __device__ __forceinline__ SeqSlice seq_slice(const FwdParams& p, int b,
     // [0, max] so a bad list can never address memory outside [cu[b], cu[b] + max), and,
     // where the caller gave the packed row counts, the entries to [0, total]. (This 32-bit
     // form costs nothing measurable; a 64-bit one slowed the Hopper varlen causal row by 2 %,
-    // perf-notes H-varlen.)
+    // perf-notes H27.)
     int q0 = p.cu_seqlens_q[b], q1 = p.cu_seqlens_q[b + 1];
     int k0 = p.cu_seqlens_k[b], k1 = p.cu_seqlens_k[b + 1];
     if (p.total_q > 0) q0 = min(max(q0, 0), int(p.total_q)), q1 = min(q1, int(p.total_q));

@@ -18,6 +18,7 @@ namespace nb = nanobind;
 namespace ffi = xla::ffi;
 
 namespace {
+using flashcore::python::check_four;
 using flashcore::python::guarded;
 using flashcore::python::invalid;
 
@@ -37,23 +38,11 @@ auto with_attrs(Binding b) {
 ffi::Error common_params(ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v, ffi::AnyBuffer out,
                          ffi::Buffer<ffi::F32> lse, size_t rank, const char* dims, float scale,
                          bool causal, int64_t wl, int64_t wr, flashcore::AttentionParams& p) {
-  const ffi::AnyBuffer* all[] = {&q, &k, &v, &out};
-  const char* names[] = {"q", "k", "v", "out"};
-  for (int i = 0; i < 4; ++i)
-    if (all[i]->dimensions().size() != rank)
-      return invalid(std::string(names[i]) + ": must have " + std::to_string(rank) +
-                     " dimensions " + dims);
+  if (ffi::Error e = check_four({&q, &k, &v, &out}, {"q", "k", "v", "out"}, rank, dims);
+      e.failure())
+    return e;
   const ffi::DataType t = q.element_type();
-  if (t != ffi::DataType::F16 && t != ffi::DataType::BF16)
-    return invalid("q: dtype must be float16 or bfloat16");
-  for (int i = 1; i < 4; ++i)
-    if (all[i]->element_type() != t)
-      return invalid(std::string(names[i]) + ": dtype must match q's");
-  const auto qd = q.dimensions(), kd = k.dimensions(), vd = v.dimensions(), od = out.dimensions();
-  for (size_t i = 0; i < rank; ++i) {
-    if (vd[i] != kd[i]) return invalid("v: shape must match k's");
-    if (od[i] != qd[i]) return invalid("out: shape must match q's");
-  }
+  const auto qd = q.dimensions(), kd = k.dimensions();
   if (kd[rank - 1] != qd[rank - 1]) return invalid("k: head_dim must match q's");
   auto strides = [rank](const ffi::AnyBuffer& b) {
     const auto d = b.dimensions();
@@ -80,7 +69,7 @@ ffi::Error common_params(ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v, f
 ffi::Error fwd_params(ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v, ffi::AnyBuffer out,
                       ffi::Buffer<ffi::F32> lse, float scale, bool causal, int64_t wl,
                       int64_t wr, flashcore::AttentionParams& p) {
-  if (ffi::Error e = common_params(q, k, v, out, lse, 4, "(batch, seqlen, heads, head_dim)",
+  if (ffi::Error e = common_params(q, k, v, out, lse, 4, " (batch, seqlen, heads, head_dim)",
                                    scale, causal, wl, wr, p);
       e.failure())
     return e;
@@ -98,7 +87,7 @@ ffi::Error varlen_params(ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v,
                          ffi::Buffer<ffi::S32> cu_q, ffi::Buffer<ffi::S32> cu_k, ffi::AnyBuffer out,
                          ffi::Buffer<ffi::F32> lse, int64_t max_q, int64_t max_k, float scale,
                          bool causal, int64_t wl, int64_t wr, flashcore::AttentionParams& p) {
-  if (ffi::Error e = common_params(q, k, v, out, lse, 3, "(total, heads, head_dim)", scale,
+  if (ffi::Error e = common_params(q, k, v, out, lse, 3, " (total, heads, head_dim)", scale,
                                    causal, wl, wr, p);
       e.failure())
     return e;

@@ -34,6 +34,31 @@ xla::ffi::Error guarded(Call&& call) {
                     s.message);
 }
 
+// The four 16-bit buffers of a call (q, k, v, out, or their cache names): `rank` dimensions
+// each (dims names them in the message), q float16 or bfloat16, the others q's dtype, the
+// third shaped as the second and the fourth as q.
+inline xla::ffi::Error check_four(const xla::ffi::AnyBuffer* const (&bufs)[4],
+                                  const char* const (&names)[4], size_t rank, const char* dims) {
+  namespace ffi = xla::ffi;
+  for (int i = 0; i < 4; ++i)
+    if (bufs[i]->dimensions().size() != rank)
+      return invalid(std::string(names[i]) + ": must have " + std::to_string(rank) +
+                     " dimensions" + dims);
+  const ffi::DataType t = bufs[0]->element_type();
+  if (t != ffi::DataType::F16 && t != ffi::DataType::BF16)
+    return invalid(std::string(names[0]) + ": dtype must be float16 or bfloat16");
+  for (int i = 1; i < 4; ++i)
+    if (bufs[i]->element_type() != t)
+      return invalid(std::string(names[i]) + ": dtype must match " + names[0] + "'s");
+  for (size_t i = 0; i < rank; ++i) {
+    if (bufs[2]->dimensions()[i] != bufs[1]->dimensions()[i])
+      return invalid(std::string(names[2]) + ": shape must match " + names[1] + "'s");
+    if (bufs[3]->dimensions()[i] != bufs[0]->dimensions()[i])
+      return invalid(std::string(names[3]) + ": shape must match " + names[0] + "'s");
+  }
+  return ffi::Error::Success();
+}
+
 }  // namespace flashcore::python
 
 XLA_FFI_DECLARE_HANDLER_SYMBOL(flashcore_jax_kvcache_cuda);

@@ -24,6 +24,7 @@
 #include "jax_ffi.h"
 
 namespace ffi = xla::ffi;
+using flashcore::python::check_four;
 using flashcore::python::guarded;
 using flashcore::python::invalid;
 
@@ -66,22 +67,11 @@ ffi::Error kv_params(ffi::AnyBuffer q, ffi::AnyBuffer kc, ffi::AnyBuffer vc,
                      ffi::Buffer<ffi::S32> block_table, ffi::AnyBuffer out,
                      ffi::Buffer<ffi::F32> lse, float scale, bool causal, int64_t wl, int64_t wr,
                      bool has_leftpad, bool paged, flashcore::KvCacheParams& p) {
-  const ffi::AnyBuffer* four[] = {&q, &kc, &vc, &out};
-  const char* names[] = {"q", "k_cache", "v_cache", "out"};
-  for (int i = 0; i < 4; ++i)
-    if (four[i]->dimensions().size() != 4)
-      return invalid(std::string(names[i]) + ": must have 4 dimensions");
+  if (ffi::Error e = check_four({&q, &kc, &vc, &out}, {"q", "k_cache", "v_cache", "out"}, 4, "");
+      e.failure())
+    return e;
   const ffi::DataType t = q.element_type();
-  if (t != ffi::DataType::F16 && t != ffi::DataType::BF16)
-    return invalid("q: dtype must be float16 or bfloat16");
-  for (int i = 1; i < 4; ++i)
-    if (four[i]->element_type() != t)
-      return invalid(std::string(names[i]) + ": dtype must match q's");
-  const auto qd = q.dimensions(), kd = kc.dimensions(), od = out.dimensions();
-  for (int i = 0; i < 4; ++i) {
-    if (vc.dimensions()[i] != kd[i]) return invalid("v_cache: shape must match k_cache's");
-    if (od[i] != qd[i]) return invalid("out: shape must match q's");
-  }
+  const auto qd = q.dimensions(), kd = kc.dimensions();
   const int64_t b = qd[0], sq = qd[1], hq = qd[2], d = qd[3], hkv = kd[2];
   const auto ld = lse.dimensions();
   if (ld.size() != 3 || ld[0] != b || ld[1] != hq || ld[2] != sq)

@@ -122,7 +122,9 @@ INSTANTIATE_TEST_SUITE_P(
                c.varlen_q = {1, 17, 0}, c.varlen_k = {17, 1, 4}, c.strided = true, c.wl = 4;
              }),
         with({kBf, 0, 4, 2, 0, 0, 64},
-             [](Case& c) { c.varlen_q = {6, 3}, c.varlen_k = {6, 9}, c.pad_q = 5, c.causal = true; })),
+             [](Case& c) {
+               c.varlen_q = {6, 3}, c.varlen_k = {6, 9}, c.pad_q = 5, c.causal = true;
+             })),
     [](const ::testing::TestParamInfo<Case>& info) { return info.param.name(); });
 
 TEST(Reference, ThreadCountDoesNotChangeResult) {

@@ -327,7 +327,8 @@ inline Check compare_output(const Case& c, const HostProblem& result, uint64_t s
   r.rel_l2_err = ref_sq > 0 ? std::sqrt(err_sq / ref_sq) : (err_sq > 0 ? INFINITY : 0.0);
 
   for (size_t j = 0; j < result.o.size(); ++j) r.clobbered += !real[j] && result.o[j] != poison(t);
-  for (size_t j = 0; j < result.lse.size(); ++j) r.clobbered += !real_lse[j] && !std::isnan(result.lse[j]);
+  for (size_t j = 0; j < result.lse.size(); ++j)
+    r.clobbered += !real_lse[j] && !std::isnan(result.lse[j]);
 
   r.ok = r.bad == 0 && r.unwritten == 0 && r.clobbered == 0 && r.rel_l2_err <= tl.rel_l2;
   std::ostringstream head;

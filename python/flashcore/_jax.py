@@ -1,9 +1,8 @@
 """flash_attn_func, flash_attn_varlen_func and flash_attn_with_kvcache's cache read on JAX
 arrays as XLA custom calls (python/src/jax_ffi.cpp, jax_ffi_kvcache.cpp): XLA allocates the
 outputs and hands over its own stream, so they run on the GPU and the host (the CPU
-reference), eagerly and under jax.jit. The package has them
-where jax was installed when it was built; otherwise JAX arrays take the host-only path of
-_tensors.py.
+reference), eagerly and under jax.jit. The package has them where jax was installed when it
+was built; otherwise JAX arrays take the host-only path of _tensors.py.
 
 Shape and dtype rules are checked here, when the call is traced, and the problem's rules by the
 core's query (the same messages as every other path), so bad input raises ValueError before
@@ -77,14 +76,15 @@ def _check(q, k, v, scale, causal, left, right, varlen=False):
         raise ValueError(message)
 
 
-def _int32_vector(name, x, batch, rank=1):
+def _int32_array(name, x, batch, rank=1):
     import jax.numpy as jnp
 
     if (not hasattr(x, "dtype") or x.dtype != jnp.int32 or len(x.shape) != rank
             or x.shape[0] != batch):
         shape = "(batch,)" if rank == 1 else "(batch, max_pages)"
+        got = f"{getattr(x, 'dtype', type(x).__name__)} {tuple(getattr(x, 'shape', ()))}"
         raise ValueError(f"{name}: must be an int32 array {shape} with batch = {batch} (got "
-                         f"{getattr(x, 'dtype', type(x).__name__)} {tuple(getattr(x, 'shape', ()))})")
+                         f"{got})")
 
 
 def _call(target, q, lse_shape, args, softmax_scale, causal, left, right, return_attn_probs,
@@ -151,11 +151,15 @@ def with_kvcache(q, k_cache, v_cache, cache_seqlens, cache_leftpad, block_table,
     batch = q.shape[0]
     if isinstance(cache_seqlens, (int, np.integer)):
         cache_seqlens = jnp.full((batch,), int(cache_seqlens), jnp.int32)  # placed with q
-    _int32_vector("cache_seqlens", cache_seqlens, batch)
+    _int32_array("cache_seqlens", cache_seqlens, batch)
     if cache_leftpad is not None:
-        _int32_vector("cache_leftpad", cache_leftpad, batch)
+        _int32_array("cache_leftpad", cache_leftpad, batch)
     if paged:
-        _int32_vector("block_table", block_table, batch, rank=2)
+        _int32_array("block_table", block_table, batch, rank=2)
+        if k_cache.shape[1] < 1 or block_table.shape[1] < 1:
+            raise ValueError(f"k_cache/block_table: a paged cache needs page_size >= 1 and at "
+                             f"least one page a sequence (got page_size {k_cache.shape[1]}, "
+                             f"block_table {tuple(block_table.shape)})")
     message = _C.query_kvcache(dtype, q.shape[-1], k_cache.shape[1] if paged else 0, False, 0,
                                True, bool(causal), left, right, cache_leftpad is not None)
     if message:
@@ -168,4 +172,3 @@ def with_kvcache(q, k_cache, v_cache, cache_seqlens, cache_leftpad, block_table,
                   jnp.zeros((0, 0), jnp.int32) if block_table is None else block_table),
                  softmax_scale, causal, left, right, return_softmax_lse, dmask=False,
                  has_leftpad=cache_leftpad is not None, paged=paged, split=bool(split))
-

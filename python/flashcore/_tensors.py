@@ -2,9 +2,9 @@
 device) and find the stream a call should run on. flashcore takes any DLPack tensor; outputs
 are made with the caller's own framework so they come back as the caller's type.
 
-flash_attn_func and flash_attn_varlen_func on JAX arrays are XLA custom calls (_jax.py)
-where the package has them. Other calls on JAX arrays (the cache function, or every call in a
-package built without jax) take host arrays only: JAX arrays are immutable, so a call writes
+flash_attn_func, flash_attn_varlen_func and the cache read on JAX arrays are XLA custom calls
+(_jax.py) where the package has them. Other calls with a JAX q (the cache function with k/v or
+with torch/numpy caches, or every call in a package built without jax) take host arrays only: JAX arrays are immutable, so a call writes
 into numpy arrays of its own and hands JAX copies afterwards (as_caller); a bfloat16 output is
 a uint16 array the core writes through a bfloat16 view (numpy has no bfloat16 that DLPack
 carries)."""
@@ -23,8 +23,9 @@ def _check_jax_host(like):
 
     from . import _jax
 
-    custom = ("flash_attn_func and flash_attn_varlen_func, XLA custom calls, take them"
-              if _jax.available() else "this package was built without jax: no XLA custom calls")
+    custom = ("flash_attn_func, flash_attn_varlen_func and the cache read with JAX caches, XLA "
+              "custom calls, take them" if _jax.available()
+              else "this package was built without jax: no XLA custom calls")
     if isinstance(like, jax.core.Tracer):  # jax.jit, grad: no buffer to read
         raise TypeError(
             f"flashcore takes concrete host JAX arrays, not traced ones (jax.jit, jax.grad; "

@@ -258,9 +258,11 @@ def kvcache_error_flag(like):
     output rows. The calls never read it (no host synchronisation); the caller reads it and
     clears it (flag[0] = 0). It is made on first use, which must not be inside a CUDA-graph
     capture (a captured allocation is only zeroed when the graph replays): warm up first.
-    JAX arrays have none where the package has its XLA custom calls (they cannot be written
-    across calls): there an entry with an error shows only as NaN rows, and this raises."""
-    if is_jax(like) and _jax.available():
+    JAX cache reads, where the package has its XLA custom calls, have none (a JAX array cannot
+    be written across calls): an entry with an error shows only as NaN rows. So for a JAX
+    array this raises, unless a call that ran on the host path (a JAX q with torch or numpy
+    caches) has made one for its device."""
+    if is_jax(like) and _jax.available() and _device_key(like) not in _flags:
         raise TypeError("kvcache_error_flag: JAX cache reads are XLA custom calls with no error "
                         "flag (a JAX array cannot be written across calls); an entry with an "
                         "error gets NaN output rows")
@@ -336,7 +338,8 @@ def flash_attn_with_kvcache(
     attention over the updated cache. cache_seqlens: int or int32 (B,); cache_leftpad: int32
     (B,), the row each entry's keys start at. Returns out, or
     (out, softmax_lse (B, Hq, Sq) fp32). Errors on the device (overflow, bad block-table
-    entries) set bits in kvcache_error_flag(q) and NaN rows, never out-of-bounds writes."""
+    entries) set bits in kvcache_error_flag(q) (not for JAX cache reads: NaN rows only) and
+    NaN rows, never out-of-bounds writes."""
     _unsupported(softcap=softcap, alibi_slopes=alibi_slopes)
     if cache_batch_idx is not None:
         raise ValueError("cache_batch_idx: not supported by flashcore yet; must be None")
@@ -363,7 +366,8 @@ def flash_attn_with_kvcache(
         rows = (block_table.shape[1] * k_cache.shape[1]) if block_table is not None else k_cache.shape[1]
         cache_seqlens = rows
     left, right = _window(window_size)
-    if is_jax(q) and k is None and _jax.available():  # an XLA custom call: GPU or host, jit too
+    if k is None and all(map(is_jax, (q, k_cache, v_cache))) and _jax.available():
+        # An XLA custom call: GPU or host, jax.jit too.
         return _jax.with_kvcache(q, k_cache, v_cache, cache_seqlens, cache_leftpad, block_table,
                                  _scale(softmax_scale), causal, left, right, num_splits == 0,
                                  return_softmax_lse)

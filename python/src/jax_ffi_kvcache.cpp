@@ -6,12 +6,13 @@
 // comes as an empty array with its attribute false.
 //
 // On the GPU the split workspace and the error flag live in one block of device memory per
-// device that this file keeps for the process: kvcache.h wants a workspace zero-filled before
-// its first use, and every call leaves it so, which a buffer fresh from XLA is not (XLA's
-// scratch allocator was refused on the H100 with jax 0.11.2). It grows when a call needs more
-// (after its stream drains, so no queued call still uses the old one). The flag is not
-// returned: a JAX array cannot be OR-ed into across calls, and an entry with an error gets NaN
-// output rows anyway.
+// (device, stream) that this file keeps for the process (kvcache.h: one workspace a stream).
+// kvcache.h wants the workspace zero-filled before its first use, and every call leaves it so,
+// which a buffer fresh from XLA is not (XLA's scratch allocator, the first choice, was refused
+// on the H100 with jax 0.11.2). A call that needs more gets a new zeroed block; the old one is
+// kept, not freed, since calls queued before may still use it. The flag collects bits nobody
+// reads: a JAX array cannot be OR-ed into across calls, so it is not returned, and an entry
+// with an error gets NaN output rows anyway.
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -19,6 +20,7 @@
 #include <mutex>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "flashcore/kvcache.h"
 #include "jax_ffi.h"
@@ -37,28 +39,29 @@ ffi::Error cuda_failed(cudaError_t e) {
   return ffi::Error(ffi::ErrorCode::kInternal, std::string("flashcore: ") + cudaGetErrorString(e));
 }
 
-// device's block of at least `bytes`, zero-filled (see the top of the file).
-ffi::Error device_block(int32_t device, size_t bytes, cudaStream_t stream, void** block) {
-  static std::mutex mu;
-  static std::map<int32_t, std::pair<void*, size_t>> blocks;  // never freed: process lifetime
-  std::lock_guard<std::mutex> lock(mu);
-  auto& [ptr, size] = blocks[device];
-  if (size < bytes) {
-    int current = 0;
-    cudaError_t e = cudaGetDevice(&current);
-    if (e == cudaSuccess) e = cudaSetDevice(device);
-    if (e == cudaSuccess && ptr != nullptr) e = cudaStreamSynchronize(stream);
-    if (e == cudaSuccess && ptr != nullptr) e = cudaFree(ptr);
-    if (e == cudaSuccess) ptr = nullptr, size = 0, e = cudaMalloc(&ptr, bytes);
-    if (e == cudaSuccess) e = cudaMemsetAsync(ptr, 0, bytes, stream);
-    if (e == cudaSuccess) size = bytes;
-    cudaSetDevice(current);
-    if (e != cudaSuccess) {
-      ptr = nullptr, size = 0;
-      return cuda_failed(e);
-    }
+struct Block {
+  void* ptr = nullptr;
+  size_t bytes = 0;
+};
+
+// Makes b at least `bytes`, zero-filled on `stream`; a smaller one it replaces is retired.
+ffi::Error grow(Block& b, std::vector<void*>& retired, int32_t device, size_t bytes,
+                cudaStream_t stream) {
+  if (b.bytes >= bytes) return ffi::Error::Success();
+  int current = 0;
+  cudaError_t e = cudaGetDevice(&current);
+  if (e != cudaSuccess) return cuda_failed(e);
+  void* ptr = nullptr;
+  e = cudaSetDevice(device);
+  if (e == cudaSuccess) e = cudaMalloc(&ptr, bytes);
+  if (e == cudaSuccess) e = cudaMemsetAsync(ptr, 0, bytes, stream);
+  cudaSetDevice(current);
+  if (e != cudaSuccess) {
+    if (ptr != nullptr) cudaFree(ptr);
+    return cuda_failed(e);
   }
-  *block = ptr;
+  if (b.ptr != nullptr) retired.push_back(b.ptr);
+  b = {ptr, bytes};
   return ffi::Error::Success();
 }
 
@@ -72,13 +75,16 @@ ffi::Error kv_params(ffi::AnyBuffer q, ffi::AnyBuffer kc, ffi::AnyBuffer vc,
     return e;
   const ffi::DataType t = q.element_type();
   const auto qd = q.dimensions(), kd = kc.dimensions();
+  if (kd[3] != qd[3]) return invalid("k_cache: head_dim must match q's");
   const int64_t b = qd[0], sq = qd[1], hq = qd[2], d = qd[3], hkv = kd[2];
   const auto ld = lse.dimensions();
   if (ld.size() != 3 || ld[0] != b || ld[1] != hq || ld[2] != sq)
     return invalid("softmax_lse: shape must be (batch, heads, seqlen_q)");
   if (seqlens.dimensions().size() != 1 || seqlens.dimensions()[0] != b)
     return invalid("cache_seqlens: must be int32 (batch,)");
-  auto dense = [](int64_t s, int64_t h, int64_t hd) { return flashcore::Strides{s * h * hd, h * hd, hd}; };
+  auto dense = [](int64_t s, int64_t h, int64_t hd) {
+    return flashcore::Strides{s * h * hd, h * hd, hd};
+  };
   p.dtype = t == ffi::DataType::F16 ? flashcore::DType::kFloat16 : flashcore::DType::kBFloat16;
   p.q = q.untyped_data();
   p.o = out.untyped_data();
@@ -88,7 +94,8 @@ ffi::Error kv_params(ffi::AnyBuffer q, ffi::AnyBuffer kc, ffi::AnyBuffer vc,
   p.k_cache_strides = p.v_cache_strides = dense(kd[1], hkv, kd[3]);
   if (paged) {
     const auto bt = block_table.dimensions();
-    if (bt.size() != 2 || bt[0] != b) return invalid("block_table: must be int32 (batch, max_pages)");
+    if (bt.size() != 2 || bt[0] != b)
+      return invalid("block_table: must be int32 (batch, max_pages)");
     p.block_table = block_table.typed_data();
     p.block_table_stride = p.max_pages_per_seq = bt[1];
     p.num_pages = kd[0];
@@ -124,8 +131,15 @@ ffi::Error kv_cuda(cudaStream_t stream, int32_t device, ffi::AnyBuffer q, ffi::A
     return e;
   p.backend = flashcore::Backend::kCuda;
   p.device = device;
+  static std::mutex mu;
+  static std::map<std::pair<int32_t, cudaStream_t>, Block> blocks;
+  static std::vector<void*> retired;
+  // Held until the call is queued: another thread could otherwise retire the block under it.
+  std::lock_guard<std::mutex> lock(mu);
+  Block& block = blocks[{device, stream}];
+  if (ffi::Error e = grow(block, retired, device, kFlagBytes, stream); e.failure()) return e;
+  p.error_flag = static_cast<int32_t*>(block.ptr);  // query wants one; it reads no pointee
   int64_t ws_bytes = 0;
-  p.error_flag = reinterpret_cast<int32_t*>(q.untyped_data());  // query reads no pointee
   if (ffi::Error e = guarded([&] {
         const flashcore::Plan plan = flashcore::query(p);
         ws_bytes = split ? plan.workspace_bytes : 0;  // num_splits=1: none, so unsplit
@@ -133,12 +147,11 @@ ffi::Error kv_cuda(cudaStream_t stream, int32_t device, ffi::AnyBuffer q, ffi::A
       });
       e.failure())
     return e;
-  void* block = nullptr;
-  if (ffi::Error e = device_block(device, kFlagBytes + size_t(ws_bytes), stream, &block);
+  if (ffi::Error e = grow(block, retired, device, kFlagBytes + size_t(ws_bytes), stream);
       e.failure())
     return e;
-  p.error_flag = static_cast<int32_t*>(block);
-  void* ws = ws_bytes > 0 ? static_cast<char*>(block) + kFlagBytes : nullptr;
+  p.error_flag = static_cast<int32_t*>(block.ptr);
+  void* ws = ws_bytes > 0 ? static_cast<char*>(block.ptr) + kFlagBytes : nullptr;
   return guarded([&] { return flashcore::run(p, ws, stream); });
 }
 

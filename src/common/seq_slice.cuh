@@ -23,7 +23,7 @@ __device__ __forceinline__ SeqSlice seq_slice(const FwdParams& p, int b,
     // The host cannot check device-resident cu_seqlens without a sync: clamp each length to
     // [0, max] so a bad list can never address memory outside [cu[b], cu[b] + max), and,
     // where the caller gave the packed row counts, the entries to [0, total]. (This 32-bit
-    // form costs nothing measurable; a 64-bit one slowed the Hopper varlen causal row by 2 %,
+    // form costs nothing measurable; a 64-bit one slowed the Hopper varlen causal row by 1-3 %,
     // perf-notes H27.)
     int q0 = p.cu_seqlens_q[b], q1 = p.cu_seqlens_q[b + 1];
     int k0 = p.cu_seqlens_k[b], k1 = p.cu_seqlens_k[b + 1];

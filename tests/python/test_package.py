@@ -684,11 +684,12 @@ def test_jax_kvcache_under_jit():
         np.testing.assert_array_equal(np.asarray(out), np.asarray(eager_out))
         np.testing.assert_array_equal(np.asarray(lse), np.asarray(eager_lse))
         _check_jax_cache_read(jax, out, lse, as64, lens, True, 1e-2)
-    q, kc, vc, L, _, as64 = _jax_cache_case(jax, rng, cpu, "float16", 2, 1, 4, 4, 64, 16, [16, 9])
+    # Whole caches (no NaN rows), so only the overflow can make NaN.
+    q, kc, vc, _, _, as64 = _jax_cache_case(jax, rng, cpu, "float16", 2, 1, 4, 4, 64, 16, [16, 16])
     out = flashcore.flash_attn_with_kvcache(q, kc, vc, cache_seqlens=jnp.array([16, 17], jnp.int32))
     assert bool(jnp.isfinite(out[0].astype(jnp.float32)).all())
     assert bool(jnp.isnan(out[1].astype(jnp.float32)).all())  # 17 > the capacity 16
-    pads = jnp.array([3, 0], jnp.int32)
+    L, pads = jnp.array([16, 9], jnp.int32), jnp.array([3, 0], jnp.int32)
     out = jax.jit(lambda *a: flashcore.flash_attn_with_kvcache(
         *a[:3], cache_seqlens=a[3], cache_leftpad=a[4]))(q, kc, vc, L, pads)
     for e, (p, n) in enumerate(((3, 16), (0, 9))):
@@ -702,15 +703,35 @@ def test_jax_kvcache_under_jit():
                                           block_table=jnp.zeros((2, 1), jnp.int16))
     with pytest.raises(ValueError, match="k_cache/v_cache: dtype must match"):
         flashcore.flash_attn_with_kvcache(q, kc.astype(jnp.bfloat16), vc, cache_seqlens=L)
+    with pytest.raises(ValueError, match="a paged cache needs page_size >= 1"):
+        flashcore.flash_attn_with_kvcache(q, kc, vc, cache_seqlens=L,
+                                          block_table=jnp.zeros((2, 0), jnp.int32))
     with pytest.raises(TypeError, match="kvcache_error_flag: JAX cache reads"):
         flashcore.kvcache_error_flag(q)
+
+
+def test_jax_q_with_numpy_caches_takes_the_host_path():
+    """Only JAX caches go to the custom call: a JAX q with numpy caches (and new k/v) runs on
+    the host path, appends in place, and its error flag is readable."""
+    jax = pytest.importorskip("jax")
+    _jax_ffi()
+    rng = np.random.default_rng(15)
+    cpu = jax.devices("cpu")[0]
+    q = jax.device_put(rng.standard_normal((1, 1, 4, 64)).astype(np.float16), cpu)
+    kc, vc = randn(rng, 1, 8, 2, 64), randn(rng, 1, 8, 2, 64)
+    kn, vn = randn(rng, 1, 1, 2, 64), randn(rng, 1, 1, 2, 64)
+    out = flashcore.flash_attn_with_kvcache(q, kc, vc, kn, vn, cache_seqlens=3)
+    np.testing.assert_array_equal(kc[0, 3], kn[0, 0])  # written in place
+    ref, _ = reference(np.asarray(q[0], np.float64), kc[0, :4], vc[0, :4])
+    np.testing.assert_allclose(np.asarray(out[0], np.float64), ref, atol=4e-3, rtol=4e-3)
+    assert flashcore.kvcache_error_flag(q)[0] == 0
 
 
 @pytest.mark.parametrize("page_size", [0, 64])
 def test_jax_gpu_kvcache(page_size):
     """The cache read on the GPU under jit: one long entry (split across CTAs, the workspace
-    kept per device by the extension) and a batch of three, GQA 32/8, D128, NaN past cache_seqlens; the
-    unsplit call (num_splits=1) agrees."""
+    kept by the extension) and a batch of three, GQA 32/8, D128, NaN past cache_seqlens; split
+    (num_splits=0) and unsplit (1), each against the reference."""
     jax, gpu = _jax_gpu()
     rng = np.random.default_rng(14)
     for b, lens, sq in ((1, [3000], 1), (3, [1, 1000, 4096], 4)):

@@ -20,17 +20,13 @@ __device__ __forceinline__ SeqSlice seq_slice(const FwdParams& p, int b,
                                               bool fixed_lengths = false) {
   SeqSlice s;
   if (!fixed_lengths && p.cu_seqlens_q != nullptr) {
+    const int q0 = p.cu_seqlens_q[b], k0 = p.cu_seqlens_k[b];
     // The host cannot check device-resident cu_seqlens without a sync: clamp each length to
-    // [0, max] so a bad list can never address memory outside [cu[b], cu[b] + max), and,
-    // where the caller gave the packed row counts, the entries to [0, total]. (This 32-bit
-    // form costs nothing measurable; a 64-bit one slowed the Hopper varlen causal row by 1-3 %,
-    // perf-notes H27.)
-    int q0 = p.cu_seqlens_q[b], q1 = p.cu_seqlens_q[b + 1];
-    int k0 = p.cu_seqlens_k[b], k1 = p.cu_seqlens_k[b + 1];
-    if (p.total_q > 0) q0 = min(max(q0, 0), int(p.total_q)), q1 = min(q1, int(p.total_q));
-    if (p.total_k > 0) k0 = min(max(k0, 0), int(p.total_k)), k1 = min(k1, int(p.total_k));
-    s.sq = min(max(q1 - q0, 0), p.seqlen_q);
-    s.sk = min(max(k1 - k0, 0), p.seqlen_k);
+    // [0, max] so a bad list can never address memory outside [cu[b], cu[b] + max). (Clamping
+    // the entries to total_q/total_k as well cost 1-3 % on the Hopper varlen causal row in a
+    // 64-bit form and spills in the portable D128 kernel in a 32-bit one: perf-notes H27.)
+    s.sq = min(max(p.cu_seqlens_q[b + 1] - q0, 0), p.seqlen_q);
+    s.sk = min(max(p.cu_seqlens_k[b + 1] - k0, 0), p.seqlen_k);
     s.q_off = int64_t(q0) * p.q_seq;
     s.k_off = int64_t(k0) * p.k_seq;
     s.v_off = int64_t(k0) * p.v_seq;

@@ -666,7 +666,8 @@ def _check_jax_cache_read(jax, out, lse, as64, lens, causal, tol):
 def test_jax_kvcache_under_jit():
     """The cache read is a custom call too (no append: JAX arrays are immutable): contiguous
     and paged caches with NaN past cache_seqlens, causal, jitted = eager bit for bit; an entry
-    past its capacity gets NaN rows (no error flag through JAX); bad input raises when traced."""
+    past its capacity gets NaN rows (no error flag through JAX); left pad; no cache_seqlens
+    (the whole cache) with a window; bad input raises when traced."""
     jax = pytest.importorskip("jax")
     _jax_ffi()
     jnp = jax.numpy
@@ -695,6 +696,12 @@ def test_jax_kvcache_under_jit():
     for e, (p, n) in enumerate(((3, 16), (0, 9))):
         ref, _ = reference(as64[0][e], as64[1][e, p:n], as64[2][e, p:n])
         np.testing.assert_allclose(np.asarray(out[e].astype(jnp.float32)), ref, atol=4e-3,
+                                   rtol=4e-3)
+    # No cache_seqlens: the whole cache, as FlashAttention-2 reads it; and a window.
+    whole = jax.jit(lambda *a: flashcore.flash_attn_with_kvcache(*a, window_size=(5, 0)))(q, kc, vc)
+    for e in range(2):
+        ref, _ = reference(as64[0][e], as64[1][e], as64[2][e], window=(5, 0))
+        np.testing.assert_allclose(np.asarray(whole[e].astype(jnp.float32)), ref, atol=4e-3,
                                    rtol=4e-3)
     with pytest.raises(ValueError, match="cache_seqlens: must be an int32 array"):
         jax.jit(lambda a: flashcore.flash_attn_with_kvcache(a, kc, vc, cache_seqlens=L[:1]))(q)

@@ -32,8 +32,8 @@ def _register():
 
 
 def _check_arrays(q, k, v, scale, varlen=False, names=("q", "k", "v"), same_batch=True):
-    """Ranks, dtypes, v shaped as k, batch/head_dim/group against q, the float32 scale; returns
-    the dtype's name."""
+    """Ranks, dtypes, v shaped as k, head_dim (and batch, with same_batch) and group against q,
+    the float32 scale; returns the dtype's name."""
     import jax.numpy as jnp
     import numpy as np
 
@@ -51,7 +51,7 @@ def _check_arrays(q, k, v, scale, varlen=False, names=("q", "k", "v"), same_batc
     if tuple(v.shape) != tuple(k.shape):
         raise ValueError(f"{names[2]}: shape must be {names[1]}'s {tuple(k.shape)} (got "
                          f"{tuple(v.shape)})")
-    if k.shape[-1] != q.shape[-1] or (same_batch and not varlen and k.shape[0] != q.shape[0]):
+    if k.shape[-1] != q.shape[-1] or (same_batch and k.shape[0] != q.shape[0]):
         raise ValueError(f"{names[1]}: batch and head_dim must be q's (q {tuple(q.shape)}, "
                          f"{names[1]} {tuple(k.shape)})")
     hq, hkv = q.shape[-2], k.shape[-2]
@@ -67,7 +67,7 @@ def _check_arrays(q, k, v, scale, varlen=False, names=("q", "k", "v"), same_batc
 
 
 def _check(q, k, v, scale, causal, left, right, varlen=False):
-    dtype = _check_arrays(q, k, v, scale, varlen)
+    dtype = _check_arrays(q, k, v, scale, varlen, same_batch=not varlen)
     # The core's rules for the rest (head_dim, windows), on a stand-in of the same group size.
     group = q.shape[-2] // k.shape[-2]
     message = _C.query_forward(dtype, q.shape[-1], min(group, 32), 1, causal, left, right,
@@ -164,11 +164,10 @@ def with_kvcache(q, k_cache, v_cache, cache_seqlens, cache_leftpad, block_table,
                                True, bool(causal), left, right, cache_leftpad is not None)
     if message:
         raise ValueError(message)
-    none = jnp.zeros((0,), jnp.int32)
     b, sq, hq, _ = q.shape
     return _call("flashcore_kvcache", q, (b, hq, sq),
                  (q, k_cache, v_cache, cache_seqlens,
-                  none if cache_leftpad is None else cache_leftpad,
+                  jnp.zeros((0,), jnp.int32) if cache_leftpad is None else cache_leftpad,
                   jnp.zeros((0, 0), jnp.int32) if block_table is None else block_table),
                  softmax_scale, causal, left, right, return_softmax_lse, dmask=False,
                  has_leftpad=cache_leftpad is not None, paged=paged, split=bool(split))

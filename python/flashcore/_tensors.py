@@ -4,10 +4,10 @@ are made with the caller's own framework so they come back as the caller's type.
 
 flash_attn_func, flash_attn_varlen_func and the cache read on JAX arrays are XLA custom calls
 (_jax.py) where the package has them. Other calls with a JAX q (the cache function with k/v or
-with torch/numpy caches, or every call in a package built without jax) take host arrays only: JAX arrays are immutable, so a call writes
-into numpy arrays of its own and hands JAX copies afterwards (as_caller); a bfloat16 output is
-a uint16 array the core writes through a bfloat16 view (numpy has no bfloat16 that DLPack
-carries)."""
+with torch/numpy caches, or every call in a package built without jax) take host arrays only:
+JAX arrays are immutable, so a call writes into numpy arrays of its own and hands JAX copies
+afterwards (as_caller); a bfloat16 output is a uint16 array the core writes through a bfloat16
+view (numpy has no bfloat16 that DLPack carries)."""
 
 
 def framework(x):

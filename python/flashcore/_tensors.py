@@ -196,6 +196,15 @@ def stream_of(like):
     return 0
 
 
+def for_call(args, stream):
+    """args for one core call: CuPy arrays become DLPack capsules made for `stream` (the call's
+    own). nanobind asks __dlpack__() without a stream, which DLPack reads as the legacy default
+    stream; CuPy then orders that stream after its current one with an event, which a stream
+    being captured into a CUDA graph refuses. A capsule is used once, so make them per call."""
+    dl_stream = stream or 1  # DLPack's CUDA stream 0 is ambiguous; CuPy's null stream is legacy (1)
+    return [x.__dlpack__(stream=dl_stream) if framework(x) == "cupy" else x for x in args]
+
+
 def capturing(like):
     """True while like's framework is capturing a CUDA graph on the current stream."""
     fw = framework(like)

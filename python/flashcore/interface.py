@@ -7,7 +7,7 @@ FlashAttention-3 returns), not +inf."""
 from . import _flashcore as _C
 from . import _jax
 from ._tensors import device_key as _device_key
-from ._tensors import as_caller, capturing, empty, framework, is_jax, stream_of
+from ._tensors import as_caller, capturing, empty, for_call, framework, is_jax, stream_of
 from ._tensors import full_int32 as _full_int32
 from ._tensors import persistent_zeros as _persistent_zeros
 
@@ -66,17 +66,17 @@ def _run(call, q, args, split):
     CUDA-graph capture the graph's workspace for the stream is used instead (_adopt)."""
     stream = stream_of(q)
     if not split:
-        call(*args, None, stream, True)
+        call(*for_call(args, stream), None, stream, True)
         return
     key = (*_device_key(q), stream)
     in_capture = capturing(q)
     held = _graph_workspaces if in_capture else _workspaces
-    need = call(*args, held.get(key), stream, False)
+    need = call(*for_call((*args, held.get(key)), stream), stream, False)
     if need <= 0:
         return
     # No workspace is made inside a capture: adopt one, else run unsplit.
     ws = _adopt(key, need) if in_capture else _workspace(q, key, need)
-    call(*args, ws, stream, True)
+    call(*for_call((*args, ws), stream), stream, True)
 
 
 def flash_attn_func(

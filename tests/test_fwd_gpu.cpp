@@ -4,6 +4,8 @@
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -73,13 +75,18 @@ struct GpuRun {
   HostProblem hp;
 };
 void* const kNoWorkspace = reinterpret_cast<void*>(~uintptr_t{0});
+// device_lists: cu_seqlens to put in device memory instead of the case's (same length).
+struct Lists {
+  std::vector<int32_t> q, k;
+};
 GpuRun run_on_gpu(const Case& c, uint64_t seed, KernelFamily family = KernelFamily::kAuto,
-                  int repeats = 1, void* shared = nullptr) {
+                  int repeats = 1, void* shared = nullptr, const Lists* device_lists = nullptr) {
   GpuRun r;
   r.hp = make_problem(c, seed);
   DeviceBuffer<uint16_t> q(r.hp.q), k(r.hp.k), v(r.hp.v), o(r.hp.o);
   DeviceBuffer<float> lse(r.hp.lse);
-  DeviceBuffer<int32_t> cu_q(r.hp.cu_q), cu_k(r.hp.cu_k);
+  DeviceBuffer<int32_t> cu_q(device_lists ? device_lists->q : r.hp.cu_q),
+      cu_k(device_lists ? device_lists->k : r.hp.cu_k);
   AttentionParams p = r.hp.rebased(q.ptr, k.ptr, v.ptr, o.ptr, lse.ptr, cu_q.ptr, cu_k.ptr);
   p.backend = Backend::kAuto;
   p.family = family;
@@ -223,6 +230,49 @@ TEST(Fwd, EmptyProblemsWriteNothing) {
     ASSERT_TRUE(r.status.ok()) << r.status.message;
     const Check chk = compare_output(c, r.hp, 3);  // sk == 0: every row is empty, O = 0
     EXPECT_TRUE(chk.ok) << chk.msg;
+  }
+}
+
+// Device-resident cu_seqlens are not checked on the host (graph safety). Whatever they say, the
+// kernels stay inside the packed tensors (the sanitize step runs this test under memcheck): an
+// entry reaching outside them writes nothing, and the intact entries keep their exact result.
+TEST_P(FwdFamily, MalformedDeviceCuSeqlensStayInBounds) {
+  SKIP_UNLESS_FAMILY(GetParam());
+  Case c(DType::kBFloat16, 1, 8, 2, 0, 0, 128);
+  c.causal = true;
+  c.varlen_q = {5, 40, 9};  // q rows 0, 5, 45, 54 (total_q); keys 0, 30, 100, 120 (total_k)
+  c.varlen_k = {30, 70, 20};
+  const GpuRun good = run_on_gpu(c, 13, GetParam());
+  ASSERT_TRUE(good.status.ok()) << good.status.message;
+  constexpr int32_t kBig = 1 << 30;
+  struct Bad {
+    Lists lists;
+    std::vector<int> intact, untouched;  // entries, by the good lists' rows
+  };
+  const Bad bads[] = {
+      {{{0, 5, 45, 54}, {0, 30, kBig, 120}}, {0}, {1}},  // entry 1's keys run past total_k
+      {{{0, 5, 45, kBig}, {0, 30, 100, 120}}, {0, 1}, {2}},  // entry 2's rows past total_q
+      {{{0, 5, -kBig, 54}, {0, 30, 100, 120}}, {0}, {1, 2}},  // entry 2 starts before row 0
+      {{{0, 5, 45, 54}, {0, 30, -7, 120}}, {0}, {2}},  // entry 2's keys start before key 0
+  };
+  const int64_t d = c.d;
+  for (const Bad& bad : bads) {
+    const GpuRun r = run_on_gpu(c, 13, GetParam(), 1, nullptr, &bad.lists);
+    ASSERT_TRUE(r.status.ok()) << r.status.message;
+    auto in = [](const std::vector<int>& v, int64_t b) {
+      return std::find(v.begin(), v.end(), b) != v.end();
+    };
+    int64_t changed = 0, written = 0;
+    for_each_row(good.hp, [&](int64_t b, int64_t, int64_t, int64_t o, int64_t l) {
+      if (in(bad.intact, b))
+        changed += std::memcmp(&r.hp.o[o], &good.hp.o[o], d * 2) != 0 ||
+                   std::memcmp(&r.hp.lse[l], &good.hp.lse[l], 4) != 0;
+      if (in(bad.untouched, b))
+        for (int64_t j = 0; j < d; ++j) written += r.hp.o[o + j] != poison(c.dtype);
+      if (in(bad.untouched, b)) written += !std::isnan(r.hp.lse[l]);
+    });
+    EXPECT_EQ(changed, 0) << "rows of intact entries differ; cu_q[3] " << bad.lists.q[3];
+    EXPECT_EQ(written, 0) << "elements of malformed entries written; cu_q[3] " << bad.lists.q[3];
   }
 }
 

@@ -73,7 +73,9 @@ struct AttentionParams {
   const int32_t* cu_seqlens_k = nullptr;
   /// Varlen only, optional: rows of the packed q (total_q) and k/v (total_k), i.e. the last
   /// entries of cu_seqlens as the caller knows them. The Hopper kernels need them to bound
-  /// their tensor maps; 0 (unknown) keeps varlen calls on the portable kernels.
+  /// their tensor maps; 0 (unknown) keeps varlen calls on the portable kernels. Given, the CUDA
+  /// kernels also skip an entry of the device lists that reaches outside the packed tensors
+  /// (its output rows are left as they were; nothing outside the tensors is touched).
   int64_t total_q = 0;
   int64_t total_k = 0;
 

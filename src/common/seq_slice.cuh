@@ -15,18 +15,37 @@ struct SeqSlice {
   int q_row0, k_row0;  // token index of row 0 along the seq dim (varlen: cu_seqlens[b])
 };
 
+// Whether a varlen entry's rows [q0, q1) and keys [k0, k1) lie inside the packed tensors, for
+// each of q and k whose total the caller gave (> 0).
+__device__ __forceinline__ bool entry_in_bounds(int q0, int q1, int k0, int k1, int64_t total_q,
+                                                int64_t total_k) {
+  return !((total_q > 0 && (q0 < 0 || q1 > total_q)) || (total_k > 0 && (k0 < 0 || k1 > total_k)));
+}
+
+// The same for entry b, out of line: a kernel at its register limit calls it once at entry,
+// where inlined the check reshuffled the portable D128 kernel's registers and cost it 8 %
+// (perf-notes H28).
+static __device__ __noinline__ bool entry_in_bounds_call(const int32_t* cu_q, const int32_t* cu_k,
+                                                         int b, int64_t total_q, int64_t total_k) {
+  return entry_in_bounds(cu_q[b], cu_q[b + 1], cu_k[b], cu_k[b + 1], total_q, total_k);
+}
+
 // fixed_lengths: the caller knows p has no cu_seqlens (lets the compiler drop the varlen arm).
-__device__ __forceinline__ SeqSlice seq_slice(const FwdParams& p, int b,
-                                              bool fixed_lengths = false) {
+// checked: the caller has already returned where !entry_in_bounds (the portable kernel).
+__device__ __forceinline__ SeqSlice seq_slice(const FwdParams& p, int b, bool fixed_lengths = false,
+                                              bool checked = false) {
   SeqSlice s;
   if (!fixed_lengths && p.cu_seqlens_q != nullptr) {
     const int q0 = p.cu_seqlens_q[b], k0 = p.cu_seqlens_k[b];
-    // The host cannot check device-resident cu_seqlens without a sync: clamp each length to
-    // [0, max] so a bad list can never address memory outside [cu[b], cu[b] + max). (Clamping
-    // the entries to total_q/total_k as well cost 1-3 % on the Hopper varlen causal row in a
-    // 64-bit form and spills in the portable D128 kernel in a 32-bit one: perf-notes H27.)
-    s.sq = min(max(p.cu_seqlens_q[b + 1] - q0, 0), p.seqlen_q);
-    s.sk = min(max(p.cu_seqlens_k[b + 1] - k0, 0), p.seqlen_k);
+    // The host cannot check device-resident cu_seqlens without a sync, so every CTA bounds
+    // what it touches: each length is clamped to [0, max], and an entry reaching outside the
+    // packed tensors (where the caller gave total_q/total_k) gets no rows, so nothing of it is
+    // read or written. Only sq changes: clamping the entries themselves, which the offsets
+    // below carry, cost 1-3 % (64-bit) on the Hopper varlen causal row (perf-notes H27).
+    const int q1 = p.cu_seqlens_q[b + 1], k1 = p.cu_seqlens_k[b + 1];
+    s.sq = min(max(q1 - q0, 0), p.seqlen_q);
+    s.sk = min(max(k1 - k0, 0), p.seqlen_k);
+    if (!checked && !entry_in_bounds(q0, q1, k0, k1, p.total_q, p.total_k)) s.sq = 0;
     s.q_off = int64_t(q0) * p.q_seq;
     s.k_off = int64_t(k0) * p.k_seq;
     s.v_off = int64_t(k0) * p.v_seq;

@@ -60,7 +60,10 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
   const int b = blockIdx.z, h = blockIdx.y, hk = h / p.group;
   // Causal/window tiles get heavier with the row index: launch those first.
   const int m_block = Mask::kLocal ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
-  const SeqSlice seq = seq_slice(p, b);
+  if (p.cu_seqlens_q != nullptr &&
+      !detail::entry_in_bounds_call(p.cu_seqlens_q, p.cu_seqlens_k, b, p.total_q, p.total_k))
+    return;  // a malformed device list: this entry reaches outside the packed tensors
+  const SeqSlice seq = seq_slice(p, b, false, /*checked=*/true);
   const int m0 = m_block * kBM;
   if (m0 >= seq.sq) return;
   const int m_last = min(m0 + kBM, seq.sq) - 1;

@@ -244,6 +244,9 @@ TEST_P(FwdFamily, MalformedDeviceCuSeqlensStayInBounds) {
   c.varlen_k = {30, 70, 20};
   const GpuRun good = run_on_gpu(c, 13, GetParam());
   ASSERT_TRUE(good.status.ok()) << good.status.message;
+  EXPECT_EQ(good.plan.kernel.rfind(family_prefix(GetParam()), 0), 0u) << good.plan.kernel;
+  const Check chk = compare_output(c, good.hp, 13);  // the baseline itself is right
+  ASSERT_TRUE(chk.ok) << chk.msg;
   constexpr int32_t kBig = 1 << 30;
   struct Bad {
     Lists lists;

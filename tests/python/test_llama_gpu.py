@@ -182,11 +182,23 @@ def test_trained_model_generates_sdpas_tokens(kv_heads, theta, cache):
     mask = torch.ones_like(ids)
     mask[1, :7] = 0
     fct.register(in_place_when_compiled=True)
+    calls = []  # flashcore's cache reads (Python runs, not graph replays): proof it ran at all
+    original = fi._with_kvcache
+
+    def spy(*args, **kwargs):
+        calls.append(args[3] is None)  # k is None: the buffer read in place
+        return original(*args, **kwargs)
+
+    fi._with_kvcache = spy
     try:
         sdpa_tokens, sdpa_logits = generate(models["sdpa"], ids, mask, cache)
+        assert not calls
         fc_tokens, fc_logits = generate(models["flashcore"], ids, mask, cache)
     finally:
+        fi._with_kvcache = original
         fct.register()
+    assert calls, "the flashcore model never reached flashcore's cache function"
+    assert cache != "static" or all(calls), "static-cache steps did not read the cache in place"
     top2 = sdpa_logits.topk(2, -1).values
     gap = float((top2[..., 0] - top2[..., 1]).min())
     diff = float((fc_logits - sdpa_logits).abs().max())

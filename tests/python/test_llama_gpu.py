@@ -20,6 +20,7 @@ well posed: small LLaMAs with LLaMA-2's and LLaMA-3's head layouts, trained on t
 periodic sequence (attention picks each token), so their top logit leads by several units.
 Skipped without CUDA."""
 
+import contextlib
 import copy
 import functools
 
@@ -53,6 +54,27 @@ class Force(transformers.LogitsProcessor):
         forced = torch.full_like(scores, float("-inf"))
         forced.scatter_(1, self.tokens[:, step:step + 1], 0.0)
         return forced
+
+
+@contextlib.contextmanager
+def cache_reads():
+    """Within the block: register(in_place_when_compiled=True), and a list that gets, for each
+    call of flashcore's cache function (Python runs, not graph replays), whether it read the
+    cache buffer in place (k is None)."""
+    reads = []
+    original = fi._with_kvcache
+
+    def spy(*args, **kwargs):
+        reads.append(args[3] is None)
+        return original(*args, **kwargs)
+
+    fct.register(in_place_when_compiled=True)
+    fi._with_kvcache = spy
+    try:
+        yield reads
+    finally:
+        fi._with_kvcache = original
+        fct.register()
 
 
 def generate(model, ids, mask, cache, force=None):
@@ -92,23 +114,11 @@ def test_greedy_tokens_against_sdpa(shape, cache):
     ids = torch.randint(1, config.vocab_size, (2, PROMPT), device="cuda")
     mask = torch.ones_like(ids)
     mask[1, :7] = 0  # left padding
-    fct.register(in_place_when_compiled=True)
-    in_place = []  # the cache steps that read the buffer in place (Python runs: not replays)
-    original = fi._with_kvcache
-
-    def spy(*args, **kwargs):
-        in_place.append(args[3] is None)
-        return original(*args, **kwargs)
-
-    fi._with_kvcache = spy
-    try:
+    with cache_reads() as in_place:
         ref_tokens, ref_logits = generate(models["sdpa"], ids, mask, cache)
         assert not in_place
         free_tokens, _ = generate(models["flashcore"], ids, mask, cache)
         _, fc_logits = generate(models["flashcore"], ids, mask, cache, force=ref_tokens)
-    finally:
-        fi._with_kvcache = original
-        fct.register()
     assert in_place and all(in_place), "the flashcore runs never read the cache in place"
     _, eager_logits = generate(models["eager"], ids, mask, "dynamic", force=ref_tokens)
     agree = int((free_tokens == ref_tokens).sum())
@@ -181,22 +191,10 @@ def test_trained_model_generates_sdpas_tokens(kv_heads, theta, cache):
     ids[1, :7] = 0
     mask = torch.ones_like(ids)
     mask[1, :7] = 0
-    fct.register(in_place_when_compiled=True)
-    calls = []  # flashcore's cache reads (Python runs, not graph replays): proof it ran at all
-    original = fi._with_kvcache
-
-    def spy(*args, **kwargs):
-        calls.append(args[3] is None)  # k is None: the buffer read in place
-        return original(*args, **kwargs)
-
-    fi._with_kvcache = spy
-    try:
+    with cache_reads() as calls:  # proof that the flashcore model ran flashcore at all
         sdpa_tokens, sdpa_logits = generate(models["sdpa"], ids, mask, cache)
         assert not calls
         fc_tokens, fc_logits = generate(models["flashcore"], ids, mask, cache)
-    finally:
-        fi._with_kvcache = original
-        fct.register()
     assert calls, "the flashcore model never reached flashcore's cache function"
     assert cache != "static" or all(calls), "static-cache steps did not read the cache in place"
     top2 = sdpa_logits.topk(2, -1).values

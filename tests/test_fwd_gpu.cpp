@@ -257,6 +257,8 @@ TEST_P(FwdFamily, MalformedDeviceCuSeqlensStayInBounds) {
       {{{0, 5, 45, kBig}, {0, 30, 100, 120}}, {0, 1}, {2}},  // entry 2's rows past total_q
       {{{0, 5, -kBig, 54}, {0, 30, 100, 120}}, {0}, {1, 2}},  // entry 2 starts before row 0
       {{{0, 5, 45, 54}, {0, 30, -7, 120}}, {0}, {2}},  // entry 2's keys start before key 0
+      {{{0, 5, kBig, -kBig - 1}, {0, 30, 100, 120}}, {0}, {1, 2}},  // entry 2: q1 - q0 wraps
+      {{{0, 5, 45, 54}, {0, 30, kBig, -kBig - 1}}, {0}, {1, 2}},  // entry 2: k1 - k0 wraps
   };
   const int64_t d = c.d;
   for (const Bad& bad : bads) {

@@ -16,10 +16,12 @@ struct SeqSlice {
 };
 
 // Whether a varlen entry's rows [q0, q1) and keys [k0, k1) lie inside the packed tensors, for
-// each of q and k whose total the caller gave (> 0).
+// each of q and k whose total the caller gave (> 0). Both ends non-negative: then q1 - q0
+// cannot overflow (a start of 2^30 and an end of -2^30 - 1 would wrap it to INT_MAX).
 __device__ __forceinline__ bool entry_in_bounds(int q0, int q1, int k0, int k1, int64_t total_q,
                                                 int64_t total_k) {
-  return !((total_q > 0 && (q0 < 0 || q1 > total_q)) || (total_k > 0 && (k0 < 0 || k1 > total_k)));
+  return !((total_q > 0 && (min(q0, q1) < 0 || q1 > total_q)) ||
+           (total_k > 0 && (min(k0, k1) < 0 || k1 > total_k)));
 }
 
 // The same for entry b, out of line: a kernel at its register limit calls it once at entry,

@@ -74,9 +74,8 @@ struct AttentionParams {
   /// Varlen only, optional: rows of the packed q (total_q) and k/v (total_k), i.e. the last
   /// entries of cu_seqlens as the caller knows them. The Hopper kernels need them to bound
   /// their tensor maps; 0 (unknown) keeps varlen calls on the portable kernels. Given, the CUDA
-  /// kernels also skip an entry of the device lists that starts before row 0 or ends past
-  /// the packed tensors (its output rows are left as they were; an entry with a negative end
-  /// can still wrap the 32-bit length: README, "graph safety").
+  /// kernels also skip an entry of the device lists with a negative start or end, or an end
+  /// past the packed tensors (its output rows are left as they were: README, "graph safety").
   int64_t total_q = 0;
   int64_t total_k = 0;
 

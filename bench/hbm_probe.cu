@@ -1,0 +1,316 @@
+// flashcore-hbm-probe: how fast can a kernel shaped like the decode kernel stream the 16k row's
+// cache (B1, Hkv 8, D128, bf16: K and V 33.5 MB each, rows of 256 bytes 2 KB apart), with no
+// math at all? Each variant reads every byte into shared memory and does nothing else; all are
+// timed as flashcore-bench --grid decode times a row (20 calls captured in a graph, caches
+// rotated over sets larger than twice the L2, median of 20 replays / 20), so the figures are
+// the floor under the decode kernel's own time for the same grid and copy method.
+//   cp.async  : 16-byte cp.async, 128 threads, S stages of 64-key K+V blocks (32 KB), one CTA
+//               per (split, kv head), blocks dealt to splits in turn (the decode kernel's way);
+//   bulk      : the same grid, each 256-byte row a cp.async.bulk onto an mbarrier (warp 0);
+//   tma       : the same grid, a block's K and V as four 2D tensor copies (128 B x 64 rows);
+//   flat      : a plain coalesced 16-byte load stream over both buffers, many CTAs (no grid
+//               constraint): what the DRAM gives a simple read.
+// --pdl launches every variant as a programmatic dependent (griddepcontrol.wait at entry,
+// launch_dependents after the loop), as the decode kernel is launched.
+#include <cuda.h>
+#include <cudaTypedefs.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#define CK(x)                                                                     \
+  do {                                                                            \
+    cudaError_t e_ = (x);                                                         \
+    if (e_ != cudaSuccess) {                                                      \
+      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
+      std::exit(1);                                                               \
+    }                                                                             \
+  } while (0)
+
+constexpr int kD = 128, kHkv = 8, kBK = 64, kThreads = 128;
+constexpr int kRowBytes = kD * 2, kBlockBytes = kBK * kRowBytes;  // one of K or V: 16 KB
+
+struct Args {
+  const uint8_t* k;
+  const uint8_t* v;
+  int keys, splits, sink_magic;
+  int* sink;
+  CUtensorMap km, vm;
+};
+
+__device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+__device__ __forceinline__ void pdl_trigger() { asm volatile("griddepcontrol.launch_dependents;"); }
+__device__ __forceinline__ uint32_t saddr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+// A value read from shared memory after the loop, stored only if it is the magic (never), so
+// the copies cannot be dropped and nothing is written.
+__device__ __forceinline__ void keep(const uint8_t* smem, const Args& a) {
+  const int x = reinterpret_cast<const int*>(smem)[threadIdx.x];
+  if (x == a.sink_magic) a.sink[blockIdx.x] = x;
+}
+
+template <int S>
+__global__ void __launch_bounds__(kThreads, 1) cpasync_kernel(const __grid_constant__ Args a) {
+  extern __shared__ __align__(128) uint8_t sm[];
+  pdl_wait();
+  const int split = blockIdx.x, h = blockIdx.y, tid = threadIdx.x;
+  const int nblk = a.keys / kBK, mine = (nblk - split + a.splits - 1) / a.splits;
+  const int c = tid % 16, j0 = tid / 16;  // 16-byte column c of rows j0 + 8 i
+  auto load = [&](int blk, int st) {
+    const size_t row0 = size_t(blk) * kBK + j0;
+    const uint8_t* ks = a.k + (row0 * kHkv + h) * kRowBytes + 16 * c;
+    const uint8_t* vs = a.v + (row0 * kHkv + h) * kRowBytes + 16 * c;
+    const uint32_t dk = saddr(sm) + st * 2 * kBlockBytes, dv = dk + kBlockBytes;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const uint32_t o = ((j0 + 8 * i) * 16 + (c ^ ((j0 + 8 * i) % 8))) * 16;
+      asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dk + o),
+                   "l"(ks + size_t(8 * i) * kHkv * kRowBytes));
+      asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dv + o),
+                   "l"(vs + size_t(8 * i) * kHkv * kRowBytes));
+    }
+  };
+  for (int s = 0; s < S - 1; ++s) {
+    if (s < mine) load(split + s * a.splits, s);
+    asm volatile("cp.async.commit_group;");
+  }
+  for (int it = 0; it < mine; ++it) {
+    asm volatile("cp.async.wait_group %0;" ::"n"(S - 2));
+    __syncthreads();
+    if (it + S - 1 < mine) load(split + (it + S - 1) * a.splits, (it + S - 1) % S);
+    asm volatile("cp.async.commit_group;");
+  }
+  asm volatile("cp.async.wait_group 0;");
+  __syncthreads();
+  pdl_trigger();
+  keep(sm, a);
+}
+
+__device__ __forceinline__ void mbar_init(uint64_t* b, int n) {
+  asm volatile("mbarrier.init.shared.b64 [%0], %1;" ::"r"(saddr(b)), "r"(n));
+}
+__device__ __forceinline__ void mbar_expect(uint64_t* b, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared.b64 _, [%0], %1;" ::"r"(saddr(b)), "r"(bytes)
+               : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint64_t* b, uint32_t parity) {
+  asm volatile(
+      "{\n .reg .pred p;\n W: mbarrier.try_wait.parity.shared.b64 p, [%0], %1;\n"
+      " @!p bra W;\n}" ::"r"(saddr(b)),
+      "r"(parity)
+      : "memory");
+}
+
+// Bulk and TMA: stage st's full barrier is bar[st]; warp 0 (bulk) or thread 0 (tma) refills
+// a stage after the barrier that follows every thread's wait for it.
+template <int S, bool kTma>
+__global__ void __launch_bounds__(kThreads, 1) async_kernel(const __grid_constant__ Args a) {
+  extern __shared__ __align__(1024) uint8_t sm_raw[];
+  __shared__ uint64_t bar[S];
+  // 128-byte swizzled TMA boxes need 1024-byte aligned destinations (1 KB extra is asked).
+  uint8_t* sm = sm_raw + ((1024 - (saddr(sm_raw) & 1023)) & 1023);
+  const int split = blockIdx.x, h = blockIdx.y, tid = threadIdx.x;
+  const int nblk = a.keys / kBK, mine = (nblk - split + a.splits - 1) / a.splits;
+  if (tid == 0) {
+    for (int s = 0; s < S; ++s) mbar_init(&bar[s], 1);
+    asm volatile("fence.mbarrier_init.release.cluster;");
+  }
+  __syncthreads();
+  pdl_wait();
+  auto load = [&](int blk, int st) {
+    uint8_t* dk = sm + st * 2 * kBlockBytes;
+    uint8_t* dv = dk + kBlockBytes;
+    if constexpr (kTma) {
+      if (tid != 0) return;
+      mbar_expect(&bar[st], 2 * kBlockBytes);
+      for (int half = 0; half < 2; ++half)
+        for (int t = 0; t < 2; ++t)
+          asm volatile(
+              "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes"
+              " [%0], [%1, {%2, %3, %4}], [%5];" ::"r"(saddr((t ? dv : dk) + half * kBlockBytes / 2)),
+              "l"(t ? &a.vm : &a.km), "r"(64 * half), "r"(h), "r"(blk * kBK), "r"(saddr(&bar[st]))
+              : "memory");
+    } else {
+      if (tid >= 32) return;
+      if (tid == 0) mbar_expect(&bar[st], 2 * kBlockBytes);
+      __syncwarp();
+      for (int r = tid; r < 2 * kBK; r += 32) {
+        const int t = r / kBK, j = r % kBK;
+        const uint8_t* src = (t ? a.v : a.k) + ((size_t(blk) * kBK + j) * kHkv + h) * kRowBytes;
+        asm volatile(
+            "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::
+                "r"(saddr((t ? dv : dk) + j * kRowBytes)),
+            "l"(src), "r"(kRowBytes), "r"(saddr(&bar[st]))
+            : "memory");
+      }
+    }
+  };
+  for (int s = 0; s < S - 1 && s < mine; ++s) load(split + s * a.splits, s);
+  for (int it = 0; it < mine; ++it) {
+    mbar_wait(&bar[it % S], (it / S) & 1);
+    __syncthreads();  // every thread is past stage (it - 1) % S's use: refill it
+    if (it + S - 1 < mine) load(split + (it + S - 1) * a.splits, (it + S - 1) % S);
+  }
+  pdl_trigger();
+  keep(sm, a);
+}
+
+__global__ void __launch_bounds__(512) flat_kernel(const __grid_constant__ Args a) {
+  pdl_wait();
+  const size_t n16 = size_t(a.keys) * kHkv * kRowBytes / 16;
+  const uint4* k = reinterpret_cast<const uint4*>(a.k);
+  const uint4* v = reinterpret_cast<const uint4*>(a.v);
+  uint32_t acc = 0;
+  const size_t step = size_t(gridDim.x) * blockDim.x;
+  for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < 2 * n16; i += 4 * step) {
+    uint4 x[4];
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+      const size_t e = i + u * step;
+      x[u] = e < 2 * n16 ? __ldcs(e < n16 ? k + e : v + (e - n16)) : make_uint4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int u = 0; u < 4; ++u) acc ^= x[u].x ^ x[u].y ^ x[u].z ^ x[u].w;
+  }
+  pdl_trigger();
+  if (int(acc) == a.sink_magic) a.sink[blockIdx.x] = acc;
+}
+
+static void encode(CUtensorMap* m, const void* base, int keys) {
+  static void* fn = [] {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult q{};
+    CK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q));
+    return f;
+  }();
+  const cuuint64_t dims[3] = {kD, kHkv, cuuint64_t(keys)};
+  const cuuint64_t strides[2] = {kRowBytes, kHkv * kRowBytes};
+  const cuuint32_t box[3] = {64, 1, kBK}, es[3] = {1, 1, 1};
+  const CUresult r = reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn)(
+      m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, const_cast<void*>(base), dims, strides, box, es,
+      CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+      CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (r != CUDA_SUCCESS) {
+    std::fprintf(stderr, "cuTensorMapEncodeTiled: %d\n", int(r));
+    std::exit(1);
+  }
+}
+
+int main(int argc, char** argv) {
+  int keys = 16384;
+  bool pdl = false;
+  for (int i = 1; i < argc; ++i) {
+    if (!std::strcmp(argv[i], "--keys") && i + 1 < argc) keys = std::atoi(argv[++i]);
+    else if (!std::strcmp(argv[i], "--pdl")) pdl = true;
+  }
+  cudaDeviceProp prop;
+  CK(cudaGetDeviceProperties(&prop, 0));
+  const size_t bytes = size_t(keys) * kHkv * kRowBytes;  // one of K, V
+  const int nsets = std::min<int>(20, std::max<int>(2, 2 * prop.l2CacheSize / (2 * bytes) + 1));
+  std::vector<Args> sets(nsets);
+  int* sink;
+  CK(cudaMalloc(&sink, 1 << 20));
+  for (auto& a : sets) {
+    uint8_t *k, *v;
+    CK(cudaMalloc(&k, bytes));
+    CK(cudaMalloc(&v, bytes));
+    CK(cudaMemset(k, 0x3c, bytes));
+    CK(cudaMemset(v, 0x3c, bytes));
+    a = Args{k, v, keys, 0, 0x12345678, sink, {}, {}};
+    encode(&a.km, k, keys);
+    encode(&a.vm, v, keys);
+  }
+  cudaStream_t stream;
+  CK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  struct Variant {
+    std::string name;
+    const void* fn;
+    int splits, grid_x, threads, smem;
+  };
+  std::vector<Variant> vs;
+  auto grid_variant = [&](const char* n, const void* fn, int splits, int stages) {
+    vs.push_back({n, fn, splits, splits, kThreads, stages * 2 * kBlockBytes + 1024});
+  };
+  grid_variant("cpasync S3 16 splits", (const void*)cpasync_kernel<3>, 16, 3);
+  grid_variant("cpasync S6 16 splits", (const void*)cpasync_kernel<6>, 16, 6);
+  grid_variant("bulk S3 16 splits", (const void*)async_kernel<3, false>, 16, 3);
+  grid_variant("bulk S6 16 splits", (const void*)async_kernel<6, false>, 16, 6);
+  grid_variant("tma S3 16 splits", (const void*)async_kernel<3, true>, 16, 3);
+  grid_variant("tma S6 16 splits", (const void*)async_kernel<6, true>, 16, 6);
+  grid_variant("cpasync S3 33 splits", (const void*)cpasync_kernel<3>, 33, 3);
+  grid_variant("tma S3 33 splits", (const void*)async_kernel<3, true>, 33, 3);
+  vs.push_back({"flat 132x512", (const void*)flat_kernel, 0, prop.multiProcessorCount, 512, 0});
+  vs.push_back({"flat 528x512", (const void*)flat_kernel, 0, 4 * prop.multiProcessorCount, 512, 0});
+  vs.push_back({"flat 2112x512", (const void*)flat_kernel, 0, 16 * prop.multiProcessorCount, 512, 0});
+  std::printf("%s, %d keys x %d heads x %d (bf16): %.1f MB a call, %d sets, %s\n", prop.name,
+              keys, kHkv, kD, 2 * bytes / 1e6, nsets, pdl ? "PDL launches" : "plain launches");
+  std::printf("%-24s %10s %8s %10s\n", "variant", "median us", "TB/s", "single us");
+  for (const Variant& v : vs) {
+    if (v.smem > 48 * 1024)
+      CK(cudaFuncSetAttribute(v.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, v.smem));
+    auto launch = [&](int i) {
+      Args a = sets[i % nsets];
+      a.splits = v.splits;
+      void* params[] = {&a};
+      cudaLaunchConfig_t cfg{};
+      cfg.gridDim = v.splits ? dim3(v.grid_x, kHkv) : dim3(v.grid_x);
+      cfg.blockDim = dim3(v.threads);
+      cfg.dynamicSmemBytes = v.smem;
+      cfg.stream = stream;
+      cudaLaunchAttribute at{};
+      at.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+      at.val.programmaticStreamSerializationAllowed = 1;
+      cfg.attrs = &at;
+      cfg.numAttrs = pdl ? 1 : 0;
+      CK(cudaLaunchKernelExC(&cfg, v.fn, params));
+    };
+    for (int i = 0; i < 3; ++i) launch(i);
+    CK(cudaStreamSynchronize(stream));
+    cudaEvent_t e0, e1;
+    CK(cudaEventCreate(&e0));
+    CK(cudaEventCreate(&e1));
+    std::vector<float> single;
+    for (int i = 0; i < 11; ++i) {
+      CK(cudaEventRecord(e0, stream));
+      launch(i);
+      CK(cudaEventRecord(e1, stream));
+      CK(cudaEventSynchronize(e1));
+      float ms;
+      CK(cudaEventElapsedTime(&ms, e0, e1));
+      single.push_back(1e3f * ms);
+    }
+    cudaGraph_t g;
+    cudaGraphExec_t ge;
+    CK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+    for (int i = 0; i < 20; ++i) launch(i);
+    CK(cudaStreamEndCapture(stream, &g));
+    CK(cudaGraphInstantiate(&ge, g, 0));
+    std::vector<float> us;
+    for (int r = 0; r < 23; ++r) {
+      CK(cudaEventRecord(e0, stream));
+      CK(cudaGraphLaunch(ge, stream));
+      CK(cudaEventRecord(e1, stream));
+      CK(cudaEventSynchronize(e1));
+      float ms;
+      CK(cudaEventElapsedTime(&ms, e0, e1));
+      if (r >= 3) us.push_back(1e3f * ms / 20);
+    }
+    std::sort(us.begin(), us.end());
+    std::sort(single.begin(), single.end());
+    const float med = us[us.size() / 2];
+    std::printf("%-24s %10.2f %8.2f %10.2f\n", v.name.c_str(), med, 2 * bytes / med / 1e6,
+                single[single.size() / 2]);
+    CK(cudaGraphExecDestroy(ge));
+    CK(cudaGraphDestroy(g));
+    CK(cudaEventDestroy(e0));
+    CK(cudaEventDestroy(e1));
+  }
+  CK(cudaGetLastError());
+  return 0;
+}

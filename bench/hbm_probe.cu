@@ -14,6 +14,7 @@
 // launch_dependents after the loop), as the decode kernel is launched.
 #include <cuda.h>
 #include <cudaTypedefs.h>
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -40,6 +41,9 @@ struct Args {
   const uint8_t* v;
   int keys, splits, sink_magic;
   int* sink;
+  float* partials;     // per (kv head, split): 2 KB of values, then 4 (max, sum) pairs
+  unsigned* counters;  // per kv head, zero between calls
+  uint2* out;          // per kv head: 4 rows x 128 bf16
   CUtensorMap km, vm;
 };
 
@@ -55,7 +59,69 @@ __device__ __forceinline__ void keep(const uint8_t* smem, const Args& a) {
   if (x == a.sink_magic) a.sink[blockIdx.x] = x;
 }
 
-template <int S>
+// The decode kernel's split handshake with no math: End 1, every CTA stores a 2 KB partial
+// (4 rows x 128 floats, the GQA-4 unit's real rows) and its 4 (max, sum) pairs; End 2, then
+// one acq_rel atomic elects the last arriver; End 3, which loads every split's partial in one
+// round, combines them by weight and stores the unit's 4 x 128 bf16 output. Apart, to tell
+// the costs: End 4, the stores and thread 0's fence.acq_rel.gpu, no atomic; End 5, the stores
+// and a relaxed atomic (no fence); End 6, no stores, the acq_rel atomic; End 7, End 3 with a
+// relaxed atomic (racy: what a handshake without a release wait could cost at best).
+template <int End>
+__device__ __forceinline__ void split_end(const uint8_t* sm, const Args& a) {
+  const int tid = threadIdx.x, h = blockIdx.y, split = blockIdx.x;
+  const float4 mine = reinterpret_cast<const float4*>(sm)[tid];
+  constexpr int kPart = 4 * kD + 8;  // floats a partial
+  float* part = a.partials + (size_t(h) * a.splits + split) * kPart;
+  if (End != 6) {
+    __stcg(reinterpret_cast<float4*>(part) + tid, mine);
+    if (tid < 4) __stcg(reinterpret_cast<float2*>(part + 4 * kD) + tid, make_float2(mine.x, 1.f));
+  }
+  if (End < 2) return;
+  __shared__ int last;
+  __syncthreads();
+  if (tid == 0) {
+    unsigned old = 0;
+    if (End == 4)
+      asm volatile("fence.acq_rel.gpu;" ::: "memory");
+    else if (End == 5 || End == 7)
+      asm volatile("atom.relaxed.gpu.global.inc.u32 %0, [%1], %2;"
+                   : "=r"(old) : "l"(a.counters + h), "r"(unsigned(a.splits - 1)) : "memory");
+    else
+      asm volatile("atom.acq_rel.gpu.global.inc.u32 %0, [%1], %2;"
+                   : "=r"(old) : "l"(a.counters + h), "r"(unsigned(a.splits - 1)) : "memory");
+    last = old == unsigned(a.splits - 1);
+  }
+  __syncthreads();
+  if (End != 3 && End != 7) return;
+  if (!last) return;
+  const int r = tid / 32;  // row of this thread's float4
+  float2 ml[16];
+  float4 x[16];
+#pragma unroll
+  for (int j = 0; j < 16; ++j) {
+    const float* pj = a.partials + (size_t(h) * a.splits + j) * kPart;
+    ml[j] = j < a.splits ? __ldcg(reinterpret_cast<const float2*>(pj + 4 * kD) + r) : make_float2(-INFINITY, 0.f);
+    x[j] = j < a.splits ? __ldcg(reinterpret_cast<const float4*>(pj) + tid) : make_float4(0, 0, 0, 0);
+  }
+  float gm = -INFINITY, sum = 0.f;
+  float4 acc = make_float4(0, 0, 0, 0);
+#pragma unroll
+  for (int j = 0; j < 16; ++j) gm = fmaxf(gm, ml[j].x);
+#pragma unroll
+  for (int j = 0; j < 16; ++j) {
+    const float w = exp2f(ml[j].x - gm);
+    acc.x = fmaf(w, x[j].x, acc.x), acc.y = fmaf(w, x[j].y, acc.y);
+    acc.z = fmaf(w, x[j].z, acc.z), acc.w = fmaf(w, x[j].w, acc.w);
+    sum = fmaf(w, ml[j].y, sum);
+  }
+  const float inv = 1.f / sum;
+  const __nv_bfloat162 lo = __floats2bfloat162_rn(acc.x * inv, acc.y * inv);
+  const __nv_bfloat162 hi = __floats2bfloat162_rn(acc.z * inv, acc.w * inv);
+  a.out[size_t(h) * kThreads + tid] =
+      make_uint2(*reinterpret_cast<const uint32_t*>(&lo), *reinterpret_cast<const uint32_t*>(&hi));
+}
+
+template <int S, int End = 0>
 __global__ void __launch_bounds__(kThreads, 1) cpasync_kernel(const __grid_constant__ Args a) {
   extern __shared__ __align__(128) uint8_t sm[];
   pdl_wait();
@@ -89,7 +155,8 @@ __global__ void __launch_bounds__(kThreads, 1) cpasync_kernel(const __grid_const
   asm volatile("cp.async.wait_group 0;");
   __syncthreads();
   pdl_trigger();
-  keep(sm, a);
+  if constexpr (End > 0) split_end<End>(sm, a);
+  else keep(sm, a);
 }
 
 __device__ __forceinline__ void mbar_init(uint64_t* b, int n) {
@@ -205,9 +272,12 @@ static void encode(CUtensorMap* m, const void* base, int keys) {
 int main(int argc, char** argv) {
   int keys = 16384;
   bool pdl = false;
+  bool one_cta = false;  // the grid variants ask for over half an SM's shared memory, as the
+                         // decode kernel's one-wave grids do (so no next grid's CTA shares an SM)
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--keys") && i + 1 < argc) keys = std::atoi(argv[++i]);
     else if (!std::strcmp(argv[i], "--pdl")) pdl = true;
+    else if (!std::strcmp(argv[i], "--one-cta-an-sm")) one_cta = true;
   }
   cudaDeviceProp prop;
   CK(cudaGetDeviceProperties(&prop, 0));
@@ -216,13 +286,20 @@ int main(int argc, char** argv) {
   std::vector<Args> sets(nsets);
   int* sink;
   CK(cudaMalloc(&sink, 1 << 20));
+  float* partials;
+  unsigned* counters;
+  uint2* out;
+  CK(cudaMalloc(&partials, size_t(kHkv) * 64 * (4 * kD + 8) * 4));
+  CK(cudaMalloc(&counters, kHkv * 4));
+  CK(cudaMemset(counters, 0, kHkv * 4));
+  CK(cudaMalloc(&out, kHkv * kThreads * sizeof(uint2)));
   for (auto& a : sets) {
     uint8_t *k, *v;
     CK(cudaMalloc(&k, bytes));
     CK(cudaMalloc(&v, bytes));
     CK(cudaMemset(k, 0x3c, bytes));
     CK(cudaMemset(v, 0x3c, bytes));
-    a = Args{k, v, keys, 0, 0x12345678, sink, {}, {}};
+    a = Args{k, v, keys, 0, 0x12345678, sink, partials, counters, out, {}, {}};
     encode(&a.km, k, keys);
     encode(&a.vm, v, keys);
   }
@@ -235,10 +312,19 @@ int main(int argc, char** argv) {
   };
   std::vector<Variant> vs;
   auto grid_variant = [&](const char* n, const void* fn, int splits, int stages) {
-    vs.push_back({n, fn, splits, splits, kThreads, stages * 2 * kBlockBytes + 1024});
+    const int smem = stages * 2 * kBlockBytes + 1024;
+    vs.push_back({n, fn, splits, splits, kThreads,
+                  one_cta ? std::max(smem, int(prop.sharedMemPerMultiprocessor / 2 + 1024)) : smem});
   };
   grid_variant("cpasync S3 16 splits", (const void*)cpasync_kernel<3>, 16, 3);
   grid_variant("cpasync S6 16 splits", (const void*)cpasync_kernel<6>, 16, 6);
+  grid_variant("  + partial stores", (const void*)cpasync_kernel<3, 1>, 16, 3);
+  grid_variant("  + atomic election", (const void*)cpasync_kernel<3, 2>, 16, 3);
+  grid_variant("  + last-arriver merge", (const void*)cpasync_kernel<3, 3>, 16, 3);
+  grid_variant("  stores + fence only", (const void*)cpasync_kernel<3, 4>, 16, 3);
+  grid_variant("  stores + relaxed atom", (const void*)cpasync_kernel<3, 5>, 16, 3);
+  grid_variant("  acq_rel atom only", (const void*)cpasync_kernel<3, 6>, 16, 3);
+  grid_variant("  merge, relaxed atom", (const void*)cpasync_kernel<3, 7>, 16, 3);
   grid_variant("bulk S3 16 splits", (const void*)async_kernel<3, false>, 16, 3);
   grid_variant("bulk S6 16 splits", (const void*)async_kernel<6, false>, 16, 6);
   grid_variant("tma S3 16 splits", (const void*)async_kernel<3, true>, 16, 3);
@@ -248,8 +334,9 @@ int main(int argc, char** argv) {
   vs.push_back({"flat 132x512", (const void*)flat_kernel, 0, prop.multiProcessorCount, 512, 0});
   vs.push_back({"flat 528x512", (const void*)flat_kernel, 0, 4 * prop.multiProcessorCount, 512, 0});
   vs.push_back({"flat 2112x512", (const void*)flat_kernel, 0, 16 * prop.multiProcessorCount, 512, 0});
-  std::printf("%s, %d keys x %d heads x %d (bf16): %.1f MB a call, %d sets, %s\n", prop.name,
-              keys, kHkv, kD, 2 * bytes / 1e6, nsets, pdl ? "PDL launches" : "plain launches");
+  std::printf("%s, %d keys x %d heads x %d (bf16): %.1f MB a call, %d sets, %s%s\n", prop.name,
+              keys, kHkv, kD, 2 * bytes / 1e6, nsets, pdl ? "PDL launches" : "plain launches",
+              one_cta ? ", one CTA an SM" : "");
   std::printf("%-24s %10s %8s %10s\n", "variant", "median us", "TB/s", "single us");
   for (const Variant& v : vs) {
     if (v.smem > 48 * 1024)

@@ -329,6 +329,9 @@ int main(int argc, char** argv) {
   grid_variant("bulk S6 16 splits", (const void*)async_kernel<6, false>, 16, 6);
   grid_variant("tma S3 16 splits", (const void*)async_kernel<3, true>, 16, 3);
   grid_variant("tma S6 16 splits", (const void*)async_kernel<6, true>, 16, 6);
+  grid_variant("cpasync S6 8 splits", (const void*)cpasync_kernel<6>, 8, 6);
+  grid_variant("tma S6 8 splits", (const void*)async_kernel<6, true>, 8, 6);
+  grid_variant("cpasync S6 12 splits", (const void*)cpasync_kernel<6>, 12, 6);
   grid_variant("cpasync S3 33 splits", (const void*)cpasync_kernel<3>, 33, 3);
   grid_variant("tma S3 33 splits", (const void*)async_kernel<3, true>, 33, 3);
   vs.push_back({"flat 132x512", (const void*)flat_kernel, 0, prop.multiProcessorCount, 512, 0});

@@ -5,7 +5,8 @@
 // are the same problems on a paged cache (pages of that many rows, a shuffled block table):
 // flashcore's paged cost next to its contiguous one (SDPA has no paged cache to compare). The
 // _cap rows hold the keys in a longer buffer (a static cache early in a generation): what
-// reading only the valid keys costs when the split plan is made for the capacity.
+// reading only the valid keys costs when the split plan is made for the capacity. The _e4m3
+// rows hold the cache as fp8 bytes (kvcache.h, cache_fp8): half the bytes of the same rows.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -37,6 +38,7 @@ inline int run_decode_grid(cudaStream_t stream, const cudaDeviceProp& prop,
     const char* name;
     int64_t b, len, page;  // page 0: contiguous
     int64_t cap = 0;       // the cache's rows; 0: len
+    bool fp8 = false;      // e4m3 cache
   };
   const Row rows[] = {{"decode_b1_1k", 1, 1024, 0},
                       {"decode_b1_4k", 1, 4096, 0},
@@ -47,7 +49,12 @@ inline int run_decode_grid(cudaStream_t stream, const cudaDeviceProp& prop,
                       {"decode_b1_64k_page256", 1, 65536, 256},
                       {"decode_b16_4k_page64", 16, 4096, 64},
                       {"decode_b1_128_cap4k", 1, 128, 0, 4096},
-                      {"decode_b1_1k_cap4k", 1, 1024, 0, 4096}};
+                      {"decode_b1_1k_cap4k", 1, 1024, 0, 4096},
+                      {"decode_b1_1k_e4m3", 1, 1024, 0, 0, true},
+                      {"decode_b1_16k_e4m3", 1, 16384, 0, 0, true},
+                      {"decode_b1_64k_e4m3", 1, 65536, 0, 0, true},
+                      {"decode_b16_4k_e4m3", 16, 4096, 0, 0, true},
+                      {"decode_b1_16k_page16_e4m3", 1, 16384, 16, 0, true}};
   constexpr int64_t kHq = 32, kHkv = 8, kD = 128, kCalls = 20, kReplays = 20;
   std::printf("%-22s %10s %8s %6s %6s  %s\n", "name", "median us", "TB/s", "sets", "splits",
               "kernel");
@@ -57,9 +64,9 @@ inline int run_decode_grid(cudaStream_t stream, const cudaDeviceProp& prop,
     if (std::string(r.name).find(filter) == std::string::npos) continue;
     ++matched;
     const int64_t cap = r.cap > 0 ? r.cap : r.len;
-    const size_t cache_elems = size_t(r.b) * cap * kHkv * kD;
-    const size_t set_bytes = 2 * cache_elems * 2;              // a ring entry's allocation
-    const size_t read_bytes = 2 * size_t(r.b) * r.len * kHkv * kD * 2;  // what a call reads
+    const size_t cache_elems = size_t(r.b) * cap * kHkv * kD, esize = r.fp8 ? 1 : 2;
+    const size_t set_bytes = 2 * cache_elems * esize;  // a ring entry's allocation
+    const size_t read_bytes = 2 * size_t(r.b) * r.len * kHkv * kD * esize;  // what a call reads
     size_t free_b = 0, total_b = 0;
     DECODE_CUDA(cudaMemGetInfo(&free_b, &total_b));
     // Enough sets that the calls' reads (not the buffers' size) pass twice the L2, but no more
@@ -82,6 +89,9 @@ inline int run_decode_grid(cudaStream_t stream, const cudaDeviceProp& prop,
     DECODE_CUDA(cudaMemset(flag, 0, 4));
     std::vector<int32_t> lens(r.b, static_cast<int32_t>(r.len));
     DECODE_CUDA(cudaMemcpy(seqlens, lens.data(), r.b * 4, cudaMemcpyHostToDevice));
+    auto* scales = static_cast<float*>(alloc(kHkv * 4));  // e4m3 0x3c is 1.5: values 1.5 / 64
+    const std::vector<float> scale_h(kHkv, 1.f / 64);
+    DECODE_CUDA(cudaMemcpy(scales, scale_h.data(), kHkv * 4, cudaMemcpyHostToDevice));
     const int64_t pages_per_seq = r.page > 0 ? r.len / r.page : 0;
     int32_t* table = nullptr;
     if (r.page > 0) {  // one shuffled table for every set: the pages of all entries, permuted
@@ -97,10 +107,11 @@ inline int run_decode_grid(cudaStream_t stream, const cudaDeviceProp& prop,
       p.q = q;
       p.o = o;
       p.q_strides = p.o_strides = {kHq * kD, kHq * kD, kD};
-      p.k_cache = alloc(cache_elems * 2);
-      p.v_cache = alloc(cache_elems * 2);
-      DECODE_CUDA(cudaMemset(p.k_cache, 0x3c, cache_elems * 2));
-      DECODE_CUDA(cudaMemset(p.v_cache, 0x3c, cache_elems * 2));
+      p.k_cache = alloc(cache_elems * esize);
+      p.v_cache = alloc(cache_elems * esize);
+      DECODE_CUDA(cudaMemset(p.k_cache, 0x3c, cache_elems * esize));
+      DECODE_CUDA(cudaMemset(p.v_cache, 0x3c, cache_elems * esize));
+      if (r.fp8) p.cache_fp8 = true, p.k_scale = p.v_scale = scales;
       if (r.page > 0) {
         p.k_cache_strides = p.v_cache_strides = {r.page * kHkv * kD, kHkv * kD, kD};
         p.block_table = table;

@@ -140,13 +140,13 @@ void run_row(const Row& r, int sms, int smem_per_sm) {
   CHECK(cudaMalloc(&stamps, size_t(ctas) * kSlots * 8));
   CHECK(cudaMemcpyToSymbol(g_stamps, &stamps, sizeof(stamps)));
 
-  auto kernel = decode::decode_kernel<detail::Bf16, kD>;
+  auto kernel = decode::decode_kernel<detail::Bf16, kD, decode::CacheDtype>;
   static decode::LaunchState state(reinterpret_cast<const void*>(kernel));
   cudaStream_t s;
   CHECK(cudaStreamCreate(&s));
   auto launch = [&](int i) {
     d.k_cache = kc[i % ring], d.v_cache = vc[i % ring];
-    CHECK(decode::launch_decode_kernel<kD>(kernel, d, state, s));  // the library's launch
+    CHECK((decode::launch_decode_kernel<kD, decode::CacheDtype>(kernel, d, state, s)));  // the library's launch
   };
   // A multiple of the ring: every launch of a replay finds its copy ring launches old.
   const int graph_launches = ring * ((20 + ring - 1) / ring);

@@ -33,6 +33,7 @@ enum KvCacheError : int32_t {
   kKvBlockTableOutOfRange = 2,  ///< a block-table entry the call needs is outside [0, num_pages)
   kKvRotaryOutOfRange = 4,    ///< a rotary position is >= Rotary::max_position
   kKvLeftpadOutOfRange = 8,   ///< cache_leftpad[b] < 0 or > cache_seqlens[b]
+  kKvScaleInvalid = 16,       ///< fp8 cache: a k_scale/v_scale the entry uses is not finite and > 0
 };
 
 /// O[b, i, h] = softmax(scale * Q[b, i, h] K_b^T) V_b where K_b, V_b are the first L_b =
@@ -80,6 +81,16 @@ struct KvCacheParams {
   Strides k_new_strides, v_new_strides;
 
   int32_t* error_flag = nullptr;  ///< required: KvCacheError bits, same memory as q
+
+  /// fp8 cache: k_cache and v_cache hold float8 e4m3 bytes (OCP E4M3FN: bias 7, max 448, no
+  /// infinities), strides in elements (= bytes). A cached byte x of kv head h stands for
+  /// e4m3(x) * k_scale[h] (v_scale[h]): scores are scale * k_scale[h] * (q . k8), outputs
+  /// v_scale[h] * sum(p v8), rounded once to dtype. Appended rows are stored as e4m3 of
+  /// k_new / k_scale[h] (after rotary) and v_new / v_scale[h], rounded to nearest even and
+  /// saturated at +-448, and attended as stored. q, o, k_new, v_new and rotary keep dtype.
+  bool cache_fp8 = false;
+  const float* k_scale = nullptr;  ///< cache_fp8: [num_heads_kv] fp32, same memory as q
+  const float* v_scale = nullptr;  ///< cache_fp8: [num_heads_kv] fp32, same memory as q
 
   DType dtype = DType::kBFloat16;
   int64_t batch = 0;

@@ -35,7 +35,7 @@ std::array<NamedPtr, 7> pointers(const AttentionParams& p) {
            {"cu_seqlens_q", p.cu_seqlens_q},
            {"cu_seqlens_k", p.cu_seqlens_k}}};
 }
-std::array<NamedPtr, 13> pointers(const KvCacheParams& p) {
+std::array<NamedPtr, 15> pointers(const KvCacheParams& p) {
   return {{{"q", p.q},
            {"o", p.o},
            {"lse", p.lse},
@@ -48,7 +48,9 @@ std::array<NamedPtr, 13> pointers(const KvCacheParams& p) {
            {"v_new", p.v_new},
            {"error_flag", p.error_flag},
            {"rotary.cos", p.rotary.cos},
-           {"rotary.sin", p.rotary.sin}}};
+           {"rotary.sin", p.rotary.sin},
+           {"k_scale", p.k_scale},
+           {"v_scale", p.v_scale}}};
 }
 
 // Where a call runs, the same rules for every entry point: kAuto picks CUDA when `first` (the

@@ -137,9 +137,12 @@ Status needs_sm80(int device) {
 struct KvEntry {
   DType dtype;
   int head_dim;
+  bool fp8;  // e4m3 cache (kvcache.h, cache_fp8)
   KvLaunch launch;
 };
-#define FLASHCORE_DECODE_ENTRY(Tag, D) KvEntry{dtype_of<Tag>(), D, &decode::launch_decode<Tag, D>},
+#define FLASHCORE_DECODE_ENTRY(Tag, D)                                          \
+  KvEntry{dtype_of<Tag>(), D, false, &decode::launch_decode<Tag, D, decode::CacheDtype>}, \
+      KvEntry{dtype_of<Tag>(), D, true, &decode::launch_decode<Tag, D, decode::CacheE4m3>},
 const KvEntry kKv[] = {FLASHCORE_PORTABLE_MANIFEST(FLASHCORE_DECODE_ENTRY)};
 #undef FLASHCORE_DECODE_ENTRY
 
@@ -162,16 +165,16 @@ KvKernelChoice select_kv(const KvProblem& f, int device) {
   cudaDeviceGetAttribute(&smem_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device);
   cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
   for (const KvEntry& e : kKv) {
-    if (e.dtype != f.p.dtype || e.head_dim != f.p.head_dim) continue;
-    if (decode::smem_bytes(e.head_dim) > smem_optin) {
+    if (e.dtype != f.p.dtype || e.head_dim != f.p.head_dim || e.fp8 != f.p.cache_fp8) continue;
+    const int smem = decode::smem_bytes(e.head_dim, e.fp8);
+    if (smem > smem_optin) {
       c.status = not_supported("head_dim: " + std::to_string(e.head_dim) + " needs " +
-                               std::to_string(decode::smem_bytes(e.head_dim)) +
-                               " bytes of shared memory, device offers " +
+                               std::to_string(smem) + " bytes of shared memory, device offers " +
                                std::to_string(smem_optin));
       return c;
     }
-    c.name = std::string("portable.decode.") + to_string(f.p.dtype) + ".d" +
-             std::to_string(e.head_dim);
+    c.name = std::string("portable.decode.") + to_string(f.p.dtype) + (e.fp8 ? ".e4m3" : "") +
+             ".d" + std::to_string(e.head_dim);
     c.launch = e.launch;
     c.plan = decode::plan_for_device(f, sms, smem_sm);
     return c;

@@ -30,9 +30,10 @@ std::string str(T v) {
 
 bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15u) == 0; }
 
-// Vector loads move 8 elements (16 bytes) at a time, so every stride must be a multiple of 8
-// elements and each base pointer 16-byte aligned.
-Status check_tensor(const char* name, const void* ptr, const Strides& s, bool needed, bool varlen) {
+// Vector loads move 16 bytes at a time (8 16-bit or 16 fp8 elements), so every stride must be a
+// multiple of that many elements and each base pointer 16-byte aligned.
+Status check_tensor(const char* name, const void* ptr, const Strides& s, bool needed, bool varlen,
+                    int64_t elem_bytes = 2) {
   if (ptr == nullptr) {
     if (needed) return invalid(std::string(name) + ": must not be null");
     return {};
@@ -40,13 +41,14 @@ Status check_tensor(const char* name, const void* ptr, const Strides& s, bool ne
   if (!aligned16(ptr)) return invalid(std::string(name) + ": pointer must be 16-byte aligned");
   const int64_t strides[3] = {s.batch, s.seq, s.head};
   const char* sname[3] = {"batch", "seq", "head"};
+  const int64_t per_vector = 16 / elem_bytes;
   for (int i = varlen ? 1 : 0; i < 3; ++i) {
     if (strides[i] < 0)
       return invalid(std::string(name) + "_strides." + sname[i] + ": must be >= 0 (got " +
                      str(strides[i]) + ")");
-    if (strides[i] % 8 != 0)
-      return invalid(std::string(name) + "_strides." + sname[i] +
-                     ": must be a multiple of 8 elements for 16-byte vector access (got " +
+    if (strides[i] % per_vector != 0)
+      return invalid(std::string(name) + "_strides." + sname[i] + ": must be a multiple of " +
+                     str(per_vector) + " elements for 16-byte vector access (got " +
                      str(strides[i]) + ")");
   }
   return {};
@@ -252,8 +254,22 @@ Status validate_kv_args(const KvCacheParams& p) {
     return s;
   if (!(s = check_tensor("q", p.q, p.q_strides, any_q, false)).ok()) return s;
   if (!(s = check_tensor("o", p.o, p.o_strides, any_q, false)).ok()) return s;
-  if (!(s = check_tensor("k_cache", p.k_cache, p.k_cache_strides, any, false)).ok()) return s;
-  if (!(s = check_tensor("v_cache", p.v_cache, p.v_cache_strides, any, false)).ok()) return s;
+  const int64_t cache_bytes = p.cache_fp8 ? 1 : 2;
+  if (!(s = check_tensor("k_cache", p.k_cache, p.k_cache_strides, any, false, cache_bytes)).ok())
+    return s;
+  if (!(s = check_tensor("v_cache", p.v_cache, p.v_cache_strides, any, false, cache_bytes)).ok())
+    return s;
+  if (p.cache_fp8) {
+    if (p.k_scale == nullptr || p.v_scale == nullptr)
+      return invalid(std::string(p.k_scale ? "v_scale" : "k_scale") +
+                     ": must not be null with cache_fp8");
+    if (!(s = check_aligned4("k_scale", p.k_scale)).ok() ||
+        !(s = check_aligned4("v_scale", p.v_scale)).ok())
+      return s;
+  } else if (p.k_scale != nullptr || p.v_scale != nullptr) {
+    return invalid(std::string(p.k_scale ? "k_scale" : "v_scale") +
+                   ": only meaningful with cache_fp8; must be null");
+  }
   if (append) {
     if (!(s = check_tensor("k_new", p.k_new, p.k_new_strides, any_q, false)).ok()) return s;
     if (!(s = check_tensor("v_new", p.v_new, p.v_new_strides, any_q, false)).ok()) return s;

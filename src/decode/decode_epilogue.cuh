@@ -30,12 +30,14 @@ __device__ __forceinline__ float* partial_of(const DecodeParams& p, int unit, in
   return p.partials + (int64_t(unit) * p.splits + s) * kRows * (D + 2);
 }
 
+// v_scale: an fp8 cache's value scale of this kv head (1 otherwise), applied with the 1 / sum.
 template <class Tag, int D>
 __device__ __forceinline__ void store_rows(const DecodeParams& p, int b, int kvh, int row0,
-                                           int r, int c, float4 acc, float m, float l) {
+                                           int r, int c, float4 acc, float m, float l,
+                                           float v_scale) {
   if (row0 + r >= p.rows) return;
   const int i = (row0 + r) / p.group, h = kvh * p.group + (row0 + r) % p.group;
-  const float inv = l > 0.f ? 1.f / l : 0.f;  // a row that saw no key: O = 0
+  const float inv = l > 0.f ? v_scale / l : 0.f;  // a row that saw no key: O = 0
   auto* orow = static_cast<uint16_t*>(p.o) + b * p.o_b + int64_t(i) * p.o_s + h * p.o_h + c;
   const uint2 packed = make_uint2(from_f<Tag>(acc.x * inv) | uint32_t(from_f<Tag>(acc.y * inv)) << 16,
                                   from_f<Tag>(acc.z * inv) | uint32_t(from_f<Tag>(acc.w * inv)) << 16);
@@ -52,7 +54,7 @@ __device__ __forceinline__ void store_rows(const DecodeParams& p, int b, int kvh
 template <class Tag, int D>
 __device__ void decode_epilogue(const DecodeParams& p, MergeSmem<D>& ms, int& flag,
                                 const float (&o)[D / 8][4], const float (&m)[2], const float (&l)[2],
-                                int b, int kvh, int chunk, int split) {
+                                int b, int kvh, int chunk, int split, float v_scale) {
   static_assert(kThreads == 4 * 32 && kThreads == kRows * 8, "four warps; 8 threads a row");
   constexpr int kCols4 = D / 4;  // float4 columns a row
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t4 = lane % 4;
@@ -98,7 +100,7 @@ __device__ void decode_epilogue(const DecodeParams& p, MergeSmem<D>& ms, int& fl
     if (mine)
       __stcg(reinterpret_cast<float4*>(mine + r * D + c), acc);
     else
-      store_rows<Tag, D>(p, b, kvh, row0, r, c, acc, ms.row_m[r], ms.row_l[r]);
+      store_rows<Tag, D>(p, b, kvh, row0, r, c, acc, ms.row_m[r], ms.row_l[r], v_scale);
   }
   if (!mine) {
     FLASHCORE_DECODE_STAMP(4, 0);
@@ -164,7 +166,7 @@ __device__ void decode_epilogue(const DecodeParams& p, MergeSmem<D>& ms, int& fl
       }
       mx = gm;
     }
-    store_rows<Tag, D>(p, b, kvh, row0, r, c, a, mx, sum);
+    store_rows<Tag, D>(p, b, kvh, row0, r, c, a, mx, sum, v_scale);
   }
   FLASHCORE_DECODE_STAMP(5, 0);
 }

@@ -9,6 +9,8 @@
 // merge in-kernel: the last split of a unit to finish merges all partials in split order.
 #pragma once
 
+#include <cuda_fp8.h>
+
 #include <cstdint>
 
 #include "common/device_math.cuh"
@@ -44,16 +46,48 @@ struct MmaCfg {
 };
 
 // Shared memory: the q tile and stages(D) K and V blocks, all swizzled as ldmatrix reads
-// them (portable/smem_layout.cuh). After the key loop the K and V stages hold the four warps'
-// results for their merge.
-template <int D>
+// them (portable/smem_layout.cuh). An fp8 cache has one 16-bit K and V tile, and its blocks
+// land as bytes in fp8_stages(D) byte stages (rows of D bytes, unswizzled: each thread widens
+// the 16-byte chunks it copied). After the key loop the K and V region (the byte stages too)
+// holds the four warps' results for their merge.
+template <int D, class Cache>
 struct Smem {
   using C = MmaCfg<D>;
+  static constexpr int kTiles = Cache::kFp8 ? 1 : stages(D);
+  static constexpr int kByteStages = Cache::kFp8 ? fp8_stages(D) : 0;
   alignas(128) uint16_t q[kRows * D];
-  alignas(128) uint16_t k[stages(D)][C::kBlockKeys * D];
-  alignas(128) uint16_t v[stages(D)][C::kBlockKeys * D];
+  alignas(128) uint16_t k[kTiles][C::kBlockKeys * D];
+  alignas(128) uint16_t v[kTiles][C::kBlockKeys * D];
+  alignas(128) uint8_t k8[kByteStages][C::kBlockKeys * D];
+  alignas(128) uint8_t v8[kByteStages][C::kBlockKeys * D];
   int flag;
 };
+
+// 16 e4m3 bytes widened to 16 values of the dtype (exact: every e4m3 value is one).
+template <class Tag>
+__device__ __forceinline__ void widen_e4m3(const uint4& in, uint4 (&out)[2]) {
+  const uint32_t w[4] = {in.x, in.y, in.z, in.w};
+  uint32_t r[8];
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const __nv_fp8x2_storage_t pair = static_cast<__nv_fp8x2_storage_t>(w[i / 2] >> (16 * (i % 2)));
+    const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(pair, __NV_E4M3);
+    if constexpr (std::is_same_v<Tag, detail::Bf16>) {
+      const float2 f = __half22float2(__half2(h));
+      const __nv_bfloat162 b = __float22bfloat162_rn(f);
+      r[i] = *reinterpret_cast<const uint32_t*>(&b);
+    } else {
+      r[i] = uint32_t(h.x) | uint32_t(h.y) << 16;
+    }
+  }
+  out[0] = make_uint4(r[0], r[1], r[2], r[3]);
+  out[1] = make_uint4(r[4], r[5], r[6], r[7]);
+}
+
+// x quantized to an e4m3 byte: round to nearest even, saturated at +-448 (kvcache.h).
+__device__ __forceinline__ uint8_t to_e4m3(float x) {
+  return static_cast<uint8_t>(__nv_cvt_float_to_fp8(x, __NV_SATFINITE, __NV_E4M3));
+}
 
 // Element offset of key row n (< cache_seqlens) of entry b, kv head h, in a cache.
 __device__ __forceinline__ int64_t cache_offset(const DecodeParams& p, int64_t sb, int64_t ss,
@@ -95,10 +129,12 @@ __device__ __forceinline__ void rotate_rows(const DecodeParams& p, int nrows, At
   }
 }
 
-template <class Tag, int D>
+template <class Tag, int D, class Cache>
 __global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const __grid_constant__ DecodeParams p) {
   extern __shared__ __align__(128) uint8_t smem_raw[];
-  auto& sm = *reinterpret_cast<Smem<D>*>(smem_raw);
+  auto& sm = *reinterpret_cast<Smem<D, Cache>*>(smem_raw);
+  using CT = typename Cache::T;  // a cache element
+  constexpr bool kFp8 = Cache::kFp8;
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   // Launched as a programmatic dependent (decode_launch.cuh): everything below reads what the
   // stream's previous kernel may still be writing, so wait for it to complete first.
@@ -110,13 +146,25 @@ __global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const _
   using C = MmaCfg<D>;
   using Elem = typename portable::ElemOf<Tag>::type;
   constexpr int kBK = C::kBlockKeys;
-  static_assert(sizeof(MergeSmem<D>) <= sizeof(sm.k) + sizeof(sm.v), "the merge overlays K/V");
+  static_assert(sizeof(MergeSmem<D>) <= sizeof(sm.k) + sizeof(sm.v) + sizeof(sm.k8) + sizeof(sm.v8),
+                "the merge overlays the K/V region");
 
   // The entry's length and left pad are loaded first and used last: the q tile (its own
   // cp.async group, rows past the chunk's rows zero-filled) and the speculative first block
   // below are issued while they travel (perf-notes K6, K15).
   const int L = p.cache_seqlens[b];
   const int pad = p.cache_leftpad ? p.cache_leftpad[b] : 0;  // keys start at this row
+  // fp8: this head's scales, and whether every head's are usable (so all CTAs of an entry
+  // agree on its error, as below).
+  float k_scale = 1.f, v_scale = 1.f;
+  bool scales_bad = false;
+  if constexpr (kFp8) {
+    k_scale = p.k_scale[kvh], v_scale = p.v_scale[kvh];
+    for (int h = tid; h < p.num_heads_kv; h += kThreads) {
+      const float ks = p.k_scale[h], vs = p.v_scale[h];
+      scales_bad |= !(ks > 0.f && isfinite(ks) && vs > 0.f && isfinite(vs));
+    }
+  }
   auto q_at = [&](int r, int c) -> uint16_t& {
     return *reinterpret_cast<uint16_t*>(reinterpret_cast<uint8_t*>(sm.q) +
                                         portable::swz<C>(r, c / 8) + (c % 8) * 2);
@@ -141,24 +189,30 @@ __global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const _
   // Block copies: thread t copies the 16-byte column c8 = t % kCpr of rows j0 + i * kRowStep,
   // so a block of cache rows costs a pointer step per row instead of an address rebuilt per
   // chunk: the general form took ~190 instructions a copy (perf-notes K8).
-  constexpr int kS = stages(D);
-  constexpr int kCpr = D / 8, kRowStep = kThreads / kCpr, kPerThread = kBK / kRowStep;
+  // An fp8 cache's chunks hold 16 elements (8 otherwise), and land unswizzled in byte stages.
+  constexpr int kS = kFp8 ? fp8_stages(D) : stages(D);
+  constexpr int kE = 16 / int(sizeof(CT));
+  constexpr int kCpr = D / kE, kRowStep = kThreads / kCpr, kPerThread = kBK / kRowStep;
   static_assert(kThreads % kCpr == 0 && kBK % kRowStep == 0, "whole rows a pass");
-  constexpr uint32_t kStageBytes = kBK * D * 2;
+  constexpr uint32_t kStageBytes = kBK * D * sizeof(CT);
   const int c8 = tid % kCpr, j0 = tid / kCpr, S = p.splits;
-  const auto* kc = static_cast<const uint16_t*>(p.k_cache) + int64_t(kvh) * p.kc_h + 8 * c8;
-  const auto* vc = static_cast<const uint16_t*>(p.v_cache) + int64_t(kvh) * p.vc_h + 8 * c8;
-  const uint32_t sK = portable::smem_addr(sm.k), sV = portable::smem_addr(sm.v);
+  const auto* kc = static_cast<const CT*>(p.k_cache) + int64_t(kvh) * p.kc_h + kE * c8;
+  const auto* vc = static_cast<const CT*>(p.v_cache) + int64_t(kvh) * p.vc_h + kE * c8;
+  const uint32_t sK = portable::smem_addr(kFp8 ? static_cast<void*>(sm.k8) : sm.k);
+  const uint32_t sV = portable::smem_addr(kFp8 ? static_cast<void*>(sm.v8) : sm.v);
+  auto soff = [&](int j) -> uint32_t {  // this thread's chunk of row j in a stage
+    return kFp8 ? uint32_t(j * D + 16 * c8) : portable::swz<C>(j, c8);
+  };
   // A block of cache rows (below the capacity).
   auto load_cache_block = [&](int blk, int st) {
     const int n0 = blk * kBK + j0;
     const uint32_t dk = sK + st * kStageBytes, dv = sV + st * kStageBytes;
     if (!p.paged) {
-      const uint16_t* ks = kc + b * p.kc_b + int64_t(n0) * p.kc_s;
-      const uint16_t* vs = vc + b * p.vc_b + int64_t(n0) * p.vc_s;
+      const CT* ks = kc + b * p.kc_b + int64_t(n0) * p.kc_s;
+      const CT* vs = vc + b * p.vc_b + int64_t(n0) * p.vc_s;
 #pragma unroll
       for (int i = 0; i < kPerThread; ++i) {
-        const uint32_t o = portable::swz<C>(j0 + i * kRowStep, c8);
+        const uint32_t o = soff(j0 + i * kRowStep);
         portable::cp_async_16(dk + o, ks + int64_t(i) * kRowStep * p.kc_s, true);
         portable::cp_async_16(dv + o, vs + int64_t(i) * kRowStep * p.vc_s, true);
       }
@@ -170,7 +224,7 @@ __global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const _
 #pragma unroll
     for (int i = 0; i < kPerThread; ++i) {
       const int64_t page = table[pg];
-      const uint32_t o = portable::swz<C>(j0 + i * kRowStep, c8);
+      const uint32_t o = soff(j0 + i * kRowStep);
       portable::cp_async_16(dk + o, kc + page * p.kc_b + int64_t(slot) * p.kc_s, true);
       portable::cp_async_16(dv + o, vc + page * p.vc_b + int64_t(slot) * p.vc_s, true);
       pg += dpg, slot += dslot;  // row + kRowStep: whole pages, then at most one more
@@ -225,6 +279,9 @@ __global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const _
     if (last_q >= p.max_position || (p.append && Lk - 1 >= p.max_position))
       err = kKvRotaryOutOfRange;
   }
+  if constexpr (kFp8) {
+    if (__syncthreads_or(scales_bad) && !err) err = kKvScaleInvalid;
+  }
   if (err) {
     cp_async_wait<0>();  // q and any speculative blocks, before the shared memory goes away
     if (tid == 0) atomicOr(p.error_flag, err);
@@ -263,7 +320,36 @@ __global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const _
   }
   auto owner = [&](int blk) { return dealt ? blk % S : blk / per; };  // whether or not seen
 
-  // Block loader: cache rows below L, new rows (raw; rotated in smem) below Lk, zeros after.
+  // New key i's channel c as the cache stores it (dtype bits): rotated at its position L + i.
+  auto new_key = [&](int i, int c) -> uint16_t {
+    const auto* kn = static_cast<const uint16_t*>(p.k_new) + b * p.kn_b + i * p.kn_s + kvh * p.kn_h;
+    if (c >= p.rotary_dim) return kn[c];
+    const int pr = p.interleaved ? c / 2 : (c < p.rotary_dim / 2 ? c : c - p.rotary_dim / 2);
+    int a, bb;
+    pair_of(p, pr, a, bb);
+    float x = to_f<Tag>(kn[a]), y = to_f<Tag>(kn[bb]);
+    rotate_pair<Tag>(p, L + i, pr, x, y);
+    return from_f<Tag>(c == a ? x : y);
+  };
+  auto new_val = [&](int i, int c) -> uint16_t {
+    return static_cast<const uint16_t*>(p.v_new)[b * p.vn_b + i * p.vn_s + kvh * p.vn_h + c];
+  };
+  // fp8: the 16 channels from c0 of new row i as stored, e4m3 of the value over the head's scale.
+  // Bytes shift in from the top, so the loop stays rolled (tail blocks only) and needs no
+  // indexed array (which would live in local memory).
+  auto quantized = [&](int i, int c0, bool key) {
+    uint32_t w0 = 0, w1 = 0, w2 = 0, w3 = 0;
+#pragma unroll 1
+    for (int e = 0; e < 16; ++e) {
+      const float x = key ? to_f<Tag>(new_key(i, c0 + e)) / k_scale : to_f<Tag>(new_val(i, c0 + e)) / v_scale;
+      w0 = (w0 >> 8) | (w1 << 24), w1 = (w1 >> 8) | (w2 << 24), w2 = (w2 >> 8) | (w3 << 24);
+      w3 = (w3 >> 8) | uint32_t(to_e4m3(x)) << 24;
+    }
+    return make_uint4(w0, w1, w2, w3);
+  };
+
+  // Block loader: cache rows below L, new rows below Lk (16-bit: raw, rotated in smem; fp8:
+  // quantized here, as the append stores them), zeros after.
   auto full = [&](int blk) { return blk * kBK >= pad && (blk + 1) * kBK <= L; };
   auto load = [&](int blk, int st) {
     // Rows below the left pad are neither read nor attended: P is 0 there, but 0 x NaN (or
@@ -274,16 +360,26 @@ __global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const _
     for (int i = 0; i < kPerThread; ++i) {
       const int j = j0 + i * kRowStep, n = blk * kBK + j;
       const bool valid = n >= pad && n < Lk;
-      const uint16_t *ks = kc, *vs = vc;  // a zero-fill copy reads nothing: any valid address
+      const uint32_t o = soff(j);
+      if constexpr (kFp8) {
+        if (valid && n >= L) {  // read back by this thread only (the widening), no barrier
+          const uint4 qk = quantized(n - L, kE * c8, true), qv = quantized(n - L, kE * c8, false);
+          asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};" ::"r"(dk + o), "r"(qk.x),
+                       "r"(qk.y), "r"(qk.z), "r"(qk.w));
+          asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};" ::"r"(dv + o), "r"(qv.x),
+                       "r"(qv.y), "r"(qv.z), "r"(qv.w));
+          continue;
+        }
+      }
+      const void *ks = kc, *vs = vc;  // a zero-fill copy reads nothing: any valid address
       if (n < L) {
-        ks = static_cast<const uint16_t*>(p.k_cache) + cache_offset(p, p.kc_b, p.kc_s, p.kc_h, b, n, kvh) + 8 * c8;
-        vs = static_cast<const uint16_t*>(p.v_cache) + cache_offset(p, p.vc_b, p.vc_s, p.vc_h, b, n, kvh) + 8 * c8;
+        ks = static_cast<const CT*>(p.k_cache) + cache_offset(p, p.kc_b, p.kc_s, p.kc_h, b, n, kvh) + kE * c8;
+        vs = static_cast<const CT*>(p.v_cache) + cache_offset(p, p.vc_b, p.vc_s, p.vc_h, b, n, kvh) + kE * c8;
       } else if (valid) {
         const int r = n - L;
         ks = static_cast<const uint16_t*>(p.k_new) + b * p.kn_b + r * p.kn_s + kvh * p.kn_h + 8 * c8;
         vs = static_cast<const uint16_t*>(p.v_new) + b * p.vn_b + r * p.vn_s + kvh * p.vn_h + 8 * c8;
       }
-      const uint32_t o = portable::swz<C>(j, c8);
       portable::cp_async_16(dk + o, ks, valid);
       portable::cp_async_16(dv + o, vs, valid);
     }
@@ -314,7 +410,8 @@ __global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const _
   }
   const portable::LaneOffsets<C> lanes0(lane);
   const uint32_t sQ = portable::smem_addr(sm.q);
-  const bool rotate = p.rotary_dim > 0 && n_new > 0;
+  const bool rotate = !kFp8 && p.rotary_dim > 0 && n_new > 0;  // fp8: rotated as quantized
+  const float scale_log2 = kFp8 ? p.scale_log2 * k_scale : p.scale_log2;
 
   // One cp.async group per block slot, empty past the end, so waiting for all but the newest
   // kS - 2 groups always means the current block has landed. The speculative copy stands where
@@ -344,21 +441,15 @@ __global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const _
     for (int idx = tid; idx < n_new * D; idx += kThreads) {
       const int n = L + idx / D, c = idx % D, i = n - L;
       if (owner(n / kBK) != split) continue;
-      const auto* kn = static_cast<const uint16_t*>(p.k_new) + b * p.kn_b + i * p.kn_s + kvh * p.kn_h;
-      const auto* vn = static_cast<const uint16_t*>(p.v_new) + b * p.vn_b + i * p.vn_s + kvh * p.vn_h;
-      uint16_t kval = kn[c];
-      if (c < p.rotary_dim) {
-        const int pr = p.interleaved ? c / 2 : (c < p.rotary_dim / 2 ? c : c - p.rotary_dim / 2);
-        int a, bb;
-        pair_of(p, pr, a, bb);
-        float x = to_f<Tag>(kn[a]), y = to_f<Tag>(kn[bb]);
-        rotate_pair<Tag>(p, n, pr, x, y);
-        kval = from_f<Tag>(c == a ? x : y);
+      CT* kd = static_cast<CT*>(p.k_cache) + cache_offset(p, p.kc_b, p.kc_s, p.kc_h, b, n, kvh) + c;
+      CT* vd = static_cast<CT*>(p.v_cache) + cache_offset(p, p.vc_b, p.vc_s, p.vc_h, b, n, kvh) + c;
+      if constexpr (kFp8) {
+        *kd = to_e4m3(to_f<Tag>(new_key(i, c)) / k_scale);
+        *vd = to_e4m3(to_f<Tag>(new_val(i, c)) / v_scale);
+      } else {
+        *kd = new_key(i, c);
+        *vd = new_val(i, c);
       }
-      static_cast<uint16_t*>(p.k_cache)[cache_offset(p, p.kc_b, p.kc_s, p.kc_h, b, n, kvh) + c] =
-          kval;
-      static_cast<uint16_t*>(p.v_cache)[cache_offset(p, p.vc_b, p.vc_s, p.vc_h, b, n, kvh) + c] =
-          vn[c];
     }
   }
   for (int it = 0; it < mine; ++it) {
@@ -370,15 +461,32 @@ __global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const _
     if (it == 0) FLASHCORE_DECODE_STAMP(2, 0);
     if (it + kS - 1 < mine) load(first + (it + kS - 1) * stride, (it + kS - 1) % kS);
     cp_async_commit();
+    if constexpr (kFp8) {  // this thread's chunks of block blk, widened into the 16-bit tile
+      const uint8_t* k8 = sm.k8[st];
+      const uint8_t* v8 = sm.v8[st];
+#pragma unroll
+      for (int i = 0; i < kPerThread; ++i) {
+        const int j = j0 + i * kRowStep;
+        uint4 w[2];
+        widen_e4m3<Tag>(*reinterpret_cast<const uint4*>(k8 + soff(j)), w);
+        *reinterpret_cast<uint4*>(reinterpret_cast<uint8_t*>(sm.k[0]) + portable::swz<C>(j, 2 * c8)) = w[0];
+        *reinterpret_cast<uint4*>(reinterpret_cast<uint8_t*>(sm.k[0]) + portable::swz<C>(j, 2 * c8 + 1)) = w[1];
+        widen_e4m3<Tag>(*reinterpret_cast<const uint4*>(v8 + soff(j)), w);
+        *reinterpret_cast<uint4*>(reinterpret_cast<uint8_t*>(sm.v[0]) + portable::swz<C>(j, 2 * c8)) = w[0];
+        *reinterpret_cast<uint4*>(reinterpret_cast<uint8_t*>(sm.v[0]) + portable::swz<C>(j, 2 * c8 + 1)) = w[1];
+      }
+      __syncthreads();  // the tile is whole before any warp reads it
+    }
     if (rotate && (blk + 1) * kBK > L) {
       rotate_new(blk, st);
       __syncthreads();
     }
+    const int tl = kFp8 ? 0 : st;  // the 16-bit tile the warps read
     // Laundered per block, as the forward does: addresses recomputed, not hoisted.
     const portable::LaneOffsets<C> lanes = lanes0.laundered();
     const uint32_t slice = warp * C::kWarpKeys * D * 2;
     float s[1][C::kNTiles][4];
-    portable::qk_gemm<C, Elem>(s, sQ, portable::smem_addr(sm.k[st]) + slice, lanes);
+    portable::qk_gemm<C, Elem>(s, sQ, portable::smem_addr(sm.k[tl]) + slice, lanes);
     const int n0 = blk * kBK + warp * C::kWarpKeys;
 #pragma unroll
     for (int nt = 0; nt < C::kNTiles; ++nt)
@@ -387,8 +495,8 @@ __global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const _
         const int hr = e / 2, n = n0 + nt * 8 + 2 * t4 + (e % 2);
         if (n < lo[hr] || n >= hi[hr]) s[0][nt][e] = -INFINITY;
       }
-    portable::online_softmax<C>(s, row_max, row_sum, o, p.scale_log2);
-    portable::pv_gemm<C, Elem>(o, s, portable::smem_addr(sm.v[st]) + slice, lanes);
+    portable::online_softmax<C>(s, row_max, row_sum, o, scale_log2);
+    portable::pv_gemm<C, Elem>(o, s, portable::smem_addr(sm.v[tl]) + slice, lanes);
   }
   cp_async_wait<0>();  // only empty groups remain; the merge below overlays the stages
   __syncthreads();
@@ -399,7 +507,7 @@ __global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const _
 #endif
 
   decode_epilogue<Tag, D>(p, *reinterpret_cast<MergeSmem<D>*>(sm.k), sm.flag, o[0], row_max[0],
-                          row_sum[0], b, kvh, chunk, split);
+                          row_sum[0], b, kvh, chunk, split, v_scale);
 }
 
 }  // namespace flashcore::decode

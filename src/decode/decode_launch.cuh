@@ -71,10 +71,11 @@ class LaunchState {
 // waits for it (griddepcontrol.wait) before its first read, so only the launch overlaps.
 // Shared memory: the plan's launch size where it asks for more than the kernel needs (one CTA
 // an SM: decode_launch.h, plan_for_device).
-template <int D, class Kernel>
+template <int D, class Cache, class Kernel>
 cudaError_t launch_decode_kernel(Kernel kernel, const DecodeParams& p, LaunchState& state,
                                  cudaStream_t stream) {
-  static_assert(sizeof(Smem<D>) <= smem_bytes(D), "smem_bytes undercounts Smem");
+  constexpr int kSmem = smem_bytes(D, Cache::kFp8);
+  static_assert(sizeof(Smem<D, Cache>) <= kSmem, "smem_bytes undercounts Smem");
   bool early = false;
   const cudaError_t err = state.get(early);
   if (err != cudaSuccess) return err;
@@ -84,18 +85,18 @@ cudaError_t launch_decode_kernel(Kernel kernel, const DecodeParams& p, LaunchSta
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = dim3(p.splits, p.num_heads_kv * p.chunks, p.batch);
   cfg.blockDim = dim3(kThreads);
-  cfg.dynamicSmemBytes = p.launch_smem > smem_bytes(D) ? p.launch_smem : smem_bytes(D);
+  cfg.dynamicSmemBytes = p.launch_smem > kSmem ? p.launch_smem : kSmem;
   cfg.stream = stream;
   cfg.attrs = &pdl;
   cfg.numAttrs = early ? 1 : 0;
   return cudaLaunchKernelEx(&cfg, kernel, p);
 }
 
-template <class Tag, int kHeadDim>
+template <class Tag, int kHeadDim, class Cache>
 cudaError_t launch_decode(const DecodeParams& p, cudaStream_t stream) {
-  auto kernel = decode_kernel<Tag, kHeadDim>;
+  auto kernel = decode_kernel<Tag, kHeadDim, Cache>;
   static LaunchState state(reinterpret_cast<const void*>(kernel));
-  return launch_decode_kernel<kHeadDim>(kernel, p, state, stream);
+  return launch_decode_kernel<kHeadDim, Cache>(kernel, p, state, stream);
 }
 
 }  // namespace flashcore::decode

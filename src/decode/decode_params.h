@@ -26,6 +26,22 @@ constexpr int kBlockKeys = 64;   // keys a stage holds: 16 per warp
 constexpr int stages(int d) { return d >= 256 ? 2 : 3; }
 // CTAs an SM holds: the register bound the kernel is compiled for, and shared memory.
 constexpr int min_blocks(int d) { return d >= 256 ? 1 : d >= 128 ? 3 : 4; }
+// An fp8 cache's byte stages: the same bytes in flight as the 16-bit stages (four stages of
+// half-size blocks, three in flight) where shared memory allows; D256 keeps two (136 KB with
+// the 16-bit tile, within sm80's 163 KB).
+constexpr int fp8_stages(int d) { return d >= 256 ? 2 : 4; }
+
+// How the cache is stored (a policy of the kernel template): as the call's 16-bit dtype, read
+// into the stages the warps use; or as e4m3 bytes (kvcache.h, cache_fp8), copied into byte
+// stages and widened to the dtype in a 16-bit tile before the warps read them.
+struct CacheDtype {
+  using T = uint16_t;
+  static constexpr bool kFp8 = false;
+};
+struct CacheE4m3 {
+  using T = uint8_t;
+  static constexpr bool kFp8 = true;
+};
 
 struct DecodeParams {
   const void* q;
@@ -44,6 +60,8 @@ struct DecodeParams {
   const void* v_new;
   int64_t kn_b, kn_s, kn_h, vn_b, vn_s, vn_h;
   int32_t* error_flag;
+  const float* k_scale;  // fp8 cache: [num_heads_kv]
+  const float* v_scale;
   int32_t batch, seqlen_q, num_heads_kv, group, head_dim;
   int32_t window_left, window_right;  // -1: unbounded; causal is window_right = 0
   float scale_log2;
@@ -125,6 +143,8 @@ inline DecodeParams make_decode_params(const detail::KvProblem& f, DecodePlan pl
   d.kn_b = p.k_new_strides.batch, d.kn_s = p.k_new_strides.seq, d.kn_h = p.k_new_strides.head;
   d.vn_b = p.v_new_strides.batch, d.vn_s = p.v_new_strides.seq, d.vn_h = p.v_new_strides.head;
   d.error_flag = p.error_flag;
+  d.k_scale = p.k_scale;
+  d.v_scale = p.v_scale;
   d.batch = static_cast<int32_t>(p.batch);
   d.seqlen_q = static_cast<int32_t>(p.seqlen_q);
   d.num_heads_kv = static_cast<int32_t>(p.num_heads_kv);

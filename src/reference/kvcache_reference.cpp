@@ -1,13 +1,16 @@
 // CPU reference of attention against a KV cache: the executable spec of kvcache.h. Every entry
 // is checked before anything is written; the attention itself is forward() over the entries'
 // cache rows gathered into one packed variable-length problem, so the two entry points cannot
-// disagree on masking or softmax.
+// disagree on masking or softmax. An fp8 cache (cache_fp8) enters forward() as dtype values of
+// its decoded bytes, which is exact: every e4m3 value is a bf16 and an fp16 value.
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <limits>
 #include <vector>
 
 #include "common/dtype.h"
+#include "common/fp8.h"
 #include "reference/reference.h"
 
 namespace flashcore::ref {
@@ -15,11 +18,14 @@ namespace {
 
 using detail::KvProblem;
 
+int64_t offset(const Strides& s, int64_t b, int64_t row, int64_t h) {
+  return b * s.batch + row * s.seq + h * s.head;
+}
 const uint16_t* at(const void* base, const Strides& s, int64_t b, int64_t row, int64_t h) {
-  return static_cast<const uint16_t*>(base) + b * s.batch + row * s.seq + h * s.head;
+  return static_cast<const uint16_t*>(base) + offset(s, b, row, h);
 }
 uint16_t* at(void* base, const Strides& s, int64_t b, int64_t row, int64_t h) {
-  return static_cast<uint16_t*>(base) + b * s.batch + row * s.seq + h * s.head;
+  return static_cast<uint16_t*>(base) + offset(s, b, row, h);
 }
 
 // Where row r of entry b lives in a cache: (outer index, row in it), outer = page or entry.
@@ -32,8 +38,18 @@ CacheRow cache_row(const KvProblem& f, int64_t b, int64_t r) {
   return {p.block_table[b * p.block_table_stride + r / p.page_size], r % p.page_size};
 }
 
-// KvCacheError bits for entry b (0: fine). len: cache_seqlens[b]; pad: cache_leftpad[b] (0
-// without it): rows [pad, len + new keys) are the entry's keys.
+// kKvScaleInvalid when the fp8 cache has a k_scale or v_scale that is not finite and > 0.
+int32_t scale_error(const KvCacheParams& p) {
+  if (!p.cache_fp8) return 0;
+  for (int64_t h = 0; h < p.num_heads_kv; ++h)
+    for (const float s : {p.k_scale[h], p.v_scale[h]})
+      if (!(std::isfinite(s) && s > 0.0f)) return kKvScaleInvalid;
+  return 0;
+}
+
+// The first KvCacheError bit of entry b (0: fine), in the kernels' order. len:
+// cache_seqlens[b]; pad: cache_leftpad[b] (0 without it): rows [pad, len + new keys) are the
+// entry's keys.
 int32_t entry_error(const KvProblem& f, int64_t b, int64_t len, int64_t pad) {
   const KvCacheParams& p = f.p;
   const int64_t total = len + f.new_keys();
@@ -51,7 +67,34 @@ int32_t entry_error(const KvProblem& f, int64_t b, int64_t len, int64_t pad) {
     if (last_q >= p.rotary.max_position || (f.append && last_k >= p.rotary.max_position))
       return kKvRotaryOutOfRange;
   }
-  return 0;
+  return scale_error(p);  // every entry uses every kv head's scales
+}
+
+// Cache row (cr, h) as dtype values into dst.
+void read_cache_row(const KvProblem& f, const void* cache, const Strides& s, const CacheRow& cr,
+                    int64_t h, uint16_t* dst) {
+  const KvCacheParams& p = f.p;
+  if (!p.cache_fp8) {
+    std::memcpy(dst, at(cache, s, cr.outer, cr.row, h), static_cast<size_t>(p.head_dim) * 2);
+    return;
+  }
+  const uint8_t* src = static_cast<const uint8_t*>(cache) + offset(s, cr.outer, cr.row, h);
+  for (int64_t c = 0; c < p.head_dim; ++c)
+    dst[c] = detail::from_float(p.dtype, detail::e4m3_to_float(src[c]));
+}
+
+// A dtype row into cache row (cr, h); an fp8 cache stores e4m3(x / scale[h]), the quotient a
+// correctly rounded fp32 division (a kernel must divide, not multiply by a reciprocal).
+void write_cache_row(const KvProblem& f, void* cache, const Strides& s, const CacheRow& cr,
+                     int64_t h, const uint16_t* src, const float* scale) {
+  const KvCacheParams& p = f.p;
+  if (!p.cache_fp8) {
+    std::memcpy(at(cache, s, cr.outer, cr.row, h), src, static_cast<size_t>(p.head_dim) * 2);
+    return;
+  }
+  uint8_t* dst = static_cast<uint8_t*>(cache) + offset(s, cr.outer, cr.row, h);
+  for (int64_t c = 0; c < p.head_dim; ++c)
+    dst[c] = detail::float_to_e4m3(detail::to_float(p.dtype, src[c]) / scale[h]);
 }
 
 // One head row rotated at `pos` (kvcache.h: Rotary), rounded to the dtype, into dst.
@@ -107,16 +150,18 @@ Status kvcache(const KvProblem& f, const Options& opt) {
       }
   }
 
-  // Append: new key i of entry b goes to cache row len[b] + i, rotated at that position.
+  // Append: new key i of entry b goes to cache row len[b] + i, rotated at that position. An fp8
+  // cache quantizes the rotated key as rounded to dtype, the value a dtype cache would hold.
+  std::vector<uint16_t> key(static_cast<size_t>(d));
   for (int64_t b = 0; b < B && f.append; ++b) {
     if (!ok[b]) continue;
     for (int64_t i = 0; i < sq; ++i) {
       const CacheRow cr = cache_row(f, b, len[b] + i);
       for (int64_t h = 0; h < hkv; ++h) {
-        copy_row(f, at(p.k_new, p.k_new_strides, b, i, h), len[b] + i,
-                 at(p.k_cache, p.k_cache_strides, cr.outer, cr.row, h));
-        std::memcpy(at(p.v_cache, p.v_cache_strides, cr.outer, cr.row, h),
-                    at(p.v_new, p.v_new_strides, b, i, h), static_cast<size_t>(d) * 2);
+        copy_row(f, at(p.k_new, p.k_new_strides, b, i, h), len[b] + i, key.data());
+        write_cache_row(f, p.k_cache, p.k_cache_strides, cr, h, key.data(), p.k_scale);
+        write_cache_row(f, p.v_cache, p.v_cache_strides, cr, h,
+                        at(p.v_new, p.v_new_strides, b, i, h), p.v_scale);
       }
     }
   }
@@ -150,27 +195,24 @@ Status kvcache(const KvProblem& f, const Options& opt) {
     for (int64_t r = 0; r < lens_k[e]; ++r) {  // keys from row pad on: positions pad + r
       const CacheRow cr = cache_row(f, b, pad[b] + r);
       for (int64_t h = 0; h < hkv; ++h) {
-        std::memcpy(&k[((cu_k[e] + r) * hkv + h) * d],
-                    at(p.k_cache, p.k_cache_strides, cr.outer, cr.row, h), d * 2);
-        std::memcpy(&v[((cu_k[e] + r) * hkv + h) * d],
-                    at(p.v_cache, p.v_cache_strides, cr.outer, cr.row, h), d * 2);
+        read_cache_row(f, p.k_cache, p.k_cache_strides, cr, h, &k[((cu_k[e] + r) * hkv + h) * d]);
+        read_cache_row(f, p.v_cache, p.v_cache_strides, cr, h, &v[((cu_k[e] + r) * hkv + h) * d]);
       }
     }
   }
+  // forward() has one softmax scale, but an fp8 cache's k_scale is per kv head: it then runs
+  // once per kv head and its q heads, with k_scale[h] folded into the scale as one fp32 product.
+  const int64_t calls = p.cache_fp8 ? hkv : 1, kv_heads = hkv / calls;
+  const int64_t q_heads = kv_heads * f.group;
   AttentionParams fp;
-  fp.q = q.data();
-  fp.k = k.data();
-  fp.v = v.data();
-  fp.o = o.data();
   fp.q_strides = fp.o_strides = {0, hq * d, d};
   fp.k_strides = fp.v_strides = {0, hkv * d, d};
-  fp.lse = p.lse ? lse.data() : nullptr;
   fp.dtype = p.dtype;
   fp.batch = static_cast<int64_t>(entries.size());
   fp.seqlen_q = sq;
   for (int n : lens_k) fp.seqlen_k = std::max<int64_t>(fp.seqlen_k, n);
-  fp.num_heads_q = hq;
-  fp.num_heads_kv = hkv;
+  fp.num_heads_q = q_heads;
+  fp.num_heads_kv = kv_heads;
   fp.head_dim = d;
   fp.cu_seqlens_q = cu_q.data();
   fp.cu_seqlens_k = cu_k.data();
@@ -179,13 +221,33 @@ Status kvcache(const KvProblem& f, const Options& opt) {
   fp.softmax_scale = f.scale;
   fp.window_left = f.window_left;
   fp.window_right = f.window_right;
-  const Status st = forward(detail::resolve(fp), opt);
-  if (!st.ok()) return st;
+  for (int64_t c = 0; c < calls; ++c) {
+    fp.q = &q[c * q_heads * d];
+    fp.k = &k[c * kv_heads * d];
+    fp.v = &v[c * kv_heads * d];
+    fp.o = &o[c * q_heads * d];
+    fp.lse = p.lse ? &lse[c * q_heads * tq] : nullptr;  // lse is [hq, tq]
+    detail::FwdProblem fw = detail::resolve(fp);
+    if (p.cache_fp8) fw.scale = f.scale * p.k_scale[c];
+    const Status st = forward(fw, opt);
+    if (!st.ok()) return st;
+  }
+  // kvcache.h rounds v_scale[h] * sum(p v8) to dtype once; forward() has already rounded
+  // sum(p v8), so here O is rounded twice and may be 1 ulp off the single rounding (exact for a
+  // power-of-two scale that keeps O in the dtype's normal range).
   for (size_t e = 0; e < entries.size(); ++e) {
     const int64_t b = entries[e];
     for (int64_t i = 0; i < sq; ++i)
       for (int64_t h = 0; h < hq; ++h) {
-        std::memcpy(at(p.o, p.o_strides, b, i, h), &o[((cu_q[e] + i) * hq + h) * d], d * 2);
+        const uint16_t* src = &o[((cu_q[e] + i) * hq + h) * d];
+        uint16_t* dst = at(p.o, p.o_strides, b, i, h);
+        if (p.cache_fp8) {
+          const float vs = p.v_scale[h / f.group];
+          for (int64_t c = 0; c < d; ++c)
+            dst[c] = detail::from_float(p.dtype, vs * detail::to_float(p.dtype, src[c]));
+        } else {
+          std::memcpy(dst, src, d * 2);
+        }
         if (p.lse) p.lse[(b * hq + h) * sq + i] = lse[h * tq + cu_q[e] + i];
       }
   }

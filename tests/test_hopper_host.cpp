@@ -248,6 +248,15 @@ TEST(DecodePlan, FewestSplitsThatBalanceTheSms) {
   EXPECT_EQ(splits(9, 8, 4096), 3);    // 72 units: 216 CTAs, at most 2 an SM, a third each
   EXPECT_EQ(splits(1, 32, 4096), 4);   // MHA: 128 CTAs
   EXPECT_EQ(splits(64, 8, 4096), 1);   // more units than CTA slots
+  // An fp8 cache fills the slots up to two CTAs an SM (its math, not its bytes, bounds it).
+  kp.cache_fp8 = true;
+  EXPECT_EQ(splits(1, 8, 16384), 33);
+  EXPECT_EQ(splits(1, 8, 1024), 16);  // one block each already
+  EXPECT_EQ(splits(16, 8, 4096), 2);  // 256 CTAs
+  EXPECT_EQ(splits(64, 8, 4096), 1);
+  EXPECT_EQ(decode::plan_decode(detail::resolve(kp), 132, 4).splits, 1);  // 64 x 8 units
+  kp.batch = 1;
+  EXPECT_EQ(decode::plan_decode(detail::resolve(kp), 132, 4).splits, 33);  // at most two an SM
 }
 
 // One wave of at most one CTA an SM launches with over half an SM's shared memory, so a next

@@ -6,7 +6,8 @@
 // flashcore's paged cost next to its contiguous one (SDPA has no paged cache to compare). The
 // _cap rows hold the keys in a longer buffer (a static cache early in a generation): what
 // reading only the valid keys costs when the split plan is made for the capacity. The _e4m3
-// rows hold the cache as fp8 bytes (kvcache.h, cache_fp8): half the bytes of the same rows.
+// rows hold the cache as fp8 bytes (kvcache.h, cache_fp8): half the bytes of the same rows;
+// _fp16 ones take fp16 q and o (bf16 otherwise), whose widening is one conversion a pair.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -39,6 +40,7 @@ inline int run_decode_grid(cudaStream_t stream, const cudaDeviceProp& prop,
     int64_t b, len, page;  // page 0: contiguous
     int64_t cap = 0;       // the cache's rows; 0: len
     bool fp8 = false;      // e4m3 cache
+    bool fp16 = false;     // fp16 q/o (bf16 otherwise)
   };
   const Row rows[] = {{"decode_b1_1k", 1, 1024, 0},
                       {"decode_b1_4k", 1, 4096, 0},
@@ -54,7 +56,9 @@ inline int run_decode_grid(cudaStream_t stream, const cudaDeviceProp& prop,
                       {"decode_b1_16k_e4m3", 1, 16384, 0, 0, true},
                       {"decode_b1_64k_e4m3", 1, 65536, 0, 0, true},
                       {"decode_b16_4k_e4m3", 16, 4096, 0, 0, true},
-                      {"decode_b1_16k_page16_e4m3", 1, 16384, 16, 0, true}};
+                      {"decode_b1_16k_page16_e4m3", 1, 16384, 16, 0, true},
+                      {"decode_b1_16k_e4m3_fp16", 1, 16384, 0, 0, true, true},
+                      {"decode_b1_64k_e4m3_fp16", 1, 65536, 0, 0, true, true}};
   constexpr int64_t kHq = 32, kHkv = 8, kD = 128, kCalls = 20, kReplays = 20;
   std::printf("%-22s %10s %8s %6s %6s  %s\n", "name", "median us", "TB/s", "sets", "splits",
               "kernel");
@@ -85,7 +89,7 @@ inline int run_decode_grid(cudaStream_t stream, const cudaDeviceProp& prop,
     void* o = alloc(r.b * kHq * kD * 2);
     auto* seqlens = static_cast<int32_t*>(alloc(r.b * 4));
     auto* flag = static_cast<int32_t*>(alloc(4));
-    DECODE_CUDA(cudaMemset(q, 0x3c, r.b * kHq * kD * 2));  // bf16 0x3c3c, about 0.0115
+    DECODE_CUDA(cudaMemset(q, 0x3c, r.b * kHq * kD * 2));  // bf16 0x3c3c ~0.0115, fp16 ~1.06
     DECODE_CUDA(cudaMemset(flag, 0, 4));
     std::vector<int32_t> lens(r.b, static_cast<int32_t>(r.len));
     DECODE_CUDA(cudaMemcpy(seqlens, lens.data(), r.b * 4, cudaMemcpyHostToDevice));
@@ -124,7 +128,7 @@ inline int run_decode_grid(cudaStream_t stream, const cudaDeviceProp& prop,
       }
       p.cache_seqlens = seqlens;
       p.error_flag = flag;
-      p.dtype = DType::kBFloat16;
+      p.dtype = r.fp16 ? DType::kFloat16 : DType::kBFloat16;
       p.batch = r.b;
       p.seqlen_q = 1;
       p.num_heads_q = kHq;

@@ -5,8 +5,13 @@
 
 #include <cuda_runtime.h>
 
+#include <gtest/gtest.h>
+
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <sstream>
+#include <string>
 #include <vector>
 
 #include "common/workspace.h"
@@ -85,6 +90,46 @@ struct Workspace {
   bool ok() const { return !failed; }
   ~Workspace() { cudaFree(ptr); }
 };
+
+inline bool gpu_present() { return cuda_device_count() > 0; }
+#define SKIP_WITHOUT_GPU() \
+  if (!gpu_present()) GTEST_SKIP() << "no CUDA device (driver or GPU missing)"
+
+// A test name for a spec: every axis the KV grids vary.
+inline std::string spec_name(const KvSpec& s) {
+  std::ostringstream os;
+  os << (s.dtype == DType::kBFloat16 ? "bf16" : "fp16") << "_b" << s.batch << "_h" << s.hq << "x"
+     << s.hkv << "_d" << s.d << "_sq" << s.seqlen_q << "_len" << s.lens[0] << "_page"
+     << s.page_size << (s.causal ? "_causal" : "") << (s.wl >= 0 ? "_window" : "")
+     << (s.rotary_dim ? "_rope" : "") << (s.interleaved ? "i" : "")
+     << (s.append ? "" : "_noappend");
+  return os.str();
+}
+
+// The grids' lengths: entry 0 holds len keys, the others spread below it; the capacity leaves
+// room for the new rows, and `slack` rows more.
+inline void set_lengths(KvSpec& s, int len, int64_t slack) {
+  s.lens.assign(s.batch, 0);
+  for (int64_t b = 0; b < s.batch; ++b) s.lens[b] = b == 0 ? len : (len * (b + 1)) % (len + 1);
+  s.capacity = len + s.seqlen_q + slack;
+}
+
+// LSE values outside 1e-3 of the reference's, NaN and infinities matched exactly; *worst: the
+// largest finite difference.
+inline int64_t lse_mismatches(const std::vector<float>& ref, const std::vector<float>& got,
+                              double* worst) {
+  int64_t bad = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    const double a = got[i], b = ref[i];
+    if (std::isnan(b) || std::isinf(b)) {
+      bad += !(std::isnan(b) ? std::isnan(a) : a == b);
+      continue;
+    }
+    *worst = std::max(*worst, std::fabs(a - b));
+    bad += !(std::fabs(a - b) <= 1e-3);
+  }
+  return bad;
+}
 
 // A compute capability 9.x GPU is present (sm_90a code runs).
 inline bool have_sm90() {

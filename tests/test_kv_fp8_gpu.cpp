@@ -7,7 +7,6 @@
 
 #include <cmath>
 #include <random>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -95,18 +94,9 @@ void expect_fp8_matches_reference(const KvSpec& s, uint64_t seed, bool bad_scale
   EXPECT_EQ(flag[0], ref.h.flag);
   if (bad_scale) EXPECT_EQ(flag[0], int32_t(kKvScaleInvalid));
 
-  double worst = 0;
+  double worst = 0, worst_lse = 0;
   int64_t bad = outside_row_rule(s.dtype, s.d, ref.h.o, low.h.o, gpu.h.o, &worst);
-  double worst_lse = 0;
-  for (size_t i = 0; i < ref.h.lse.size(); ++i) {
-    const double a = gpu.h.lse[i], b = ref.h.lse[i];
-    if (std::isnan(b) || std::isinf(b)) {
-      bad += !(std::isnan(b) ? std::isnan(a) : a == b);
-      continue;
-    }
-    worst_lse = std::max(worst_lse, std::fabs(a - b));
-    bad += !(std::fabs(a - b) <= 1e-3);
-  }
+  bad += lse_mismatches(ref.h.lse, gpu.h.lse, &worst_lse);
   EXPECT_EQ(bad, 0) << "max |O err| " << worst << ", max |LSE err| " << worst_lse;
   EXPECT_EQ(ref.vc, gpu.vc) << "v cache bytes after the append";
   // Rotated keys: fp32 on the GPU, float64 in the reference, so the dtype-rounded key can be one
@@ -117,20 +107,6 @@ void expect_fp8_matches_reference(const KvSpec& s, uint64_t seed, bool bad_scale
       k_off += !(s.rotary_dim > 0 && (ref.kc[i] & 0x80) == (gpu.kc[i] & 0x80) &&
                  std::abs(int(ref.kc[i] & 0x7F) - int(gpu.kc[i] & 0x7F)) <= 1);
   EXPECT_EQ(k_off, 0) << "k cache bytes after the append";
-}
-
-bool gpu_present() { return cuda_device_count() > 0; }
-#define SKIP_WITHOUT_GPU() \
-  if (!gpu_present()) GTEST_SKIP() << "no CUDA device (driver or GPU missing)"
-
-std::string spec_name(const KvSpec& s) {
-  std::ostringstream os;
-  os << (s.dtype == DType::kBFloat16 ? "bf16" : "fp16") << "_b" << s.batch << "_h" << s.hq << "x"
-     << s.hkv << "_d" << s.d << "_sq" << s.seqlen_q << "_len" << s.lens[0] << "_page"
-     << s.page_size << (s.causal ? "_causal" : "") << (s.wl >= 0 ? "_window" : "")
-     << (s.rotary_dim ? "_rope" : "") << (s.interleaved ? "i" : "")
-     << (s.append ? "" : "_noappend");
-  return os.str();
 }
 
 // Every head dim, both dtypes, contiguous and paged (16, 64, 256), decode and chunked rows with
@@ -160,9 +136,7 @@ std::vector<KvSpec> grid() {
     s.interleaved = n % 3 == 0;
     if (n == 4) s.wl = 300, s.wr = -1;
     s.max_position = r.len + r.sq + 8;
-    s.lens.assign(s.batch, 0);
-    for (int64_t b = 0; b < s.batch; ++b) s.lens[b] = b == 0 ? r.len : (r.len * (b + 1)) % (r.len + 1);
-    s.capacity = r.len + r.sq + (n % 2 ? 0 : 19);
+    set_lengths(s, r.len, n % 2 ? 0 : 19);
     out.push_back(s);
     ++n;
   }

@@ -5,7 +5,6 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -49,15 +48,7 @@ void expect_gpu_matches_reference(const KvSpec& s, uint64_t seed, bool with_work
 
   double worst = 0, worst_lse = 0;
   int64_t bad = outside_row_rule(s.dtype, s.d, ref.o, lowp.o, gpu.o, &worst);
-  for (size_t i = 0; i < ref.lse.size(); ++i) {
-    const double a = gpu.lse[i], b = ref.lse[i];
-    if (std::isnan(b) || std::isinf(b)) {
-      bad += !(std::isnan(b) ? std::isnan(a) : a == b);
-      continue;
-    }
-    worst_lse = std::max(worst_lse, std::fabs(a - b));
-    bad += !(std::fabs(a - b) <= 1e-3);
-  }
+  bad += lse_mismatches(ref.lse, gpu.lse, &worst_lse);
   EXPECT_EQ(bad, 0) << "max |O err| " << worst << ", max |LSE err| " << worst_lse;
   EXPECT_EQ(ref.v_cache, gpu.v_cache) << "v cache after the append";
   int64_t k_off = 0;  // rotated keys: fp32 on the GPU, float64 in the reference: 1 ulp apart
@@ -67,20 +58,6 @@ void expect_gpu_matches_reference(const KvSpec& s, uint64_t seed, bool with_work
     k_off += !(s.rotary_dim > 0 && std::fabs(a - b) <= ulp(s.dtype, b));
   }
   EXPECT_EQ(k_off, 0) << "k cache after the append";
-}
-
-bool gpu_present() { return cuda_device_count() > 0; }
-#define SKIP_WITHOUT_GPU() \
-  if (!gpu_present()) GTEST_SKIP() << "no CUDA device (driver or GPU missing)"
-
-std::string spec_name(const KvSpec& s) {
-  std::ostringstream os;
-  os << (s.dtype == DType::kBFloat16 ? "bf16" : "fp16") << "_b" << s.batch << "_h" << s.hq << "x"
-     << s.hkv << "_d" << s.d << "_sq" << s.seqlen_q << "_len" << s.lens[0] << "_page"
-     << s.page_size << (s.causal ? "_causal" : "") << (s.wl >= 0 ? "_window" : "")
-     << (s.rotary_dim ? "_rope" : "")
-     << (s.interleaved ? "i" : "") << (s.append ? "" : "_noappend");
-  return os.str();
 }
 
 // Issue 4's grid, sampled: every value of every axis appears, cycling the others.
@@ -113,9 +90,7 @@ std::vector<KvSpec> grid() {
         s.interleaved = (n / 4) % 2 == 0;
         if (n % 5 == 3) s.wl = 300, s.wr = causal ? -1 : 2;  // sliding windows
         s.max_position = len + sq + 8;
-        s.lens.assign(s.batch, 0);
-        for (int64_t b = 0; b < s.batch; ++b) s.lens[b] = b == 0 ? len : (len * (b + 1)) % (len + 1);
-        s.capacity = len + sq + (n % 2 ? 0 : 19);
+        set_lengths(s, len, n % 2 ? 0 : 19);
         out.push_back(s);
         ++n;
       }

@@ -7,7 +7,8 @@
 //   cp.async  : 16-byte cp.async, 128 threads, S stages of 64-key K+V blocks (32 KB), one CTA
 //               per (split, kv head), blocks dealt to splits in turn (the decode kernel's way);
 //   bulk      : the same grid, each 256-byte row a cp.async.bulk onto an mbarrier (warp 0);
-//   tma       : the same grid, a block's K and V as four 2D tensor copies (128 B x 64 rows);
+//   tma       : the same grid, a block's K and V as four tensor copies of 128 B x 64 rows (a
+//               3D map: channel, head, key);
 //   flat      : a plain coalesced 16-byte load stream over both buffers, many CTAs (no grid
 //               constraint): what the DRAM gives a simple read.
 // --pdl launches every variant as a programmatic dependent (griddepcontrol.wait at entry,
@@ -35,6 +36,7 @@
 
 constexpr int kD = 128, kHkv = 8, kBK = 64, kThreads = 128;
 constexpr int kRowBytes = kD * 2, kBlockBytes = kBK * kRowBytes;  // one of K or V: 16 KB
+constexpr int kMergeSplits = 16;  // the handshake variants' grid: one merge round
 
 struct Args {
   const uint8_t* k;
@@ -95,10 +97,10 @@ __device__ __forceinline__ void split_end(const uint8_t* sm, const Args& a) {
   if (End != 3 && End != 7) return;
   if (!last) return;
   const int r = tid / 32;  // row of this thread's float4
-  float2 ml[16];
-  float4 x[16];
+  float2 ml[kMergeSplits];
+  float4 x[kMergeSplits];
 #pragma unroll
-  for (int j = 0; j < 16; ++j) {
+  for (int j = 0; j < kMergeSplits; ++j) {
     const float* pj = a.partials + (size_t(h) * a.splits + j) * kPart;
     ml[j] = j < a.splits ? __ldcg(reinterpret_cast<const float2*>(pj + 4 * kD) + r) : make_float2(-INFINITY, 0.f);
     x[j] = j < a.splits ? __ldcg(reinterpret_cast<const float4*>(pj) + tid) : make_float4(0, 0, 0, 0);
@@ -106,9 +108,9 @@ __device__ __forceinline__ void split_end(const uint8_t* sm, const Args& a) {
   float gm = -INFINITY, sum = 0.f;
   float4 acc = make_float4(0, 0, 0, 0);
 #pragma unroll
-  for (int j = 0; j < 16; ++j) gm = fmaxf(gm, ml[j].x);
+  for (int j = 0; j < kMergeSplits; ++j) gm = fmaxf(gm, ml[j].x);
 #pragma unroll
-  for (int j = 0; j < 16; ++j) {
+  for (int j = 0; j < kMergeSplits; ++j) {
     const float w = exp2f(ml[j].x - gm);
     acc.x = fmaf(w, x[j].x, acc.x), acc.y = fmaf(w, x[j].y, acc.y);
     acc.z = fmaf(w, x[j].z, acc.z), acc.w = fmaf(w, x[j].w, acc.w);
@@ -318,13 +320,13 @@ int main(int argc, char** argv) {
   };
   grid_variant("cpasync S3 16 splits", (const void*)cpasync_kernel<3>, 16, 3);
   grid_variant("cpasync S6 16 splits", (const void*)cpasync_kernel<6>, 16, 6);
-  grid_variant("  + partial stores", (const void*)cpasync_kernel<3, 1>, 16, 3);
-  grid_variant("  + atomic election", (const void*)cpasync_kernel<3, 2>, 16, 3);
-  grid_variant("  + last-arriver merge", (const void*)cpasync_kernel<3, 3>, 16, 3);
-  grid_variant("  stores + fence only", (const void*)cpasync_kernel<3, 4>, 16, 3);
-  grid_variant("  stores + relaxed atom", (const void*)cpasync_kernel<3, 5>, 16, 3);
-  grid_variant("  acq_rel atom only", (const void*)cpasync_kernel<3, 6>, 16, 3);
-  grid_variant("  merge, relaxed atom", (const void*)cpasync_kernel<3, 7>, 16, 3);
+  grid_variant("  + partial stores", (const void*)cpasync_kernel<3, 1>, kMergeSplits, 3);
+  grid_variant("  + atomic election", (const void*)cpasync_kernel<3, 2>, kMergeSplits, 3);
+  grid_variant("  + last-arriver merge", (const void*)cpasync_kernel<3, 3>, kMergeSplits, 3);
+  grid_variant("  stores + fence only", (const void*)cpasync_kernel<3, 4>, kMergeSplits, 3);
+  grid_variant("  stores + relaxed atom", (const void*)cpasync_kernel<3, 5>, kMergeSplits, 3);
+  grid_variant("  acq_rel atom only", (const void*)cpasync_kernel<3, 6>, kMergeSplits, 3);
+  grid_variant("  merge, relaxed atom", (const void*)cpasync_kernel<3, 7>, kMergeSplits, 3);
   grid_variant("bulk S3 16 splits", (const void*)async_kernel<3, false>, 16, 3);
   grid_variant("bulk S6 16 splits", (const void*)async_kernel<6, false>, 16, 6);
   grid_variant("tma S3 16 splits", (const void*)async_kernel<3, true>, 16, 3);

@@ -102,7 +102,7 @@ inline std::string spec_name(const KvSpec& s) {
      << s.hkv << "_d" << s.d << "_sq" << s.seqlen_q << "_len" << s.lens[0] << "_page"
      << s.page_size << (s.causal ? "_causal" : "") << (s.wl >= 0 ? "_window" : "")
      << (s.rotary_dim ? "_rope" : "") << (s.interleaved ? "i" : "")
-     << (s.append ? "" : "_noappend");
+     << (s.append ? "" : "_noappend") << (s.leftpad.empty() ? "" : "_leftpad");
   return os.str();
 }
 

@@ -221,15 +221,18 @@ TEST(Workspace, CounterAreaIsSharedByEveryEntryPoint) {
     const decode::DecodePlan dp = decode::plan_decode(detail::resolve(kp), sms, 2);
     ASSERT_GT(dp.splits, 1);
     EXPECT_EQ(split_counter_bytes(fwd), dp.counter_bytes) << sms << " SMs";
-    // Every split plan's units (one counter each) fit the area, whatever the occupancy.
-    for (int ctas = 1; ctas <= 8; ++ctas)
-      for (int64_t batch = 1; batch <= 4 * sms; ++batch) {
-        kp.batch = batch;
-        const decode::DecodePlan pl = decode::plan_decode(detail::resolve(kp), sms, ctas);
-        if (pl.splits > 1)
-          EXPECT_LE(batch * kp.num_heads_kv * pl.chunks * 4, pl.counter_bytes)
-              << sms << " SMs, " << ctas << " CTAs an SM, batch " << batch;
-      }
+    // Every split plan's units (one counter each) fit the area, whatever the occupancy and
+    // the cache format (fp8 plans split more).
+    for (bool fp8 : {false, true})
+      for (int ctas = 1; ctas <= 8; ++ctas)
+        for (int64_t batch = 1; batch <= 4 * sms; ++batch) {
+          kp.batch = batch, kp.cache_fp8 = fp8;
+          const decode::DecodePlan pl = decode::plan_decode(detail::resolve(kp), sms, ctas);
+          if (pl.splits > 1)
+            EXPECT_LE(batch * kp.num_heads_kv * pl.chunks * 4, pl.counter_bytes)
+                << sms << " SMs, " << ctas << " CTAs an SM, batch " << batch << ", fp8 " << fp8;
+        }
+    kp.cache_fp8 = false;
   }
 }
 

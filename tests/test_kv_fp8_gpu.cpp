@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <functional>
 #include <random>
 #include <string>
 #include <vector>
@@ -68,9 +69,13 @@ struct Fp8Device {
   }
 };
 
-void expect_fp8_matches_reference(const KvSpec& s, uint64_t seed, bool bad_scale = false) {
+// edit: changes the problem before it is copied (a bad input); want_flag: the error bits the
+// reference must then report (0: none), so the edit is known to bite.
+void expect_fp8_matches_reference(const KvSpec& s, uint64_t seed,
+                                  const std::function<void(Fp8Host&)>& edit = nullptr,
+                                  int32_t want_flag = 0) {
   Fp8Host ref(s, seed);
-  if (bad_scale) ref.vs[s.hkv - 1] = 0.f;
+  if (edit) edit(ref);
   Fp8Host low(ref), gpu(ref);
   ref.h.p.backend = Backend::kReference;
   ASSERT_TRUE(run(ref.h.p).ok());
@@ -92,7 +97,7 @@ void expect_fp8_matches_reference(const KvSpec& s, uint64_t seed, bool bad_scale
   std::vector<int32_t> flag(1);
   dev.d.flag.to_host(flag);
   EXPECT_EQ(flag[0], ref.h.flag);
-  if (bad_scale) EXPECT_EQ(flag[0], int32_t(kKvScaleInvalid));
+  EXPECT_EQ(ref.h.flag, want_flag);
 
   double worst = 0, worst_lse = 0;
   int64_t bad = outside_row_rule(s.dtype, s.d, ref.h.o, low.h.o, gpu.h.o, &worst);
@@ -137,6 +142,8 @@ std::vector<KvSpec> grid() {
     if (n == 4) s.wl = 300, s.wr = -1;
     s.max_position = r.len + r.sq + 8;
     set_lengths(s, r.len, n % 2 ? 0 : 19);
+    if (n == 1) s.leftpad = {300};  // rows below the pad hold NaN: read, they would show
+    if (n == 2) s.leftpad = {100, 7, 998};
     out.push_back(s);
     ++n;
   }
@@ -158,7 +165,21 @@ TEST(KvFp8Gpu, BadScaleIsFlagged) {
   s.batch = 2, s.hq = 8, s.hkv = 2, s.d = 128, s.seqlen_q = 2;
   s.lens = {40, 3};
   s.capacity = 64;
-  expect_fp8_matches_reference(s, 5, /*bad_scale=*/true);
+  expect_fp8_matches_reference(s, 5, [&](Fp8Host& x) { x.vs[s.hkv - 1] = 0.f; },
+                               kKvScaleInvalid);
+}
+
+// A block-table entry past the pages, in a split call: that entry flagged and left alone, the
+// others served (as the reference).
+TEST(KvFp8Gpu, BadPageIsFlagged) {
+  SKIP_WITHOUT_GPU();
+  KvSpec s;
+  s.batch = 2, s.hq = 32, s.hkv = 8, s.d = 128, s.seqlen_q = 1, s.page_size = 16;
+  s.lens = {2000, 1500};
+  s.capacity = 2048;
+  expect_fp8_matches_reference(
+      s, 9, [](Fp8Host& x) { x.h.block_table[x.h.max_pages + 40] = int32_t(x.h.num_pages) + 3; },
+      kKvBlockTableOutOfRange);
 }
 
 }  // namespace

@@ -83,7 +83,8 @@ struct KvCacheParams {
   int32_t* error_flag = nullptr;  ///< required: KvCacheError bits, same memory as q
 
   /// fp8 cache: k_cache and v_cache hold float8 e4m3 bytes (OCP E4M3FN: bias 7, max 448, no
-  /// infinities), strides in elements (= bytes). A cached byte x of kv head h stands for
+  /// infinities), strides in elements (= bytes), multiples of 16, pointers 16-byte aligned
+  /// (the 16-bit caches' rule is 8 elements). A cached byte x of kv head h stands for
   /// e4m3(x) * k_scale[h] (v_scale[h]): scores are scale * k_scale[h] * (q . k8), outputs
   /// v_scale[h] * sum(p v8), rounded once to dtype. Appended rows are stored as e4m3 of
   /// k_new / k_scale[h] (after rotary) and v_new / v_scale[h], rounded to nearest even and

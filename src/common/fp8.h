@@ -1,21 +1,19 @@
 // The fp8 KV cache's byte format, OCP E4M3FN (kvcache.h: cache_fp8): bias 7, 3 mantissa bits,
-// max 448, no infinities, NaN = S.1111.111. Host and device share one codec so the CPU
-// reference stores exactly the bytes the kernels store: both agree bit for bit with
-// cuda_fp8.h's __nv_cvt_float_to_fp8(x, __NV_SATFINITE, __NV_E4M3) and
-// __nv_cvt_fp8_to_halfraw (tests/test_fp8_cpu.cpp checks it).
+// max 448, no infinities, NaN = S.1111.111. The host's codec (the CPU reference, the tests):
+// it agrees bit for bit with cuda_fp8.h's __nv_cvt_float_to_fp8(x, __NV_SATFINITE, __NV_E4M3)
+// and __nv_cvt_fp8_to_halfraw, which the kernels use (tests/test_fp8_cpu.cpp checks it), so the
+// reference stores exactly the bytes the kernels store.
 #pragma once
 
 #include <cstdint>
 #include <cstring>
 
-#include "common/host_device.h"
-
 namespace flashcore::detail {
 
-FLASHCORE_HD inline float e4m3_to_float(uint8_t x) {
+inline float e4m3_to_float(uint8_t x) {
   const uint32_t a = x & 0x7Fu;
-  // Below exponent 1 the format is uniform in steps of 2^-9 (bytes 0..7 are 0..7 steps); built
-  // by a multiply rather than as float subnormal bits, which a flush-to-zero build would drop.
+  // Below exponent 1 the format is uniform in steps of 2^-9 (bytes 0..7 are 0..7 steps): no
+  // implicit leading 1, so the rebias below cannot build them; a multiply does.
   if (a < 8) {
     const float m = static_cast<float>(a) * 0.001953125f;
     return (x & 0x80u) ? -m : m;
@@ -31,7 +29,7 @@ FLASHCORE_HD inline float e4m3_to_float(uint8_t x) {
 }
 
 // Round to nearest even, saturating: what cvt.rn.satfinite.e4m3x2.f32 does on the GPU.
-FLASHCORE_HD inline uint8_t float_to_e4m3(float x) {
+inline uint8_t float_to_e4m3(float x) {
   uint32_t bits;
   std::memcpy(&bits, &x, 4);
   const uint8_t sign = static_cast<uint8_t>((bits >> 24) & 0x80u);

@@ -52,15 +52,23 @@ struct MmaCfg {
 // holds the four warps' results for their merge.
 template <int D, class Cache>
 struct Smem {
-  using C = MmaCfg<D>;
-  static constexpr int kTiles = Cache::kFp8 ? 1 : stages(D);
-  static constexpr int kByteStages = Cache::kFp8 ? fp8_stages(D) : 0;
+  static constexpr int kKeys = MmaCfg<D>::kBlockKeys;
   alignas(128) uint16_t q[kRows * D];
-  alignas(128) uint16_t k[kTiles][C::kBlockKeys * D];
-  alignas(128) uint16_t v[kTiles][C::kBlockKeys * D];
-  alignas(128) uint8_t k8[kByteStages][C::kBlockKeys * D];
-  alignas(128) uint8_t v8[kByteStages][C::kBlockKeys * D];
+  alignas(128) uint16_t k[stages(D)][kKeys * D];
+  alignas(128) uint16_t v[stages(D)][kKeys * D];
   int flag;
+  static constexpr size_t kKvBytes = sizeof(k) + sizeof(v);  // what the merge may overlay
+};
+template <int D>
+struct Smem<D, CacheE4m3> {
+  static constexpr int kKeys = MmaCfg<D>::kBlockKeys;
+  alignas(128) uint16_t q[kRows * D];
+  alignas(128) uint16_t k[1][kKeys * D];
+  alignas(128) uint16_t v[1][kKeys * D];
+  alignas(128) uint8_t k8[fp8_stages(D)][kKeys * D];
+  alignas(128) uint8_t v8[fp8_stages(D)][kKeys * D];
+  int flag;
+  static constexpr size_t kKvBytes = sizeof(k) + sizeof(v) + sizeof(k8) + sizeof(v8);
 };
 
 // 16 e4m3 bytes widened to 16 values of the dtype (exact: every e4m3 value is one).
@@ -146,8 +154,7 @@ __global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const _
   using C = MmaCfg<D>;
   using Elem = typename portable::ElemOf<Tag>::type;
   constexpr int kBK = C::kBlockKeys;
-  static_assert(sizeof(MergeSmem<D>) <= sizeof(sm.k) + sizeof(sm.v) + sizeof(sm.k8) + sizeof(sm.v8),
-                "the merge overlays the K/V region");
+  static_assert(sizeof(MergeSmem<D>) <= Smem<D, Cache>::kKvBytes, "the merge overlays the K/V region");
 
   // The entry's length and left pad are loaded first and used last: the q tile (its own
   // cp.async group, rows past the chunk's rows zero-filled) and the speculative first block
@@ -198,8 +205,8 @@ __global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const _
   const int c8 = tid % kCpr, j0 = tid / kCpr, S = p.splits;
   const auto* kc = static_cast<const CT*>(p.k_cache) + int64_t(kvh) * p.kc_h + kE * c8;
   const auto* vc = static_cast<const CT*>(p.v_cache) + int64_t(kvh) * p.vc_h + kE * c8;
-  const uint32_t sK = portable::smem_addr(kFp8 ? static_cast<void*>(sm.k8) : sm.k);
-  const uint32_t sV = portable::smem_addr(kFp8 ? static_cast<void*>(sm.v8) : sm.v);
+  uint32_t sK = portable::smem_addr(sm.k), sV = portable::smem_addr(sm.v);  // copies land here
+  if constexpr (kFp8) sK = portable::smem_addr(sm.k8), sV = portable::smem_addr(sm.v8);
   auto soff = [&](int j) -> uint32_t {  // this thread's chunk of row j in a stage
     return kFp8 ? uint32_t(j * D + 16 * c8) : portable::swz<C>(j, c8);
   };
@@ -375,10 +382,13 @@ __global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const _
       if (n < L) {
         ks = static_cast<const CT*>(p.k_cache) + cache_offset(p, p.kc_b, p.kc_s, p.kc_h, b, n, kvh) + kE * c8;
         vs = static_cast<const CT*>(p.v_cache) + cache_offset(p, p.vc_b, p.vc_s, p.vc_h, b, n, kvh) + kE * c8;
-      } else if (valid) {
-        const int r = n - L;
-        ks = static_cast<const uint16_t*>(p.k_new) + b * p.kn_b + r * p.kn_s + kvh * p.kn_h + 8 * c8;
-        vs = static_cast<const uint16_t*>(p.v_new) + b * p.vn_b + r * p.vn_s + kvh * p.vn_h + 8 * c8;
+      }
+      if constexpr (!kFp8) {
+        if (n >= L && valid) {
+          const int r = n - L;
+          ks = static_cast<const uint16_t*>(p.k_new) + b * p.kn_b + r * p.kn_s + kvh * p.kn_h + 8 * c8;
+          vs = static_cast<const uint16_t*>(p.v_new) + b * p.vn_b + r * p.vn_s + kvh * p.vn_h + 8 * c8;
+        }
       }
       portable::cp_async_16(dk + o, ks, valid);
       portable::cp_async_16(dv + o, vs, valid);
@@ -410,7 +420,7 @@ __global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const _
   }
   const portable::LaneOffsets<C> lanes0(lane);
   const uint32_t sQ = portable::smem_addr(sm.q);
-  const bool rotate = !kFp8 && p.rotary_dim > 0 && n_new > 0;  // fp8: rotated as quantized
+  const bool rotate = p.rotary_dim > 0 && n_new > 0;  // 16-bit only: fp8 rotates as it quantizes
   const float scale_log2 = kFp8 ? p.scale_log2 * k_scale : p.scale_log2;
 
   // One cp.async group per block slot, empty past the end, so waiting for all but the newest
@@ -477,9 +487,11 @@ __global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const _
       }
       __syncthreads();  // the tile is whole before any warp reads it
     }
-    if (rotate && (blk + 1) * kBK > L) {
-      rotate_new(blk, st);
-      __syncthreads();
+    if constexpr (!kFp8) {
+      if (rotate && (blk + 1) * kBK > L) {
+        rotate_new(blk, st);
+        __syncthreads();
+      }
     }
     const int tl = kFp8 ? 0 : st;  // the 16-bit tile the warps read
     // Laundered per block, as the forward does: addresses recomputed, not hoisted.

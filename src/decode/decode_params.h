@@ -27,9 +27,9 @@ constexpr int kBlockKeys = 64;   // keys a stage holds: 16 per warp
 constexpr int stages(int d) { return d >= 256 ? 2 : 3; }
 // CTAs an SM holds: the register bound the kernel is compiled for, and shared memory.
 constexpr int min_blocks(int d) { return d >= 256 ? 1 : d >= 128 ? 3 : 4; }
-// An fp8 cache's byte stages: the same bytes in flight as the 16-bit stages (four stages of
-// half-size blocks, three in flight) where shared memory allows; D256 keeps two (136 KB with
-// the 16-bit tile, within sm80's 163 KB).
+// An fp8 cache's byte stages: four (three blocks in flight, 48 KB at D128 against the 16-bit
+// kernel's 64), which with the 16-bit tile take the 16-bit kernel's shared memory exactly;
+// D256 keeps two (136 KB, within sm80's 163 KB).
 constexpr int fp8_stages(int d) { return d >= 256 ? 2 : 4; }
 
 // How the cache is stored (a policy of the kernel template): as the call's 16-bit dtype, read

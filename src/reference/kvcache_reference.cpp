@@ -228,26 +228,16 @@ Status kvcache(const KvProblem& f, const Options& opt) {
     fp.o = &o[c * q_heads * d];
     fp.lse = p.lse ? &lse[c * q_heads * tq] : nullptr;  // lse is [hq, tq]
     detail::FwdProblem fw = detail::resolve(fp);
-    if (p.cache_fp8) fw.scale = f.scale * p.k_scale[c];
-    const Status st = forward(fw, opt);
+    Options head_opt = opt;
+    if (p.cache_fp8) fw.scale = f.scale * p.k_scale[c], head_opt.o_scale = p.v_scale[c];
+    const Status st = forward(fw, head_opt);
     if (!st.ok()) return st;
   }
-  // kvcache.h rounds v_scale[h] * sum(p v8) to dtype once; forward() has already rounded
-  // sum(p v8), so here O is rounded twice and may be 1 ulp off the single rounding (exact for a
-  // power-of-two scale that keeps O in the dtype's normal range).
   for (size_t e = 0; e < entries.size(); ++e) {
     const int64_t b = entries[e];
     for (int64_t i = 0; i < sq; ++i)
       for (int64_t h = 0; h < hq; ++h) {
-        const uint16_t* src = &o[((cu_q[e] + i) * hq + h) * d];
-        uint16_t* dst = at(p.o, p.o_strides, b, i, h);
-        if (p.cache_fp8) {
-          const float vs = p.v_scale[h / f.group];
-          for (int64_t c = 0; c < d; ++c)
-            dst[c] = detail::from_float(p.dtype, vs * detail::to_float(p.dtype, src[c]));
-        } else {
-          std::memcpy(dst, src, d * 2);
-        }
+        std::memcpy(at(p.o, p.o_strides, b, i, h), &o[((cu_q[e] + i) * hq + h) * d], d * 2);
         if (p.lse) p.lse[(b * hq + h) * sq + i] = lse[h * tq + cu_q[e] + i];
       }
   }

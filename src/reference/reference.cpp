@@ -119,7 +119,7 @@ void run_rows(const FwdProblem& f, const Options& opt, int64_t b, int64_t h, int
       for (int64_t c = 0; c < d; ++c) acc[c] += pv * vj[c];
     }
     for (int64_t c = 0; c < d; ++c)
-      o_row[c] = detail::from_float(p.dtype, static_cast<float>(acc[c] / l));
+      o_row[c] = detail::from_float(p.dtype, static_cast<float>(acc[c] / l * opt.o_scale));
     if (lse_row) lse_row[i] = static_cast<float>(m + std::log(l));
   }
 }

@@ -341,16 +341,20 @@ __global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const _
   auto new_val = [&](int i, int c) -> uint16_t {
     return static_cast<const uint16_t*>(p.v_new)[b * p.vn_b + i * p.vn_s + kvh * p.vn_h + c];
   };
-  // fp8: the 16 channels from c0 of new row i as stored, e4m3 of the value over the head's scale.
-  // Bytes shift in from the top, so the loop stays rolled (tail blocks only) and needs no
-  // indexed array (which would live in local memory).
+  // fp8: new row i's channel c as stored, e4m3 of the value over the head's scale; the append
+  // and the tail block's loader both take it from here, so the call attends what it stores.
+  auto stored8 = [&](int i, int c, bool key) -> uint8_t {
+    return key ? to_e4m3(to_f<Tag>(new_key(i, c)) / k_scale)
+               : to_e4m3(to_f<Tag>(new_val(i, c)) / v_scale);
+  };
+  // The 16 channels from c0. Bytes shift in from the top, so the loop stays rolled (tail blocks
+  // only) and needs no indexed array (which would live in local memory).
   auto quantized = [&](int i, int c0, bool key) {
     uint32_t w0 = 0, w1 = 0, w2 = 0, w3 = 0;
 #pragma unroll 1
     for (int e = 0; e < 16; ++e) {
-      const float x = key ? to_f<Tag>(new_key(i, c0 + e)) / k_scale : to_f<Tag>(new_val(i, c0 + e)) / v_scale;
       w0 = (w0 >> 8) | (w1 << 24), w1 = (w1 >> 8) | (w2 << 24), w2 = (w2 >> 8) | (w3 << 24);
-      w3 = (w3 >> 8) | uint32_t(to_e4m3(x)) << 24;
+      w3 = (w3 >> 8) | uint32_t(stored8(i, c0 + e, key)) << 24;
     }
     return make_uint4(w0, w1, w2, w3);
   };
@@ -454,8 +458,8 @@ __global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const _
       CT* kd = static_cast<CT*>(p.k_cache) + cache_offset(p, p.kc_b, p.kc_s, p.kc_h, b, n, kvh) + c;
       CT* vd = static_cast<CT*>(p.v_cache) + cache_offset(p, p.vc_b, p.vc_s, p.vc_h, b, n, kvh) + c;
       if constexpr (kFp8) {
-        *kd = to_e4m3(to_f<Tag>(new_key(i, c)) / k_scale);
-        *vd = to_e4m3(to_f<Tag>(new_val(i, c)) / v_scale);
+        *kd = stored8(i, c, true);
+        *vd = stored8(i, c, false);
       } else {
         *kd = new_key(i, c);
         *vd = new_val(i, c);
@@ -472,18 +476,18 @@ __global__ void __launch_bounds__(kThreads, min_blocks(D)) decode_kernel(const _
     if (it + kS - 1 < mine) load(first + (it + kS - 1) * stride, (it + kS - 1) % kS);
     cp_async_commit();
     if constexpr (kFp8) {  // this thread's chunks of block blk, widened into the 16-bit tile
-      const uint8_t* k8 = sm.k8[st];
-      const uint8_t* v8 = sm.v8[st];
+      // Byte chunk c8 of row j holds the tile's 16-byte chunks 2 c8 and 2 c8 + 1.
+      auto widen = [&](const uint8_t* stage, uint16_t* tile, int j) {
+        uint4 w[2];
+        widen_e4m3<Tag>(*reinterpret_cast<const uint4*>(stage + soff(j)), w);
+        auto* t = reinterpret_cast<uint8_t*>(tile);
+        *reinterpret_cast<uint4*>(t + portable::swz<C>(j, 2 * c8)) = w[0];
+        *reinterpret_cast<uint4*>(t + portable::swz<C>(j, 2 * c8 + 1)) = w[1];
+      };
 #pragma unroll
       for (int i = 0; i < kPerThread; ++i) {
-        const int j = j0 + i * kRowStep;
-        uint4 w[2];
-        widen_e4m3<Tag>(*reinterpret_cast<const uint4*>(k8 + soff(j)), w);
-        *reinterpret_cast<uint4*>(reinterpret_cast<uint8_t*>(sm.k[0]) + portable::swz<C>(j, 2 * c8)) = w[0];
-        *reinterpret_cast<uint4*>(reinterpret_cast<uint8_t*>(sm.k[0]) + portable::swz<C>(j, 2 * c8 + 1)) = w[1];
-        widen_e4m3<Tag>(*reinterpret_cast<const uint4*>(v8 + soff(j)), w);
-        *reinterpret_cast<uint4*>(reinterpret_cast<uint8_t*>(sm.v[0]) + portable::swz<C>(j, 2 * c8)) = w[0];
-        *reinterpret_cast<uint4*>(reinterpret_cast<uint8_t*>(sm.v[0]) + portable::swz<C>(j, 2 * c8 + 1)) = w[1];
+        widen(sm.k8[st], sm.k[0], j0 + i * kRowStep);
+        widen(sm.v8[st], sm.v[0], j0 + i * kRowStep);
       }
       __syncthreads();  // the tile is whole before any warp reads it
     }

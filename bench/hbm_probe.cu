@@ -12,7 +12,10 @@
 //   flat      : a plain coalesced 16-byte load stream over both buffers, many CTAs (no grid
 //               constraint): what the DRAM gives a simple read.
 // --pdl launches every variant as a programmatic dependent (griddepcontrol.wait at entry,
-// launch_dependents after the loop), as the decode kernel is launched.
+// launch_dependents after the loop), as the decode kernel is launched. The cp.async variants
+// also come with the wait moved (before the wait: the first S - 1 blocks, or everything), with
+// blocks claimed from a ticket counter instead of dealt, and with the split handshake's
+// arrival ticket taken early (perf-notes K23, K26).
 #include <cuda.h>
 #include <cudaTypedefs.h>
 #include <cuda_bf16.h>
@@ -45,6 +48,9 @@ struct Args {
   int* sink;
   float* partials;     // per (kv head, split): 2 KB of values, then 4 (max, sum) pairs
   unsigned* counters;  // per kv head, zero between calls
+  unsigned long long* tickets;  // per kv head, only ever incremented (zeroed per variant)
+  unsigned* flags;              // per (kv head, split): the call whose partial is stored
+  unsigned long long* counters64;  // End 8's arrival tickets, per kv head, only incremented
   uint2* out;          // per kv head: 4 rows x 128 bf16
   CUtensorMap km, vm;
 };
@@ -69,17 +75,44 @@ __device__ __forceinline__ void keep(const uint8_t* smem, const Args& a) {
 // and a relaxed atomic (no fence); End 6, no stores, the acq_rel atomic; End 7, End 3 with a
 // relaxed atomic (racy: what a handshake without a release wait could cost at best).
 template <int End>
-__device__ __forceinline__ void split_end(const uint8_t* sm, const Args& a) {
+__device__ __forceinline__ void split_end(const uint8_t* sm, const Args& a, unsigned long long ticket) {
   const int tid = threadIdx.x, h = blockIdx.y, split = blockIdx.x;
   const float4 mine = reinterpret_cast<const float4*>(sm)[tid];
   constexpr int kPart = 4 * kD + 8;  // floats a partial
   float* part = a.partials + (size_t(h) * a.splits + split) * kPart;
+  __shared__ int last;
+  if constexpr (End == 8) {
+    // The ticket was taken before the last block (End 8's loop), so the last ticket-taker
+    // waits only on CTAs that are already running: each stores its partial and then, after
+    // the barrier, thread 0 releases a flag holding the call's number.
+    __shared__ unsigned s_epoch;
+    if (tid == 0) {
+      last = int(ticket % unsigned(a.splits)) == a.splits - 1;
+      s_epoch = unsigned(ticket / unsigned(a.splits)) + 1;
+    }
+    __syncthreads();
+    const unsigned epoch = s_epoch;
+    if (!last) {
+      __stcg(reinterpret_cast<float4*>(part) + tid, mine);
+      if (tid < 4) __stcg(reinterpret_cast<float2*>(part + 4 * kD) + tid, make_float2(mine.x, 1.f));
+      __syncthreads();
+      if (tid == 0)
+        asm volatile("st.release.gpu.global.u32 [%0], %1;" ::"l"(a.flags + h * 64 + split), "r"(epoch) : "memory");
+      return;
+    }
+    if (tid < a.splits && tid != split) {
+      unsigned f = 0;
+      do {
+        asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(f) : "l"(a.flags + h * 64 + tid) : "memory");
+      } while (f != epoch);
+    }
+    __syncthreads();
+  } else {
   if (End != 6) {
     __stcg(reinterpret_cast<float4*>(part) + tid, mine);
     if (tid < 4) __stcg(reinterpret_cast<float2*>(part + 4 * kD) + tid, make_float2(mine.x, 1.f));
   }
   if (End < 2) return;
-  __shared__ int last;
   __syncthreads();
   if (tid == 0) {
     unsigned old = 0;
@@ -96,6 +129,7 @@ __device__ __forceinline__ void split_end(const uint8_t* sm, const Args& a) {
   __syncthreads();
   if (End != 3 && End != 7) return;
   if (!last) return;
+  }
   const int r = tid / 32;  // row of this thread's float4
   float2 ml[kMergeSplits];
   float4 x[kMergeSplits];
@@ -104,6 +138,7 @@ __device__ __forceinline__ void split_end(const uint8_t* sm, const Args& a) {
     const float* pj = a.partials + (size_t(h) * a.splits + j) * kPart;
     ml[j] = j < a.splits ? __ldcg(reinterpret_cast<const float2*>(pj + 4 * kD) + r) : make_float2(-INFINITY, 0.f);
     x[j] = j < a.splits ? __ldcg(reinterpret_cast<const float4*>(pj) + tid) : make_float4(0, 0, 0, 0);
+    if (End == 8 && j == split) ml[j] = make_float2(mine.x, 1.f), x[j] = mine;
   }
   float gm = -INFINITY, sum = 0.f;
   float4 acc = make_float4(0, 0, 0, 0);
@@ -123,10 +158,16 @@ __device__ __forceinline__ void split_end(const uint8_t* sm, const Args& a) {
       make_uint2(*reinterpret_cast<const uint32_t*>(&lo), *reinterpret_cast<const uint32_t*>(&hi));
 }
 
-template <int S, int End = 0>
+// Mode: 0, griddepcontrol.wait at entry (as the decode kernel); kPre, the first S - 1 blocks
+// are requested before the wait (the overlap an opt-in "the previous kernel writes no cache"
+// contract would allow); kAfter, the wait after the whole stream (no dependency at all: the
+// bound); kDyn, after S - 1 dealt blocks each CTA claims its next blocks from a per-head
+// ticket counter (balance; the order of a split's blocks is then not reproducible).
+enum { kEntry = 0, kPre = 1, kAfter = 2, kDyn = 3 };
+template <int S, int End = 0, int Mode = kEntry>
 __global__ void __launch_bounds__(kThreads, 1) cpasync_kernel(const __grid_constant__ Args a) {
   extern __shared__ __align__(128) uint8_t sm[];
-  pdl_wait();
+  if (Mode == kEntry || Mode == kDyn) pdl_wait();
   const int split = blockIdx.x, h = blockIdx.y, tid = threadIdx.x;
   const int nblk = a.keys / kBK, mine = (nblk - split + a.splits - 1) / a.splits;
   const int c = tid % 16, j0 = tid / 16;  // 16-byte column c of rows j0 + 8 i
@@ -144,20 +185,60 @@ __global__ void __launch_bounds__(kThreads, 1) cpasync_kernel(const __grid_const
                    "l"(vs + size_t(8 * i) * kHkv * kRowBytes));
     }
   };
-  for (int s = 0; s < S - 1; ++s) {
-    if (s < mine) load(split + s * a.splits, s);
-    asm volatile("cp.async.commit_group;");
-  }
-  for (int it = 0; it < mine; ++it) {
-    asm volatile("cp.async.wait_group %0;" ::"n"(S - 2));
-    __syncthreads();
-    if (it + S - 1 < mine) load(split + (it + S - 1) * a.splits, (it + S - 1) % S);
-    asm volatile("cp.async.commit_group;");
+  unsigned long long ticket = 0;
+  if constexpr (Mode == kDyn) {
+    // Tickets per call: the pool's blocks plus one that fails per CTA, so ticket % T is the
+    // pool index whatever the call (calls do not overlap: the wait is at entry).
+    const int base = (S - 1) * a.splits, T = nblk - base + a.splits;
+    __shared__ int next[2];
+    int pending = -1;
+    if (tid == 0) {
+      const int t = int(atomicAdd(a.tickets + h, 1ull) % unsigned(T));
+      pending = base + t < nblk ? base + t : -1;
+    }
+    int issued = 0;
+    for (int s = 0; s < S - 1; ++s) {
+      if (s < mine) load(split + s * a.splits, s), ++issued;
+      asm volatile("cp.async.commit_group;");
+    }
+    bool more = true;
+    for (int it = 0; it < issued; ++it) {
+      if (tid == 0) next[it & 1] = pending;
+      asm volatile("cp.async.wait_group %0;" ::"n"(S - 2));
+      __syncthreads();
+      const int b = more ? next[it & 1] : -1;
+      if (b >= 0) {
+        load(b, issued % S), ++issued;
+      } else {
+        if (End == 8 && tid == 0 && more) ticket = atomicAdd(a.counters64 + h, 1ull);
+        more = false;
+      }
+      asm volatile("cp.async.commit_group;");
+      if (tid == 0 && b >= 0) {
+        const int t = int(atomicAdd(a.tickets + h, 1ull) % unsigned(T));
+        pending = base + t < nblk ? base + t : -1;
+      }
+    }
+  } else {
+    for (int s = 0; s < S - 1; ++s) {
+      if (s < mine) load(split + s * a.splits, s);
+      asm volatile("cp.async.commit_group;");
+    }
+    if (Mode == kPre) pdl_wait();
+    for (int it = 0; it < mine; ++it) {
+      asm volatile("cp.async.wait_group %0;" ::"n"(S - 2));
+      __syncthreads();
+      if (it + S - 1 < mine) load(split + (it + S - 1) * a.splits, (it + S - 1) % S);
+      asm volatile("cp.async.commit_group;");
+      if (End == 8 && tid == 0 && it == (mine > S ? mine - S : 0))
+        ticket = atomicAdd(a.counters64 + h, 1ull);  // with the last block's request
+    }
   }
   asm volatile("cp.async.wait_group 0;");
   __syncthreads();
+  if (Mode == kAfter) pdl_wait();
   pdl_trigger();
-  if constexpr (End > 0) split_end<End>(sm, a);
+  if constexpr (End > 0) split_end<End>(sm, a, ticket);
   else keep(sm, a);
 }
 
@@ -294,6 +375,12 @@ int main(int argc, char** argv) {
   CK(cudaMalloc(&partials, size_t(kHkv) * 64 * (4 * kD + 8) * 4));
   CK(cudaMalloc(&counters, kHkv * 4));
   CK(cudaMemset(counters, 0, kHkv * 4));
+  unsigned long long* tickets;
+  unsigned* flags;
+  CK(cudaMalloc(&tickets, kHkv * 8));
+  CK(cudaMalloc(&flags, kHkv * 64 * 4));
+  unsigned long long* counters64;
+  CK(cudaMalloc(&counters64, kHkv * 8));
   CK(cudaMalloc(&out, kHkv * kThreads * sizeof(uint2)));
   for (auto& a : sets) {
     uint8_t *k, *v;
@@ -301,7 +388,7 @@ int main(int argc, char** argv) {
     CK(cudaMalloc(&v, bytes));
     CK(cudaMemset(k, 0x3c, bytes));
     CK(cudaMemset(v, 0x3c, bytes));
-    a = Args{k, v, keys, 0, 0x12345678, sink, partials, counters, out, {}, {}};
+    a = Args{k, v, keys, 0, 0x12345678, sink, partials, counters, tickets, flags, counters64, out, {}, {}};
     encode(&a.km, k, keys);
     encode(&a.vm, v, keys);
   }
@@ -327,6 +414,15 @@ int main(int argc, char** argv) {
   grid_variant("  stores + relaxed atom", (const void*)cpasync_kernel<3, 5>, kMergeSplits, 3);
   grid_variant("  acq_rel atom only", (const void*)cpasync_kernel<3, 6>, kMergeSplits, 3);
   grid_variant("  merge, relaxed atom", (const void*)cpasync_kernel<3, 7>, kMergeSplits, 3);
+  grid_variant("  early ticket, flags", (const void*)cpasync_kernel<3, 8>, kMergeSplits, 3);
+  grid_variant("cpasync S3 pre-wait", (const void*)cpasync_kernel<3, 0, kPre>, 16, 3);
+  grid_variant("cpasync S6 pre-wait", (const void*)cpasync_kernel<6, 0, kPre>, 16, 6);
+  grid_variant("cpasync S3 wait after", (const void*)cpasync_kernel<3, 0, kAfter>, 16, 3);
+  grid_variant("  pre-wait + merge", (const void*)cpasync_kernel<3, 3, kPre>, kMergeSplits, 3);
+  grid_variant("cpasync S3 claimed", (const void*)cpasync_kernel<3, 0, kDyn>, 16, 3);
+  grid_variant("cpasync S4 claimed", (const void*)cpasync_kernel<4, 0, kDyn>, 16, 4);
+  grid_variant("  claimed + merge", (const void*)cpasync_kernel<3, 3, kDyn>, kMergeSplits, 3);
+  grid_variant("  claimed + early ticket", (const void*)cpasync_kernel<3, 8, kDyn>, kMergeSplits, 3);
   grid_variant("bulk S3 16 splits", (const void*)async_kernel<3, false>, 16, 3);
   grid_variant("bulk S6 16 splits", (const void*)async_kernel<6, false>, 16, 6);
   grid_variant("tma S3 16 splits", (const void*)async_kernel<3, true>, 16, 3);
@@ -362,6 +458,9 @@ int main(int argc, char** argv) {
       cfg.numAttrs = pdl ? 1 : 0;
       CK(cudaLaunchKernelExC(&cfg, v.fn, params));
     };
+    CK(cudaMemset(tickets, 0, kHkv * 8));
+    CK(cudaMemset(flags, 0, kHkv * 64 * 4));
+    CK(cudaMemset(counters64, 0, kHkv * 8));
     for (int i = 0; i < 3; ++i) launch(i);
     CK(cudaStreamSynchronize(stream));
     cudaEvent_t e0, e1;

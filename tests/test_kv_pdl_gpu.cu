@@ -3,8 +3,9 @@
 // cache_seqlens 200 µs later, then a decode call on the same stream. Had the kernel read the
 // length before its griddepcontrol.wait, it would see the old one (100 keys, not 3000) and the
 // output would differ from the reference. KvGpu.SecondCallSeesTheFirstCallsAppend cannot tell:
-// there the first call writes before it triggers. Compiled for sm_90a only (label gpu); skips
-// without a compute capability 9.x GPU.
+// there the first call writes before it triggers. A second test does the same with the cache
+// rows themselves. Compiled for sm_90a only (label gpu); skips without a compute capability 9.x
+// GPU.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
@@ -87,6 +88,72 @@ TEST(KvPdl, DecodeWaitsForAKernelThatTriggersEarlyAndWritesLate) {
     const int64_t bad = outside_row_rule(s.dtype, s.d, ref.o, low.o, gpu.o);
     EXPECT_EQ(bad, 0) << (in_graph ? "in a graph" : "eagerly")
                       << ": the decode call read cache_seqlens before the predecessor wrote it";
+  }
+}
+
+// Lets the next kernel launch now, then after delay_ns copies n 16-byte words from each src
+// to its dst (one CTA: the copy outlasts the decode call's launch and its prefetches).
+__global__ void late_copier(uint4* dst0, const uint4* src0, uint4* dst1, const uint4* src1,
+                            size_t n, unsigned long long delay_ns) {
+  asm volatile("griddepcontrol.launch_dependents;");
+  unsigned long long t0, t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
+  do {
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  } while (t - t0 < delay_ns);
+  for (size_t i = threadIdx.x; i < n; i += blockDim.x) dst0[i] = src0[i], dst1[i] = src1[i];
+}
+
+// The same with the cache itself: the device starts with another problem's K and V (finite,
+// different), and the predecessor writes this problem's after it has let the decode call
+// launch. Copying cache rows before the wait (the XQA overlap) fails this; prefetching them
+// into L2 there does not (perf-notes K26).
+TEST(KvPdl, DecodeSeesCacheRowsAKernelWritesLate) {
+  if (!have_sm90()) GTEST_SKIP() << "needs a compute capability 9.x GPU";
+  KvSpec s;
+  s.batch = 1, s.hq = 32, s.hkv = 8, s.d = 128, s.lens = {3000}, s.capacity = 4096;
+  s.append = false;
+  s.nan_past_len = false;
+  for (bool in_graph : {false, true}) {
+    KvHost ref(s, 70 + in_graph), low(ref), gpu(ref), stale(s, 80 + in_graph);
+    low.rebuild();
+    ref.p.backend = Backend::kReference;
+    ASSERT_TRUE(run(ref.p).ok());
+    ASSERT_TRUE(ref::kvcache(fd::resolve(low.p), {/*round_p=*/true, 0}).ok());
+    ASSERT_NE(stale.k_cache, gpu.k_cache);
+    const Dev<uint16_t> good_k(gpu.k_cache), good_v(gpu.v_cache);
+    gpu.k_cache = stale.k_cache, gpu.v_cache = stale.v_cache;
+    gpu.rebuild();
+    KvDevice dev(gpu);
+    const Plan plan = query(dev.p);
+    ASSERT_TRUE(plan.status.ok()) << plan.status.message;
+    EXPECT_GT(plan.kv_splits, 1);
+    Workspace ws(plan.workspace_bytes);
+    ASSERT_TRUE(ws.ok());
+    Stream stream;
+    ASSERT_TRUE(stream.ok());
+    ASSERT_TRUE(run(dev.p, ws.ptr, stream.s).ok());  // sets the launch up, as above
+    ASSERT_EQ(cudaStreamSynchronize(stream.s), cudaSuccess);
+    Graph graph;
+    if (in_graph)
+      ASSERT_EQ(cudaStreamBeginCapture(stream.s, cudaStreamCaptureModeGlobal), cudaSuccess);
+    late_copier<<<1, 1024, 0, stream.s>>>(reinterpret_cast<uint4*>(dev.kc.ptr),
+                                          reinterpret_cast<const uint4*>(good_k.ptr),
+                                          reinterpret_cast<uint4*>(dev.vc.ptr),
+                                          reinterpret_cast<const uint4*>(good_v.ptr),
+                                          good_k.n * 2 / 16, 200'000);
+    const Status st = run(dev.p, ws.ptr, stream.s);
+    if (in_graph) {
+      ASSERT_EQ(cudaStreamEndCapture(stream.s, &graph.g), cudaSuccess);
+      ASSERT_EQ(cudaGraphInstantiate(&graph.exec, graph.g, 0), cudaSuccess);
+      ASSERT_EQ(cudaGraphLaunch(graph.exec, stream.s), cudaSuccess);
+    }
+    ASSERT_TRUE(st.ok()) << st.message;
+    ASSERT_EQ(cudaStreamSynchronize(stream.s), cudaSuccess);
+    dev.o.to_host(gpu.o);
+    const int64_t bad = outside_row_rule(s.dtype, s.d, ref.o, low.o, gpu.o);
+    EXPECT_EQ(bad, 0) << (in_graph ? "in a graph" : "eagerly")
+                      << ": the decode call attended cache rows written before the predecessor's";
   }
 }
 

@@ -331,6 +331,9 @@ def flash_attn_with_kvcache(
     alibi_slopes=None,
     num_splits=0,
     return_softmax_lse=False,
+    *,
+    k_scale=None,
+    v_scale=None,
 ):
     """q (B, Sq, Hq, D); k_cache/v_cache (B, capacity, Hkv, D), or pages (num_pages, page_size,
     Hkv, D) with block_table (B, max_pages) int32. k/v (B, Sq, Hkv, D), when given, are written
@@ -339,7 +342,13 @@ def flash_attn_with_kvcache(
     (B,), the row each entry's keys start at. Returns out, or
     (out, softmax_lse (B, Hq, Sq) fp32). Errors on the device (overflow, bad block-table
     entries) set bits in kvcache_error_flag(q) (not for JAX cache reads: NaN rows only) and
-    NaN rows, never out-of-bounds writes."""
+    NaN rows, never out-of-bounds writes.
+
+    fp8 caches (keyword-only, beyond FlashAttention-2's signature): k_cache/v_cache
+    float8_e4m3fn (torch, or ml_dtypes with numpy; a uint8 view is taken as the same bytes) with
+    k_scale/v_scale float32 (Hkv,) in q's memory: a stored byte means e4m3 * scale. k/v stay in
+    q's dtype and are stored as e4m3(k / k_scale) (rotated first), rounded to nearest even and
+    saturated at +-448. A scale that is not finite and > 0 sets bit 16 of the error flag."""
     _unsupported(softcap=softcap, alibi_slopes=alibi_slopes)
     if cache_batch_idx is not None:
         raise ValueError("cache_batch_idx: not supported by flashcore yet; must be None")
@@ -350,6 +359,9 @@ def flash_attn_with_kvcache(
         )
     if (k is None) != (v is None):
         raise ValueError("k/v: give both new-key tensors or neither")
+    if (k_scale is not None or v_scale is not None) and any(map(is_jax, (q, k_cache, v_cache))):
+        raise ValueError("k_scale/v_scale: fp8 caches are not supported with JAX arrays yet; "
+                         "pass torch or numpy caches")
     if k is not None and (is_jax(k_cache) or is_jax(v_cache)):
         raise ValueError(
             "k_cache/v_cache: JAX arrays are immutable, and with k/v flashcore writes the new rows "
@@ -379,28 +391,47 @@ def flash_attn_with_kvcache(
         if k is None:
             out, lse = torch.ops.flashcore.kvcache_read(q, k_cache, v_cache, cache_seqlens,
                                                         cache_leftpad, block_table, softmax_scale,
-                                                        bool(causal), left, right, num_splits == 0)
+                                                        bool(causal), left, right, num_splits == 0,
+                                                        k_scale, v_scale)
         else:
             out, lse = torch.ops.flashcore.kvcache(q, k_cache, v_cache, k, v, rotary_cos,
                                                    rotary_sin, cache_seqlens, cache_leftpad,
                                                    block_table, softmax_scale, bool(causal), left,
-                                                   right, bool(rotary_interleaved), num_splits == 0)
+                                                   right, bool(rotary_interleaved), num_splits == 0,
+                                                   k_scale, v_scale)
         return (out, lse) if return_softmax_lse else out
     out, lse = _with_kvcache(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens,
                              cache_leftpad, block_table, softmax_scale, causal, (left, right),
-                             rotary_interleaved, num_splits == 0, return_softmax_lse)
+                             rotary_interleaved, num_splits == 0, return_softmax_lse, k_scale,
+                             v_scale)
     return (out, lse) if return_softmax_lse else out
+
+
+def _fp8_bytes(cache):
+    """An fp8 (e4m3) cache as the uint8 view the core takes (the same memory): DLPack
+    exporters do not agree on fp8 types. Other caches as they are."""
+    if str(getattr(cache, "dtype", "")).endswith("float8_e4m3fn"):
+        fw = framework(cache)
+        if fw == "torch":
+            import torch
+
+            return cache.view(torch.uint8)
+        if fw == "numpy":
+            import numpy
+
+            return cache.view(numpy.uint8)
+    return cache
 
 
 def _with_kvcache(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens,
                   cache_leftpad, block_table, softmax_scale, causal, window_size,
-                  rotary_interleaved, split, return_lse):
+                  rotary_interleaved, split, return_lse, k_scale=None, v_scale=None):
     batch = q.shape[0]
     out = empty(q, tuple(q.shape))
     lse = empty(q, (batch, q.shape[2], q.shape[1]), float32=True) if return_lse else None
     left, right = _window(window_size)
-    args = (q, k_cache, v_cache, out, k, v, cache_seqlens, cache_leftpad, block_table,
-            rotary_cos, rotary_sin, bool(rotary_interleaved), lse, _scale(softmax_scale),
-            bool(causal), left, right, _error_flag(q))
+    args = (q, _fp8_bytes(k_cache), _fp8_bytes(v_cache), out, k, v, cache_seqlens, cache_leftpad,
+            block_table, rotary_cos, rotary_sin, bool(rotary_interleaved), lse,
+            _scale(softmax_scale), bool(causal), left, right, _error_flag(q), k_scale, v_scale)
     _run(_C.kvcache, q, args, split)
     return as_caller(q, out), as_caller(q, lse)

@@ -54,6 +54,12 @@ def rows():
     yield kv, "sliding window", _C.query_kvcache("bfloat16", 128, window_left=8, window_right=0)
     yield kv, "cache_leftpad", _C.query_kvcache("bfloat16", 128, append=True, leftpad=True)
     q, cache = _tiny()
+    import numpy as np
+
+    fp8, scale = np.full(cache.shape, 0x38, np.uint8), np.ones(cache.shape[2], np.float32)
+    yield kv, "fp8 (e4m3) cache, k_scale/v_scale (keyword-only)", _raised(
+        interface.flash_attn_with_kvcache, q, fp8, fp8.copy(), q[:, :, :2], q[:, :, :2],
+        cache_seqlens=4, k_scale=scale, v_scale=scale)
     for name, kwargs in (("cache_batch_idx", {"cache_batch_idx": 1}),
                          ("num_splits > 1", {"num_splits": 2}),
                          ("softcap > 0", {"softcap": 1.0}),

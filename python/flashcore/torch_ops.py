@@ -52,16 +52,19 @@ def kvcache(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
             cache_seqlens: torch.Tensor, cache_leftpad: Optional[torch.Tensor],
             block_table: Optional[torch.Tensor],
             softmax_scale: Optional[float], causal: bool, window_left: int, window_right: int,
-            rotary_interleaved: bool, split: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(out (B, Sq, Hq, D), softmax_lse (B, Hq, Sq) fp32); k/v appended into the caches."""
+            rotary_interleaved: bool, split: bool, k_scale: Optional[torch.Tensor] = None,
+            v_scale: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out (B, Sq, Hq, D), softmax_lse (B, Hq, Sq) fp32); k/v appended into the caches
+    (fp8 caches with k_scale/v_scale: quantized as stored)."""
     return _impl._with_kvcache(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens,
                                cache_leftpad, block_table, softmax_scale, causal, (window_left, window_right),
-                               rotary_interleaved, split, True)
+                               rotary_interleaved, split, True, k_scale, v_scale)
 
 
 @kvcache.register_fake
 def _(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, cache_leftpad,
-      block_table, softmax_scale, causal, window_left, window_right, rotary_interleaved, split):
+      block_table, softmax_scale, causal, window_left, window_right, rotary_interleaved, split,
+      k_scale=None, v_scale=None):
     return q.new_empty(q.shape), q.new_empty((q.shape[0], q.shape[2], q.shape[1]), dtype=torch.float32)
 
 
@@ -69,15 +72,16 @@ def _(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, cache_le
 def kvcache_read(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                  cache_seqlens: torch.Tensor, cache_leftpad: Optional[torch.Tensor],
                  block_table: Optional[torch.Tensor], softmax_scale: Optional[float],
-                 causal: bool, window_left: int, window_right: int,
-                 split: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                 causal: bool, window_left: int, window_right: int, split: bool,
+                 k_scale: Optional[torch.Tensor] = None,
+                 v_scale: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """kvcache without new keys: attention over the caches as they are."""
     return _impl._with_kvcache(q, k_cache, v_cache, None, None, None, None, cache_seqlens,
                                cache_leftpad, block_table, softmax_scale, causal,
-                               (window_left, window_right), True, split, True)
+                               (window_left, window_right), True, split, True, k_scale, v_scale)
 
 
 @kvcache_read.register_fake
 def _(q, k_cache, v_cache, cache_seqlens, cache_leftpad, block_table, softmax_scale, causal,
-      window_left, window_right, split):
+      window_left, window_right, split, k_scale=None, v_scale=None):
     return q.new_empty(q.shape), q.new_empty((q.shape[0], q.shape[2], q.shape[1]), dtype=torch.float32)

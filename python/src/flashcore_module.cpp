@@ -98,6 +98,25 @@ const int32_t* int32_data(const std::optional<Tensor>& t, const char* name) {
   return static_cast<const int32_t*>(t->data());
 }
 
+// An fp8 (e4m3) cache arrives as an 8-bit unsigned view (the Python layer passes
+// torch.float8_e4m3fn and ml_dtypes float8_e4m3fn caches so; DLPack exporters differ on fp8).
+template <class T>
+bool is_bytes(const T& t) {
+  const nb::dlpack::dtype d = t.dtype();
+  return d.code == uint8_t(nb::dlpack::dtype_code::UInt) && d.bits == 8 && d.lanes == 1;
+}
+
+// k_scale/v_scale: float32, one per kv head, contiguous, in q's memory (kvcache.h).
+const float* scale_data(const Tensor& t, const char* name, int64_t num_heads_kv, bool cuda) {
+  const nb::dlpack::dtype d = t.dtype();
+  if (d.code != uint8_t(nb::dlpack::dtype_code::Float) || d.bits != 32 || d.lanes != 1)
+    fail(std::string(name) + ": dtype must be float32");
+  expect_shape(t, name, {num_heads_kv});
+  if (t.shape(0) > 1 && t.stride(0) != 1) fail(std::string(name) + ": must be contiguous");
+  if (on_cuda(t) != cuda) fail(std::string(name) + ": must be in q's memory (device or host)");
+  return static_cast<const float*>(t.data());
+}
+
 float* lse_data(const std::optional<OutTensor>& t) {
   if (!t) return nullptr;
   const nb::dlpack::dtype d = t->dtype();
@@ -222,15 +241,26 @@ KvCacheParams kv_params(const Tensor& q, const OutTensor& k_cache, const OutTens
                         const std::optional<Tensor>& rotary_sin, bool rotary_interleaved,
                         const std::optional<OutTensor>& softmax_lse, double softmax_scale,
                         bool causal, int64_t window_left, int64_t window_right,
-                        const OutTensor& error_flag) {
+                        const OutTensor& error_flag, const std::optional<Tensor>& k_scale,
+                        const std::optional<Tensor>& v_scale) {
   KvCacheParams p;
   p.q = q.data();
   p.o = out.data();
   p.q_strides = strides_of(q, "q", false);
   p.o_strides = strides_of(out, "out", false);
   p.dtype = dtype_of(q, "q");
-  if (dtype_of(k_cache, "k_cache") != p.dtype || dtype_of(v_cache, "v_cache") != p.dtype)
+  if (k_scale.has_value() != v_scale.has_value()) fail("k_scale/v_scale: give both or neither");
+  p.cache_fp8 = k_scale.has_value();
+  if (p.cache_fp8) {
+    if (!is_bytes(k_cache) || !is_bytes(v_cache))
+      fail("k_cache/v_cache: with k_scale/v_scale the caches must be float8_e4m3fn (or their "
+           "uint8 view)");
+  } else if (is_bytes(k_cache) || is_bytes(v_cache)) {
+    fail("k_cache/v_cache: an 8-bit (fp8 e4m3) cache needs k_scale and v_scale (float32, one "
+         "per kv head)");
+  } else if (dtype_of(k_cache, "k_cache") != p.dtype || dtype_of(v_cache, "v_cache") != p.dtype) {
     fail("k_cache/v_cache: dtype must match q's");
+  }
   if (dtype_of(out, "out") != p.dtype) fail("out: dtype must match q's");
   p.k_cache = k_cache.data();
   p.v_cache = v_cache.data();
@@ -305,6 +335,10 @@ KvCacheParams kv_params(const Tensor& q, const OutTensor& k_cache, const OutTens
   if (fd.code != uint8_t(nb::dlpack::dtype_code::Int) || fd.bits != 32 || error_flag.size() < 1)
     fail("error_flag: must be an int32 tensor");
   p.error_flag = static_cast<int32_t*>(error_flag.data());
+  if (p.cache_fp8) {
+    p.k_scale = scale_data(*k_scale, "k_scale", hkv, on_cuda(q));
+    p.v_scale = scale_data(*v_scale, "v_scale", hkv, on_cuda(q));
+  }
   if (on_cuda(q)) p.device = q.device_id();
   return p;
 }
@@ -317,11 +351,13 @@ int64_t kvcache(const Tensor& q, const OutTensor& k_cache, const OutTensor& v_ca
                 const std::optional<Tensor>& rotary_sin, bool rotary_interleaved,
                 const std::optional<OutTensor>& softmax_lse, double softmax_scale, bool causal,
                 int64_t window_left, int64_t window_right, const OutTensor& error_flag,
+                const std::optional<Tensor>& k_scale, const std::optional<Tensor>& v_scale,
                 const std::optional<OutTensor>& workspace, uintptr_t stream, bool unsplit) {
   return run_with(kv_params(q, k_cache, v_cache, out, k_new, v_new, cache_seqlens, cache_leftpad,
                             block_table,
                             rotary_cos, rotary_sin, rotary_interleaved, softmax_lse,
-                            softmax_scale, causal, window_left, window_right, error_flag),
+                            softmax_scale, causal, window_left, window_right, error_flag,
+                            k_scale, v_scale),
                   workspace, stream, unsplit);
 }
 
@@ -433,7 +469,8 @@ NB_MODULE(_flashcore, m) {
         nb::arg("rotary_sin").none(), nb::arg("rotary_interleaved"),
         nb::arg("softmax_lse").none(), nb::arg("softmax_scale"), nb::arg("causal"),
         nb::arg("window_left"), nb::arg("window_right"), nb::arg("error_flag"),
-        nb::arg("workspace").none(), nb::arg("stream"), nb::arg("unsplit"));
+        nb::arg("k_scale").none(), nb::arg("v_scale").none(), nb::arg("workspace").none(),
+        nb::arg("stream"), nb::arg("unsplit"));
   m.def("query_forward", &query_forward, nb::arg("dtype"), nb::arg("head_dim"),
         nb::arg("num_heads_q"), nb::arg("num_heads_kv"), nb::arg("causal") = false,
         nb::arg("window_left") = -1, nb::arg("window_right") = -1, nb::arg("varlen") = false,

@@ -198,9 +198,13 @@ def test_with_kvcache_signature_is_flash_attn_2_8_3():
                 ("softmax_scale", None), ("causal", False), ("window_size", (-1, -1)),
                 ("softcap", 0.0), ("rotary_interleaved", True), ("alibi_slopes", None),
                 ("num_splits", 0), ("return_softmax_lse", False)]
-    params = inspect.signature(flashcore.flash_attn_with_kvcache).parameters.values()
+    params = list(inspect.signature(flashcore.flash_attn_with_kvcache).parameters.values())
     got = [(p.name, None if p.default is inspect.Parameter.empty else p.default) for p in params]
-    assert got == expected
+    # FlashAttention-2's parameters in its order, then flashcore's keyword-only fp8 scales.
+    assert got[:len(expected)] == expected
+    assert [(p.name, p.default, p.kind) for p in params[len(expected):]] == [
+        ("k_scale", None, inspect.Parameter.KEYWORD_ONLY),
+        ("v_scale", None, inspect.Parameter.KEYWORD_ONLY)]
     first_three = list(inspect.signature(flashcore.flash_attn_with_kvcache).parameters.values())[:3]
     assert all(p.default is inspect.Parameter.empty for p in first_three)
 
@@ -269,6 +273,136 @@ def test_with_kvcache_appends_in_place_then_attends(paged, rotary):
         np.testing.assert_array_equal(got_v[L:L + sq], v_new[b])
         np.testing.assert_array_equal(got_k[:L], k_dense[b, :L])
         np.testing.assert_array_equal(got_k[L + sq:], k_dense[b, L + sq:])
+
+
+def e4m3_decode(b):
+    """uint8 e4m3 bytes (OCP E4M3FN: bias 7, no infinities, 0x7f/0xff NaN) as float64."""
+    b = np.asarray(b, np.int64)
+    e, m = (b >> 3) & 15, (b & 7).astype(np.float64)
+    mag = np.where(e == 0, m / 8 * 2.0 ** -6, (1 + m / 8) * 2.0 ** (e - 7))
+    mag = np.where((b & 127) == 127, np.nan, mag)
+    return np.where(b >> 7, -mag, mag)
+
+
+E4M3_FINITE = np.array([e4m3_decode(b) for b in range(256) if b & 127 != 127])
+
+
+def random_e4m3(rng, *shape):
+    """Random finite e4m3 bytes."""
+    b = rng.integers(0, 256, shape).astype(np.uint8)
+    return np.where((b & 127) == 127, b ^ 1, b).astype(np.uint8)
+
+
+@pytest.mark.parametrize("paged", [False, True])
+def test_with_kvcache_fp8_cache_appends_quantized_then_attends(paged):
+    rng = np.random.default_rng(21)
+    batch, sq, hq, hkv, d, cap = 2, 2, 4, 2, 64, 40
+    lens = [17, 5]
+    q = randn(rng, batch, sq, hq, d)
+    k_new, v_new = randn(rng, batch, sq, hkv, d), randn(rng, batch, sq, hkv, d)
+    k_dense, v_dense = random_e4m3(rng, batch, cap, hkv, d), random_e4m3(rng, batch, cap, hkv, d)
+    k_scale = rng.uniform(0.01, 0.05, hkv).astype(np.float32)  # keys of e4m3 x 0.03: O(1)
+    v_scale = rng.uniform(0.5, 2.0, hkv).astype(np.float32)
+    if paged:
+        page, pages = 8, cap // 8
+        table = rng.permutation(batch * pages).astype(np.int32).reshape(batch, pages)
+        k_cache = np.empty((batch * pages, page, hkv, d), np.uint8)
+        v_cache = np.empty_like(k_cache)
+        for b in range(batch):
+            for p in range(pages):
+                k_cache[table[b, p]] = k_dense[b, p * page:(p + 1) * page]
+                v_cache[table[b, p]] = v_dense[b, p * page:(p + 1) * page]
+    else:
+        table, k_cache, v_cache = None, k_dense.copy(), v_dense.copy()
+    flag = flashcore.kvcache_error_flag(q)
+    flag[0] = 0
+    out, lse = flashcore.flash_attn_with_kvcache(
+        q, k_cache, v_cache, k_new, v_new, cache_seqlens=np.array(lens, np.int32),
+        block_table=table, causal=True, return_softmax_lse=True, k_scale=k_scale,
+        v_scale=v_scale)
+    assert flag[0] == 0
+    for b in range(batch):
+        L = lens[b]
+        if paged:
+            got_k = np.concatenate([k_cache[table[b, p]] for p in range(cap // 8)])
+            got_v = np.concatenate([v_cache[table[b, p]] for p in range(cap // 8)])
+        else:
+            got_k, got_v = k_cache[b], v_cache[b]
+        # The new rows are stored as the nearest e4m3 of value / scale; nothing else changed.
+        for got, new, scale in ((got_k, k_new[b], k_scale), (got_v, v_new[b], v_scale)):
+            want = new.astype(np.float32) / scale[None, :, None]
+            nearest = np.abs(want[..., None] - E4M3_FINITE).min(-1)
+            np.testing.assert_allclose(np.abs(e4m3_decode(got[L:L + sq]) - want), nearest,
+                                       atol=1e-6, rtol=1e-6)
+        np.testing.assert_array_equal(got_k[:L], k_dense[b, :L])
+        np.testing.assert_array_equal(got_v[L + sq:], v_dense[b, L + sq:])
+        # Attention over what the cache holds now: e4m3 x scale per kv head.
+        keys = e4m3_decode(got_k[:L + sq]) * k_scale[None, :, None]
+        vals = e4m3_decode(got_v[:L + sq]) * v_scale[None, :, None]
+        ref, ref_lse = reference(q[b], keys, vals, causal=True)
+        assert_close(out[b], ref, lse[b], ref_lse)
+
+
+def test_with_kvcache_fp8_arguments_are_checked():
+    rng = np.random.default_rng(22)
+    q = randn(rng, 1, 1, 4, 64)
+    kc8, vc8 = random_e4m3(rng, 1, 16, 2, 64), random_e4m3(rng, 1, 16, 2, 64)
+    kc16 = randn(rng, 1, 16, 2, 64)
+    scale = np.ones(2, np.float32)
+    with pytest.raises(ValueError, match="8-bit .* needs k_scale and v_scale"):
+        flashcore.flash_attn_with_kvcache(q, kc8, vc8, cache_seqlens=4)
+    with pytest.raises(ValueError, match="with k_scale/v_scale the caches must be float8_e4m3fn"):
+        flashcore.flash_attn_with_kvcache(q, kc16, kc16, cache_seqlens=4, k_scale=scale,
+                                          v_scale=scale)
+    with pytest.raises(ValueError, match="k_scale/v_scale: give both or neither"):
+        flashcore.flash_attn_with_kvcache(q, kc8, vc8, cache_seqlens=4, k_scale=scale)
+    with pytest.raises(ValueError, match=r"k_scale: shape must be \(2\)"):
+        flashcore.flash_attn_with_kvcache(q, kc8, vc8, cache_seqlens=4, k_scale=np.ones(3, np.float32),
+                                          v_scale=scale)
+    with pytest.raises(ValueError, match="v_scale: dtype must be float32"):
+        flashcore.flash_attn_with_kvcache(q, kc8, vc8, cache_seqlens=4, k_scale=scale,
+                                          v_scale=np.ones(2))
+
+
+def test_with_kvcache_fp8_bad_scale_sets_the_flag_and_nan_rows():
+    rng = np.random.default_rng(23)
+    q = randn(rng, 1, 1, 4, 64)
+    kc8, vc8 = random_e4m3(rng, 1, 16, 2, 64), random_e4m3(rng, 1, 16, 2, 64)
+    flag = flashcore.kvcache_error_flag(q)
+    flag[0] = 0
+    out = flashcore.flash_attn_with_kvcache(q, kc8, vc8, cache_seqlens=9,
+                                            k_scale=np.array([1.0, 0.0], np.float32),
+                                            v_scale=np.ones(2, np.float32))
+    assert flag[0] == 16
+    assert np.all(np.isnan(out))
+    flag[0] = 0
+
+
+def test_with_kvcache_fp8_ml_dtypes_caches_are_their_bytes():
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    rng = np.random.default_rng(24)
+    q = randn(rng, 1, 1, 4, 64)
+    kc8, vc8 = random_e4m3(rng, 1, 16, 2, 64), random_e4m3(rng, 1, 16, 2, 64)
+    scale = np.array([0.03, 0.05], np.float32)
+    want = flashcore.flash_attn_with_kvcache(q, kc8, vc8, cache_seqlens=11, k_scale=scale,
+                                             v_scale=scale)
+    got = flashcore.flash_attn_with_kvcache(q, kc8.view(ml_dtypes.float8_e4m3fn),
+                                            vc8.view(ml_dtypes.float8_e4m3fn), cache_seqlens=11,
+                                            k_scale=scale, v_scale=scale)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_allclose(kc8.view(ml_dtypes.float8_e4m3fn).astype(np.float64),
+                               e4m3_decode(kc8))
+
+
+def test_with_kvcache_fp8_with_jax_arrays_raises_saying_why():
+    jnp = pytest.importorskip("jax.numpy")
+    rng = np.random.default_rng(25)
+    q = jnp.asarray(randn(rng, 1, 1, 4, 64))
+    kc8 = jnp.asarray(random_e4m3(rng, 1, 16, 2, 64))
+    scale = jnp.ones(2, jnp.float32)
+    with pytest.raises(ValueError, match="fp8 caches are not supported with JAX arrays yet"):
+        flashcore.flash_attn_with_kvcache(q, kc8, kc8, cache_seqlens=4, k_scale=scale,
+                                          v_scale=scale)
 
 
 def test_with_kvcache_int_seqlens_and_no_append():

@@ -81,6 +81,93 @@ def test_compile_fullgraph_traces_the_ops():
     torch.testing.assert_close(kc[0, 5:9], kn[0])
 
 
+def fp8_problem(seed, device="cpu", paged=False):
+    """q, k/v new rows (bf16), float8_e4m3fn caches (random finite bytes), per-head scales."""
+    g = torch.Generator().manual_seed(seed)
+    b, sq, hq, hkv, d, cap = 2, 3, 8, 2, 128, 64
+    q = torch.randn(b, sq, hq, d, generator=g).bfloat16()
+    kn, vn = torch.randn(b, sq, hkv, d, generator=g).bfloat16(), torch.randn(b, sq, hkv, d, generator=g).bfloat16()
+    def cache():
+        by = torch.randint(0, 256, (b, cap, hkv, d), generator=g, dtype=torch.int32)
+        by = torch.where((by & 127) == 127, by ^ 1, by).to(torch.uint8)
+        return by.view(torch.float8_e4m3fn)
+    kc, vc = cache(), cache()
+    ks = (torch.rand(hkv, generator=g) * 0.04 + 0.01).float()
+    vs = (torch.rand(hkv, generator=g) + 0.5).float()
+    table = None
+    if paged:  # pages of 16 rows, shuffled
+        perm = torch.randperm(b * cap // 16, generator=g).to(torch.int32)
+        table = perm.view(b, cap // 16)
+        kp = torch.empty(b * cap // 16, 16, hkv, d, dtype=torch.uint8)
+        vp = torch.empty_like(kp)
+        for e in range(b):
+            for p in range(cap // 16):
+                kp[table[e, p]] = kc[e, p * 16:(p + 1) * 16].view(torch.uint8)
+                vp[table[e, p]] = vc[e, p * 16:(p + 1) * 16].view(torch.uint8)
+        kc, vc = kp.view(torch.float8_e4m3fn), vp.view(torch.float8_e4m3fn)
+    lens = torch.tensor([40, 9], dtype=torch.int32)
+    to = lambda t: None if t is None else t.to(device)  # noqa: E731
+    return tuple(map(to, (q, kn, vn, kc, vc, ks, vs, lens, table)))
+
+
+def test_fp8_caches_through_the_ops_match_sdpa_on_what_is_stored():
+    q, kn, vn, kc, vc, ks, vs, lens, _ = fp8_problem(11)
+    before = kc.clone()
+    out = flashcore.flash_attn_with_kvcache(q, kc, vc, kn, vn, cache_seqlens=lens, causal=True,
+                                            k_scale=ks, v_scale=vs)
+    assert int(flashcore.kvcache_error_flag(q)[0]) == 0
+    assert kc.dtype == torch.float8_e4m3fn
+    for e in range(q.shape[0]):
+        L, sq = int(lens[e]), q.shape[1]
+        # The new rows went in as e4m3(k / scale); the old ones are untouched.
+        want = (kn[e].float() / ks[None, :, None]).to(torch.float8_e4m3fn)
+        assert torch.equal(kc[e, L:L + sq].view(torch.uint8), want.view(torch.uint8))
+        assert torch.equal(kc[e, :L].view(torch.uint8), before[e, :L].view(torch.uint8))
+        keys = kc[e, :L + sq].float() * ks[None, :, None]
+        vals = vc[e, :L + sq].float() * vs[None, :, None]
+        torch.testing.assert_close(out[e].float(), sdpa(q[e], keys, vals, causal=True),
+                                   atol=2e-2, rtol=2e-2)
+
+
+def test_fp8_ops_pass_opcheck():
+    # test_schema compares inputs with arithmetic torch lacks for float8 on the CPU; the fake
+    # tensor, autograd registration and AOT dispatch checks run.
+    q, kn, vn, kc, vc, ks, vs, lens, _ = fp8_problem(12)
+    utils = ("test_faketensor", "test_autograd_registration", "test_aot_dispatch_dynamic")
+    torch.library.opcheck(torch_ops.kvcache, (q, kc, vc, kn, vn, None, None, lens, None, None,
+                                              None, True, -1, -1, True, True, ks, vs),
+                          test_utils=utils)
+    torch.library.opcheck(torch_ops.kvcache_read, (q, kc, vc, lens + 3, None, None, None, True,
+                                                   -1, -1, True, ks, vs), test_utils=utils)
+
+
+def test_fp8_caches_compile_fullgraph():
+    q, kn, vn, kc, vc, ks, vs, lens, _ = fp8_problem(14)
+
+    def step(q, kc, vc):
+        return flashcore.flash_attn_with_kvcache(q, kc, vc, cache_seqlens=lens, causal=True,
+                                                 k_scale=ks, v_scale=vs) * 2
+
+    torch.testing.assert_close(torch.compile(step, fullgraph=True)(q, kc, vc), step(q, kc, vc))
+
+
+@cuda
+@pytest.mark.parametrize("paged", [False, True])
+def test_fp8_caches_on_the_gpu_match_the_cpu(paged):
+    cpu = fp8_problem(13, "cpu", paged)
+    gpu = fp8_problem(13, "cuda", paged)
+    outs, caches = [], []
+    for q, kn, vn, kc, vc, ks, vs, lens, table in (cpu, gpu):
+        flashcore.kvcache_error_flag(q).zero_()
+        outs.append(flashcore.flash_attn_with_kvcache(q, kc, vc, kn, vn, cache_seqlens=lens,
+                                                      block_table=table, causal=True,
+                                                      k_scale=ks, v_scale=vs).cpu())
+        assert int(flashcore.kvcache_error_flag(q)[0]) == 0
+        caches.append((kc.view(torch.uint8).cpu(), vc.view(torch.uint8).cpu()))
+    assert torch.equal(caches[0][0], caches[1][0]) and torch.equal(caches[0][1], caches[1][1])
+    torch.testing.assert_close(outs[1].float(), outs[0].float(), atol=2e-2, rtol=2e-2)
+
+
 @cuda
 def test_cuda_graph_decode_step_replays_while_cache_seqlens_change():
     torch.manual_seed(3)

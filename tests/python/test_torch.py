@@ -82,18 +82,19 @@ def test_compile_fullgraph_traces_the_ops():
 
 
 def fp8_problem(seed, device="cpu", paged=False):
-    """q, k/v new rows (bf16), float8_e4m3fn caches (random finite bytes), per-head scales."""
+    """q, k/v new rows (bf16), float8_e4m3fn caches holding normal values / per-head scales."""
     g = torch.Generator().manual_seed(seed)
     b, sq, hq, hkv, d, cap = 2, 3, 8, 2, 128, 64
     q = torch.randn(b, sq, hq, d, generator=g).bfloat16()
     kn, vn = torch.randn(b, sq, hkv, d, generator=g).bfloat16(), torch.randn(b, sq, hkv, d, generator=g).bfloat16()
-    def cache():
-        by = torch.randint(0, 256, (b, cap, hkv, d), generator=g, dtype=torch.int32)
-        by = torch.where((by & 127) == 127, by ^ 1, by).to(torch.uint8)
-        return by.view(torch.float8_e4m3fn)
-    kc, vc = cache(), cache()
     ks = (torch.rand(hkv, generator=g) * 0.04 + 0.01).float()
-    vs = (torch.rand(hkv, generator=g) + 0.5).float()
+    vs = (torch.rand(hkv, generator=g) * 0.04 + 0.01).float()
+
+    def cache(scale):
+        x = torch.randn(b, cap, hkv, d, generator=g) / scale[None, None, :, None]
+        return x.to(torch.float8_e4m3fn)
+
+    kc, vc = cache(ks), cache(vs)
     table = None
     if paged:  # pages of 16 rows, shuffled
         perm = torch.randperm(b * cap // 16, generator=g).to(torch.int32)

@@ -12,6 +12,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <functional>
+#include <memory>
 #include <vector>
 
 #include "kv_device.h"
@@ -36,34 +38,55 @@ struct Graph {
   }
 };
 
-// Lets the next kernel launch now, then writes *at = value after delay_ns.
-__global__ void late_writer(int32_t* at, int32_t value, unsigned long long delay_ns) {
+// Lets the next kernel launch now, then spins for delay_ns.
+__device__ void trigger_then_wait(unsigned long long delay_ns) {
   asm volatile("griddepcontrol.launch_dependents;");
   unsigned long long t0, t;
   asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
   do {
     asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
   } while (t - t0 < delay_ns);
+}
+
+// Lets the next kernel launch now, then writes *at = value after delay_ns.
+__global__ void late_writer(int32_t* at, int32_t value, unsigned long long delay_ns) {
+  trigger_then_wait(delay_ns);
   *at = value;
 }
 
-TEST(KvPdl, DecodeWaitsForAKernelThatTriggersEarlyAndWritesLate) {
-  if (!have_sm90()) GTEST_SKIP() << "needs a compute capability 9.x GPU";
+// Lets the next kernel launch now, then after delay_ns copies n 16-byte words from each src
+// to its dst (one CTA: the copy outlasts the decode call's launch and its prefetches).
+__global__ void late_copier(uint4* dst0, const uint4* src0, uint4* dst1, const uint4* src1,
+                            size_t n, unsigned long long delay_ns) {
+  trigger_then_wait(delay_ns);
+  for (size_t i = threadIdx.x; i < n; i += blockDim.x) dst0[i] = src0[i], dst1[i] = src1[i];
+}
+
+using Predecessor = std::function<void(KvDevice&, cudaStream_t)>;
+
+// Both tests: B1, GQA 32/8, D128, 3000 keys in a 4096-row cache, no append (a split plan of one
+// wave). prepare(gpu) changes what the device holds until the predecessor has written, and
+// returns the predecessor's launch (a kernel that lets its dependents launch at once and writes
+// 200 µs later); then one decode call on the same stream, eagerly and captured in a graph, must
+// answer as the reference does for what the predecessor leaves.
+void expect_decode_after(uint64_t seed, const std::function<Predecessor(KvHost&)>& prepare,
+                         const char* what) {
   KvSpec s;
   s.batch = 1, s.hq = 32, s.hkv = 8, s.d = 128, s.lens = {3000}, s.capacity = 4096;
   s.append = false;
-  s.nan_past_len = false;  // the old length's keys are finite: only a wrong answer shows
+  s.nan_past_len = false;  // what the device holds before is finite: only a wrong answer shows
   for (bool in_graph : {false, true}) {
-    KvHost ref(s, 60 + in_graph), low(ref), gpu(ref);
+    KvHost ref(s, seed + in_graph), low(ref), gpu(ref);
     low.rebuild();
-    gpu.rebuild();
     ref.p.backend = Backend::kReference;
     ASSERT_TRUE(run(ref.p).ok());
     ASSERT_TRUE(ref::kvcache(fd::resolve(low.p), {/*round_p=*/true, 0}).ok());
-    gpu.seqlens[0] = 100;  // on the device until the predecessor writes 3000
+    const Predecessor predecessor = prepare(gpu);
+    gpu.rebuild();
     KvDevice dev(gpu);
     const Plan plan = query(dev.p);
     ASSERT_TRUE(plan.status.ok()) << plan.status.message;
+    EXPECT_GT(plan.kv_splits, 1);
     Workspace ws(plan.workspace_bytes);
     ASSERT_TRUE(ws.ok());
     Stream stream;
@@ -75,7 +98,7 @@ TEST(KvPdl, DecodeWaitsForAKernelThatTriggersEarlyAndWritesLate) {
     Graph graph;
     if (in_graph)
       ASSERT_EQ(cudaStreamBeginCapture(stream.s, cudaStreamCaptureModeGlobal), cudaSuccess);
-    late_writer<<<1, 32, 0, stream.s>>>(dev.seqlens.ptr, 3000, 200'000);
+    predecessor(dev, stream.s);
     const Status st = run(dev.p, ws.ptr, stream.s);
     if (in_graph) {
       ASSERT_EQ(cudaStreamEndCapture(stream.s, &graph.g), cudaSuccess);
@@ -86,22 +109,18 @@ TEST(KvPdl, DecodeWaitsForAKernelThatTriggersEarlyAndWritesLate) {
     ASSERT_EQ(cudaStreamSynchronize(stream.s), cudaSuccess);
     dev.o.to_host(gpu.o);
     const int64_t bad = outside_row_rule(s.dtype, s.d, ref.o, low.o, gpu.o);
-    EXPECT_EQ(bad, 0) << (in_graph ? "in a graph" : "eagerly")
-                      << ": the decode call read cache_seqlens before the predecessor wrote it";
+    EXPECT_EQ(bad, 0) << (in_graph ? "in a graph: " : "eagerly: ") << what;
   }
 }
 
-// Lets the next kernel launch now, then after delay_ns copies n 16-byte words from each src
-// to its dst (one CTA: the copy outlasts the decode call's launch and its prefetches).
-__global__ void late_copier(uint4* dst0, const uint4* src0, uint4* dst1, const uint4* src1,
-                            size_t n, unsigned long long delay_ns) {
-  asm volatile("griddepcontrol.launch_dependents;");
-  unsigned long long t0, t;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
-  do {
-    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-  } while (t - t0 < delay_ns);
-  for (size_t i = threadIdx.x; i < n; i += blockDim.x) dst0[i] = src0[i], dst1[i] = src1[i];
+TEST(KvPdl, DecodeWaitsForAKernelThatTriggersEarlyAndWritesLate) {
+  if (!have_sm90()) GTEST_SKIP() << "needs a compute capability 9.x GPU";
+  expect_decode_after(60, [](KvHost& gpu) -> Predecessor {
+    gpu.seqlens[0] = 100;  // on the device until the predecessor writes 3000
+    return [](KvDevice& dev, cudaStream_t st) {
+      late_writer<<<1, 32, 0, st>>>(dev.seqlens.ptr, 3000, 200'000);
+    };
+  }, "the decode call read cache_seqlens before the predecessor wrote it");
 }
 
 // The same with the cache itself: the device starts with another problem's K and V (finite,
@@ -110,51 +129,20 @@ __global__ void late_copier(uint4* dst0, const uint4* src0, uint4* dst1, const u
 // into L2 there does not (perf-notes K26).
 TEST(KvPdl, DecodeSeesCacheRowsAKernelWritesLate) {
   if (!have_sm90()) GTEST_SKIP() << "needs a compute capability 9.x GPU";
-  KvSpec s;
-  s.batch = 1, s.hq = 32, s.hkv = 8, s.d = 128, s.lens = {3000}, s.capacity = 4096;
-  s.append = false;
-  s.nan_past_len = false;
-  for (bool in_graph : {false, true}) {
-    KvHost ref(s, 70 + in_graph), low(ref), gpu(ref), stale(s, 80 + in_graph);
-    low.rebuild();
-    ref.p.backend = Backend::kReference;
-    ASSERT_TRUE(run(ref.p).ok());
-    ASSERT_TRUE(ref::kvcache(fd::resolve(low.p), {/*round_p=*/true, 0}).ok());
-    ASSERT_NE(stale.k_cache, gpu.k_cache);
-    const Dev<uint16_t> good_k(gpu.k_cache), good_v(gpu.v_cache);
+  expect_decode_after(70, [](KvHost& gpu) -> Predecessor {
+    const KvHost stale(gpu.spec, 80);
+    EXPECT_NE(stale.k_cache, gpu.k_cache);
+    auto good_k = std::make_shared<Dev<uint16_t>>(gpu.k_cache);
+    auto good_v = std::make_shared<Dev<uint16_t>>(gpu.v_cache);
     gpu.k_cache = stale.k_cache, gpu.v_cache = stale.v_cache;
-    gpu.rebuild();
-    KvDevice dev(gpu);
-    const Plan plan = query(dev.p);
-    ASSERT_TRUE(plan.status.ok()) << plan.status.message;
-    EXPECT_GT(plan.kv_splits, 1);
-    Workspace ws(plan.workspace_bytes);
-    ASSERT_TRUE(ws.ok());
-    Stream stream;
-    ASSERT_TRUE(stream.ok());
-    ASSERT_TRUE(run(dev.p, ws.ptr, stream.s).ok());  // sets the launch up, as above
-    ASSERT_EQ(cudaStreamSynchronize(stream.s), cudaSuccess);
-    Graph graph;
-    if (in_graph)
-      ASSERT_EQ(cudaStreamBeginCapture(stream.s, cudaStreamCaptureModeGlobal), cudaSuccess);
-    late_copier<<<1, 1024, 0, stream.s>>>(reinterpret_cast<uint4*>(dev.kc.ptr),
-                                          reinterpret_cast<const uint4*>(good_k.ptr),
-                                          reinterpret_cast<uint4*>(dev.vc.ptr),
-                                          reinterpret_cast<const uint4*>(good_v.ptr),
-                                          good_k.n * 2 / 16, 200'000);
-    const Status st = run(dev.p, ws.ptr, stream.s);
-    if (in_graph) {
-      ASSERT_EQ(cudaStreamEndCapture(stream.s, &graph.g), cudaSuccess);
-      ASSERT_EQ(cudaGraphInstantiate(&graph.exec, graph.g, 0), cudaSuccess);
-      ASSERT_EQ(cudaGraphLaunch(graph.exec, stream.s), cudaSuccess);
-    }
-    ASSERT_TRUE(st.ok()) << st.message;
-    ASSERT_EQ(cudaStreamSynchronize(stream.s), cudaSuccess);
-    dev.o.to_host(gpu.o);
-    const int64_t bad = outside_row_rule(s.dtype, s.d, ref.o, low.o, gpu.o);
-    EXPECT_EQ(bad, 0) << (in_graph ? "in a graph" : "eagerly")
-                      << ": the decode call attended cache rows written before the predecessor's";
-  }
+    return [good_k, good_v](KvDevice& dev, cudaStream_t st) {
+      late_copier<<<1, 1024, 0, st>>>(reinterpret_cast<uint4*>(dev.kc.ptr),
+                                      reinterpret_cast<const uint4*>(good_k->ptr),
+                                      reinterpret_cast<uint4*>(dev.vc.ptr),
+                                      reinterpret_cast<const uint4*>(good_v->ptr),
+                                      good_k->n * 2 / 16, 200'000);
+    };
+  }, "the decode call attended cache rows written before the predecessor's");
 }
 
 }  // namespace

@@ -225,6 +225,26 @@ def rotate(x, cos, sin, pos, interleaved):
     return x.astype(np.float16)
 
 
+def as_pages(rng, k_dense, v_dense, page=8):
+    """(block_table, k pages, v pages): dense (B, capacity, Hkv, D) caches cut into pages of
+    `page` rows, placed in a shuffled order."""
+    batch, cap = k_dense.shape[:2]
+    pages = cap // page
+    table = rng.permutation(batch * pages).astype(np.int32).reshape(batch, pages)
+    k_cache = np.empty((batch * pages, page) + k_dense.shape[2:], k_dense.dtype)
+    v_cache = np.empty_like(k_cache)
+    for b in range(batch):
+        for p in range(pages):
+            k_cache[table[b, p]] = k_dense[b, p * page:(p + 1) * page]
+            v_cache[table[b, p]] = v_dense[b, p * page:(p + 1) * page]
+    return table, k_cache, v_cache
+
+
+def entry_rows(cache, table, b):
+    """Entry b's rows of a dense cache, or of a paged one through its block table."""
+    return cache[b] if table is None else np.concatenate([cache[p] for p in table[b]])
+
+
 @pytest.mark.parametrize("paged", [False, True])
 @pytest.mark.parametrize("rotary", [None, "interleaved", "half"])
 def test_with_kvcache_appends_in_place_then_attends(paged, rotary):
@@ -238,18 +258,8 @@ def test_with_kvcache_appends_in_place_then_attends(paged, rotary):
     if rotary:
         ang = np.arange(64)[:, None] * 10000.0 ** (-np.arange(0, d, 2) / d)[None, :]
         cos, sin = np.cos(ang).astype(np.float16), np.sin(ang).astype(np.float16)
-    if paged:  # pages of 8 rows, shuffled
-        page, pages = 8, cap // 8
-        perm = rng.permutation(batch * pages).astype(np.int32)
-        table = perm.reshape(batch, pages)
-        k_cache = np.empty((batch * pages, page, hkv, d), np.float16)
-        v_cache = np.empty_like(k_cache)
-        for b in range(batch):
-            for p in range(pages):
-                k_cache[table[b, p]] = k_dense[b, p * page:(p + 1) * page]
-                v_cache[table[b, p]] = v_dense[b, p * page:(p + 1) * page]
-    else:
-        table, k_cache, v_cache = None, k_dense.copy(), v_dense.copy()
+    table, k_cache, v_cache = as_pages(rng, k_dense, v_dense) if paged else \
+        (None, k_dense.copy(), v_dense.copy())
     out, lse = flashcore.flash_attn_with_kvcache(
         q, k_cache, v_cache, k_new, v_new, cos, sin, np.array(lens, np.int32), block_table=table,
         causal=True, rotary_interleaved=rotary == "interleaved", return_softmax_lse=True)
@@ -264,11 +274,7 @@ def test_with_kvcache_appends_in_place_then_attends(paged, rotary):
         ref, ref_lse = reference(qb, keys, vals, causal=True)
         assert_close(out[b], ref, lse[b], ref_lse)
         # The cache now holds the (rotated) new rows at L.., and nothing else changed.
-        if paged:
-            got_k = np.concatenate([k_cache[table[b, p]] for p in range(cap // 8)])
-            got_v = np.concatenate([v_cache[table[b, p]] for p in range(cap // 8)])
-        else:
-            got_k, got_v = k_cache[b], v_cache[b]
+        got_k, got_v = entry_rows(k_cache, table, b), entry_rows(v_cache, table, b)
         np.testing.assert_array_equal(got_k[L:L + sq], kb)
         np.testing.assert_array_equal(got_v[L:L + sq], v_new[b])
         np.testing.assert_array_equal(got_k[:L], k_dense[b, :L])
@@ -303,17 +309,8 @@ def test_with_kvcache_fp8_cache_appends_quantized_then_attends(paged):
     k_dense, v_dense = random_e4m3(rng, batch, cap, hkv, d), random_e4m3(rng, batch, cap, hkv, d)
     k_scale = rng.uniform(0.01, 0.05, hkv).astype(np.float32)  # keys of e4m3 x 0.03: O(1)
     v_scale = rng.uniform(0.5, 2.0, hkv).astype(np.float32)
-    if paged:
-        page, pages = 8, cap // 8
-        table = rng.permutation(batch * pages).astype(np.int32).reshape(batch, pages)
-        k_cache = np.empty((batch * pages, page, hkv, d), np.uint8)
-        v_cache = np.empty_like(k_cache)
-        for b in range(batch):
-            for p in range(pages):
-                k_cache[table[b, p]] = k_dense[b, p * page:(p + 1) * page]
-                v_cache[table[b, p]] = v_dense[b, p * page:(p + 1) * page]
-    else:
-        table, k_cache, v_cache = None, k_dense.copy(), v_dense.copy()
+    table, k_cache, v_cache = as_pages(rng, k_dense, v_dense) if paged else \
+        (None, k_dense.copy(), v_dense.copy())
     flag = flashcore.kvcache_error_flag(q)
     flag[0] = 0
     out, lse = flashcore.flash_attn_with_kvcache(
@@ -323,11 +320,7 @@ def test_with_kvcache_fp8_cache_appends_quantized_then_attends(paged):
     assert flag[0] == 0
     for b in range(batch):
         L = lens[b]
-        if paged:
-            got_k = np.concatenate([k_cache[table[b, p]] for p in range(cap // 8)])
-            got_v = np.concatenate([v_cache[table[b, p]] for p in range(cap // 8)])
-        else:
-            got_k, got_v = k_cache[b], v_cache[b]
+        got_k, got_v = entry_rows(k_cache, table, b), entry_rows(v_cache, table, b)
         # The new rows are stored as the nearest e4m3 of value / scale; nothing else changed.
         for got, new, scale in ((got_k, k_new[b], k_scale), (got_v, v_new[b], v_scale)):
             want = new.astype(np.float32) / scale[None, :, None]

@@ -134,8 +134,10 @@ TEST(KvPdl, DecodeSeesCacheRowsAKernelWritesLate) {
     EXPECT_NE(stale.k_cache, gpu.k_cache);
     auto good_k = std::make_shared<Dev<uint16_t>>(gpu.k_cache);
     auto good_v = std::make_shared<Dev<uint16_t>>(gpu.v_cache);
+    EXPECT_TRUE(good_k->ptr && good_v->ptr) << "device allocation failed";
     gpu.k_cache = stale.k_cache, gpu.v_cache = stale.v_cache;
     return [good_k, good_v](KvDevice& dev, cudaStream_t st) {
+      if (!good_k->ptr || !good_v->ptr) return;  // failed above; the decode then fails too
       late_copier<<<1, 1024, 0, st>>>(reinterpret_cast<uint4*>(dev.kc.ptr),
                                       reinterpret_cast<const uint4*>(good_k->ptr),
                                       reinterpret_cast<uint4*>(dev.vc.ptr),

@@ -253,7 +253,8 @@ _retired = []
 def kvcache_error_flag(like):
     """The int32 tensor of shape (1,) that flash_attn_with_kvcache calls on like's device OR
     their error bits into (flashcore/kvcache.h: 1 cache overflow, 2 block-table entry out of
-    range, 4 rotary position out of range, 8 cache_leftpad out of range); 0 while every call
+    range, 4 rotary position out of range, 8 cache_leftpad out of range, 16 an fp8 cache's
+    k_scale/v_scale not (finite and > 0)); 0 while every call
     stayed inside its cache. An entry with an error writes nothing to the cache and gets NaN
     output rows. The calls never read it (no host synchronisation); the caller reads it and
     clears it (flag[0] = 0). It is made on first use, which must not be inside a CUDA-graph
@@ -348,7 +349,7 @@ def flash_attn_with_kvcache(
     float8_e4m3fn (torch, or ml_dtypes with numpy; a uint8 view is taken as the same bytes) with
     k_scale/v_scale float32 (Hkv,) in q's memory: a stored byte means e4m3 * scale. k/v stay in
     q's dtype and are stored as e4m3(k / k_scale) (rotated first), rounded to nearest even and
-    saturated at +-448. A scale that is not finite and > 0 sets bit 16 of the error flag."""
+    saturated at +-448. A scale that is not (finite and > 0) sets bit 16 of the error flag."""
     _unsupported(softcap=softcap, alibi_slopes=alibi_slopes)
     if cache_batch_idx is not None:
         raise ValueError("cache_batch_idx: not supported by flashcore yet; must be None")
@@ -359,9 +360,7 @@ def flash_attn_with_kvcache(
         )
     if (k is None) != (v is None):
         raise ValueError("k/v: give both new-key tensors or neither")
-    if (k_scale is not None or v_scale is not None) and any(map(is_jax, (q, k_cache, v_cache))):
-        raise ValueError("k_scale/v_scale: fp8 caches are not supported with JAX arrays yet; "
-                         "pass torch or numpy caches")
+    _check_fp8(q, k_cache, v_cache, k_scale, v_scale)
     if k is not None and (is_jax(k_cache) or is_jax(v_cache)):
         raise ValueError(
             "k_cache/v_cache: JAX arrays are immutable, and with k/v flashcore writes the new rows "
@@ -405,6 +404,25 @@ def flash_attn_with_kvcache(
                              rotary_interleaved, num_splits == 0, return_softmax_lse, k_scale,
                              v_scale)
     return (out, lse) if return_softmax_lse else out
+
+
+def _check_fp8(q, k_cache, v_cache, k_scale, v_scale):
+    """The ValueErrors about fp8 caches that the core cannot give: it sees their bytes only."""
+    fp8 = k_scale is not None or v_scale is not None
+    for name, cache in (("k_cache", k_cache), ("v_cache", v_cache)):
+        dtype = str(getattr(cache, "dtype", ""))
+        if "float8" in dtype and not dtype.endswith("float8_e4m3fn"):
+            raise ValueError(f"{name}: dtype {dtype} is not supported; an fp8 cache must be "
+                             f"float8_e4m3fn")
+        if is_jax(cache) and (fp8 or "float8" in dtype):
+            raise ValueError(f"{name}: fp8 caches are not supported as JAX arrays yet; pass "
+                             f"torch or numpy caches")
+    for name, scale in (("k_scale", k_scale), ("v_scale", v_scale)):
+        if scale is None:
+            continue
+        if not hasattr(scale, "__dlpack__") or (framework(q) == "torch") != (framework(scale) == "torch"):
+            raise ValueError(f"{name}: must be a float32 (num_heads_kv,) array of q's framework "
+                             f"and memory (got {type(scale).__name__})")
 
 
 def _fp8_bytes(cache):

@@ -31,9 +31,10 @@ def _register():
     _registered = True
 
 
-def _check_arrays(q, k, v, scale, varlen=False, names=("q", "k", "v"), same_batch=True):
-    """Ranks, dtypes, v shaped as k, head_dim (and batch, with same_batch) and group against q,
-    the float32 scale; returns the dtype's name."""
+def _check_arrays(q, k, v, scale, varlen=False, names=("q", "k", "v"), same_batch=True,
+                  fp8=False):
+    """Ranks, dtypes (fp8: k and v float8_e4m3fn), v shaped as k, head_dim (and batch, with
+    same_batch) and group against q, the float32 scale; returns the dtype's name."""
     import jax.numpy as jnp
     import numpy as np
 
@@ -46,8 +47,14 @@ def _check_arrays(q, k, v, scale, varlen=False, names=("q", "k", "v"), same_batc
             raise ValueError(f"{name}: must have {rank} dimensions {dims} (got {tuple(x.shape)})")
     if q.dtype not in (jnp.float16, jnp.bfloat16):
         raise ValueError(f"q: dtype must be float16 or bfloat16 (got {q.dtype})")
-    if k.dtype != q.dtype or v.dtype != q.dtype:
-        raise ValueError(f"{names[1]}/{names[2]}: dtype must match q's")
+    if fp8:
+        if k.dtype != jnp.float8_e4m3fn or v.dtype != jnp.float8_e4m3fn:
+            raise ValueError(f"{names[1]}/{names[2]}: with k_scale/v_scale the caches must be "
+                             f"float8_e4m3fn (got {k.dtype}, {v.dtype})")
+    elif k.dtype != q.dtype or v.dtype != q.dtype:
+        raise ValueError(f"{names[1]}/{names[2]}: " + (
+            "an fp8 cache needs k_scale and v_scale (float32, one per kv head)"
+            if "float8" in str(k.dtype) + str(v.dtype) else "dtype must match q's"))
     if tuple(v.shape) != tuple(k.shape):
         raise ValueError(f"{names[2]}: shape must be {names[1]}'s {tuple(k.shape)} (got "
                          f"{tuple(v.shape)})")
@@ -137,17 +144,30 @@ def flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
 
 
 def with_kvcache(q, k_cache, v_cache, cache_seqlens, cache_leftpad, block_table, softmax_scale,
-                 causal, left, right, split, return_softmax_lse):
+                 causal, left, right, split, return_softmax_lse, k_scale=None, v_scale=None):
     """The cache read (no append): caches (B, capacity, Hkv, D), or pages (num_pages,
-    page_size, Hkv, D) with block_table; cache_seqlens an int or int32 (B,). An entry with an
-    error (cache_seqlens past the capacity, a bad block-table entry or left pad) gets NaN rows:
-    the custom call has no error flag to OR into (a JAX array cannot be written across calls)."""
+    page_size, Hkv, D) with block_table; cache_seqlens an int or int32 (B,); fp8 caches
+    (float8_e4m3fn) with k_scale/v_scale float32 (Hkv,). An entry with an error (cache_seqlens
+    past the capacity, a bad block-table entry or left pad, a scale not (finite and > 0)) gets
+    NaN rows: the custom call has no error flag to OR into (a JAX array cannot be written
+    across calls)."""
     import jax.numpy as jnp
     import numpy as np
 
     paged = block_table is not None
+    fp8 = k_scale is not None or v_scale is not None
+    if fp8 and (k_scale is None or v_scale is None):
+        raise ValueError("k_scale/v_scale: give both or neither")
     dtype = _check_arrays(q, k_cache, v_cache, softmax_scale, names=("q", "k_cache", "v_cache"),
-                          same_batch=not paged)
+                          same_batch=not paged, fp8=fp8)
+    scales = [jnp.zeros((0,), jnp.float32)] * 2
+    if fp8:
+        hkv = k_cache.shape[-2]
+        scales = [jnp.asarray(k_scale), jnp.asarray(v_scale)]
+        for name, x in zip(("k_scale", "v_scale"), scales):
+            if x.dtype != jnp.float32 or tuple(x.shape) != (hkv,):
+                raise ValueError(f"{name}: must be float32 (num_heads_kv,) = ({hkv},) (got "
+                                 f"{x.dtype} {tuple(x.shape)})")
     batch = q.shape[0]
     if isinstance(cache_seqlens, (int, np.integer)):
         cache_seqlens = jnp.full((batch,), int(cache_seqlens), jnp.int32)  # placed with q
@@ -168,6 +188,7 @@ def with_kvcache(q, k_cache, v_cache, cache_seqlens, cache_leftpad, block_table,
     return _call("flashcore_kvcache", q, (b, hq, sq),
                  (q, k_cache, v_cache, cache_seqlens,
                   jnp.zeros((0,), jnp.int32) if cache_leftpad is None else cache_leftpad,
-                  jnp.zeros((0, 0), jnp.int32) if block_table is None else block_table),
+                  jnp.zeros((0, 0), jnp.int32) if block_table is None else block_table,
+                  *scales),
                  softmax_scale, causal, left, right, return_softmax_lse, dmask=False,
-                 has_leftpad=cache_leftpad is not None, paged=paged, split=bool(split))
+                 has_leftpad=cache_leftpad is not None, paged=paged, split=bool(split), fp8=fp8)

@@ -349,7 +349,8 @@ def flash_attn_with_kvcache(
     float8_e4m3fn (torch, or ml_dtypes with numpy; a uint8 view is taken as the same bytes) with
     k_scale/v_scale float32 (Hkv,) in q's memory: a stored byte means e4m3 * scale. k/v stay in
     q's dtype and are stored as e4m3(k / k_scale) (rotated first), rounded to nearest even and
-    saturated at +-448. A scale that is not (finite and > 0) sets bit 16 of the error flag."""
+    saturated at +-448. A scale that is not (finite and > 0) sets bit 16 of the error flag.
+    JAX float8_e4m3fn caches (with a JAX q) are read by the XLA custom call."""
     _unsupported(softcap=softcap, alibi_slopes=alibi_slopes)
     if cache_batch_idx is not None:
         raise ValueError("cache_batch_idx: not supported by flashcore yet; must be None")
@@ -381,7 +382,7 @@ def flash_attn_with_kvcache(
         # An XLA custom call: GPU or host, jax.jit too.
         return _jax.with_kvcache(q, k_cache, v_cache, cache_seqlens, cache_leftpad, block_table,
                                  _scale(softmax_scale), causal, left, right, num_splits == 0,
-                                 return_softmax_lse)
+                                 return_softmax_lse, k_scale, v_scale)
     if isinstance(cache_seqlens, int):
         cache_seqlens = _full_int32(q, batch, cache_seqlens)
     if _torch_ops(q):
@@ -414,9 +415,9 @@ def _check_fp8(q, k_cache, v_cache, k_scale, v_scale):
         if "float8" in dtype and not dtype.endswith("float8_e4m3fn"):
             raise ValueError(f"{name}: dtype {dtype} is not supported; an fp8 cache must be "
                              f"float8_e4m3fn")
-        if is_jax(cache) and (fp8 or "float8" in dtype):
-            raise ValueError(f"{name}: fp8 caches are not supported as JAX arrays yet; pass "
-                             f"torch or numpy caches")
+        if is_jax(cache) and (fp8 or "float8" in dtype) and not (is_jax(q) and _jax.available()):
+            raise ValueError(f"{name}: fp8 JAX caches run as the package's XLA custom call only: "
+                             f"with a JAX q, in a package built with jax")
     for name, scale in (("k_scale", k_scale), ("v_scale", v_scale)):
         if scale is None:
             continue

@@ -3,7 +3,8 @@
 // side is flashcore/_jax.py. q/out (B, Sq, Hq, D); caches (B, capacity, Hkv, D), or pages
 // (num_pages, page_size, Hkv, D) with block_table (B, max_pages); cache_seqlens and the
 // optional cache_leftpad int32 (B); lse (B, Hq, Sq). An absent cache_leftpad or block_table
-// comes as an empty array with its attribute false.
+// comes as an empty array with its attribute false. With `fp8` the caches are float8_e4m3fn
+// and k_scale/v_scale float32 (Hkv) (kvcache.h cache_fp8); otherwise the scales are empty.
 //
 // On the GPU the split workspace and the error flag live in one block of device memory per
 // (device, stream) that this file keeps for the process (kvcache.h: one workspace a stream).
@@ -65,14 +66,44 @@ ffi::Error grow(Block& b, std::vector<void*>& retired, int32_t device, size_t by
   return ffi::Error::Success();
 }
 
-ffi::Error kv_params(ffi::AnyBuffer q, ffi::AnyBuffer kc, ffi::AnyBuffer vc,
-                     ffi::Buffer<ffi::S32> seqlens, ffi::Buffer<ffi::S32> leftpad,
-                     ffi::Buffer<ffi::S32> block_table, ffi::AnyBuffer out,
-                     ffi::Buffer<ffi::F32> lse, float scale, bool causal, int64_t wl, int64_t wr,
-                     bool has_leftpad, bool paged, flashcore::KvCacheParams& p) {
-  if (ffi::Error e = check_four({&q, &kc, &vc, &out}, {"q", "k_cache", "v_cache", "out"}, 4, "");
+// The call's buffers: q's dtype for every one of q, the caches and out (fp8: the caches
+// float8_e4m3fn, q and out 16-bit).
+struct KvBuffers {
+  ffi::AnyBuffer q, kc, vc;
+  ffi::Buffer<ffi::S32> seqlens, leftpad, block_table;
+  ffi::Buffer<ffi::F32> k_scale, v_scale;
+};
+
+ffi::Error check_dtypes(const KvBuffers& in, ffi::AnyBuffer out, bool fp8) {
+  if (!fp8)
+    return check_four({&in.q, &in.kc, &in.vc, &out}, {"q", "k_cache", "v_cache", "out"}, 4, "");
+  // The 16-bit rules on q/out (twice), then the caches' own.
+  if (ffi::Error e = check_four({&in.q, &in.q, &in.q, &out}, {"q", "q", "q", "out"}, 4, "");
       e.failure())
     return e;
+  for (const ffi::AnyBuffer* c : {&in.kc, &in.vc}) {
+    if (c->dimensions().size() != 4) return invalid("k_cache/v_cache: must have 4 dimensions");
+    if (c->element_type() != ffi::DataType::F8E4M3FN)
+      return invalid("k_cache/v_cache: with k_scale/v_scale the caches must be float8_e4m3fn");
+  }
+  for (size_t i = 0; i < 4; ++i)
+    if (in.vc.dimensions()[i] != in.kc.dimensions()[i])
+      return invalid("v_cache: shape must match k_cache's");
+  const int64_t hkv = in.kc.dimensions()[2];
+  for (const auto* s : {&in.k_scale, &in.v_scale})
+    if (s->dimensions().size() != 1 || s->dimensions()[0] != hkv)
+      return invalid("k_scale/v_scale: must be float32 (num_heads_kv,)");
+  return ffi::Error::Success();
+}
+
+ffi::Error kv_params(const KvBuffers& in, ffi::AnyBuffer out, ffi::Buffer<ffi::F32> lse,
+                     float scale, bool causal, int64_t wl, int64_t wr, bool has_leftpad,
+                     bool paged, bool fp8, flashcore::KvCacheParams& p) {
+  if (ffi::Error e = check_dtypes(in, out, fp8); e.failure()) return e;
+  const ffi::AnyBuffer &q = in.q, &kc = in.kc, &vc = in.vc;
+  const ffi::Buffer<ffi::S32>& seqlens = in.seqlens;
+  const ffi::Buffer<ffi::S32>& leftpad = in.leftpad;
+  const ffi::Buffer<ffi::S32>& block_table = in.block_table;
   const ffi::DataType t = q.element_type();
   const auto qd = q.dimensions(), kd = kc.dimensions();
   if (kd[3] != qd[3]) return invalid("k_cache: head_dim must match q's");
@@ -116,17 +147,23 @@ ffi::Error kv_params(ffi::AnyBuffer q, ffi::AnyBuffer kc, ffi::AnyBuffer vc,
   p.causal = causal;
   p.window_left = wl;
   p.window_right = wr;
+  if (fp8) {
+    p.cache_fp8 = true;
+    p.k_scale = in.k_scale.typed_data();
+    p.v_scale = in.v_scale.typed_data();
+  }
   return ffi::Error::Success();
 }
 
 ffi::Error kv_cuda(cudaStream_t stream, int32_t device, ffi::AnyBuffer q, ffi::AnyBuffer kc,
                    ffi::AnyBuffer vc, ffi::Buffer<ffi::S32> seqlens, ffi::Buffer<ffi::S32> leftpad,
-                   ffi::Buffer<ffi::S32> block_table, ffi::Result<ffi::AnyBuffer> out,
+                   ffi::Buffer<ffi::S32> block_table, ffi::Buffer<ffi::F32> k_scale,
+                   ffi::Buffer<ffi::F32> v_scale, ffi::Result<ffi::AnyBuffer> out,
                    ffi::Result<ffi::Buffer<ffi::F32>> lse, float scale, bool causal, int64_t wl,
-                   int64_t wr, bool has_leftpad, bool paged, bool split) {
+                   int64_t wr, bool has_leftpad, bool paged, bool split, bool fp8) {
   flashcore::KvCacheParams p;
-  if (ffi::Error e = kv_params(q, kc, vc, seqlens, leftpad, block_table, *out, *lse, scale,
-                               causal, wl, wr, has_leftpad, paged, p);
+  if (ffi::Error e = kv_params({q, kc, vc, seqlens, leftpad, block_table, k_scale, v_scale}, *out,
+                               *lse, scale, causal, wl, wr, has_leftpad, paged, fp8, p);
       e.failure())
     return e;
   p.backend = flashcore::Backend::kCuda;
@@ -157,12 +194,13 @@ ffi::Error kv_cuda(cudaStream_t stream, int32_t device, ffi::AnyBuffer q, ffi::A
 
 ffi::Error kv_cpu(ffi::AnyBuffer q, ffi::AnyBuffer kc, ffi::AnyBuffer vc,
                   ffi::Buffer<ffi::S32> seqlens, ffi::Buffer<ffi::S32> leftpad,
-                  ffi::Buffer<ffi::S32> block_table, ffi::Result<ffi::AnyBuffer> out,
+                  ffi::Buffer<ffi::S32> block_table, ffi::Buffer<ffi::F32> k_scale,
+                  ffi::Buffer<ffi::F32> v_scale, ffi::Result<ffi::AnyBuffer> out,
                   ffi::Result<ffi::Buffer<ffi::F32>> lse, float scale, bool causal, int64_t wl,
-                  int64_t wr, bool has_leftpad, bool paged, bool /*split*/) {
+                  int64_t wr, bool has_leftpad, bool paged, bool /*split*/, bool fp8) {
   flashcore::KvCacheParams p;
-  if (ffi::Error e = kv_params(q, kc, vc, seqlens, leftpad, block_table, *out, *lse, scale,
-                               causal, wl, wr, has_leftpad, paged, p);
+  if (ffi::Error e = kv_params({q, kc, vc, seqlens, leftpad, block_table, k_scale, v_scale}, *out,
+                               *lse, scale, causal, wl, wr, has_leftpad, paged, fp8, p);
       e.failure())
     return e;
   int32_t flag = 0;
@@ -171,7 +209,8 @@ ffi::Error kv_cpu(ffi::AnyBuffer q, ffi::AnyBuffer kc, ffi::AnyBuffer vc,
   return guarded([&] { return flashcore::run(p); });
 }
 
-// q, k_cache, v_cache, cache_seqlens, cache_leftpad, block_table -> out, lse; attributes.
+// q, k_cache, v_cache, cache_seqlens, cache_leftpad, block_table, k_scale, v_scale -> out,
+// lse; attributes.
 template <class Binding>
 auto kv_binding(Binding b) {
   return std::move(b)
@@ -181,6 +220,8 @@ auto kv_binding(Binding b) {
       .template Arg<ffi::Buffer<ffi::S32>>()
       .template Arg<ffi::Buffer<ffi::S32>>()
       .template Arg<ffi::Buffer<ffi::S32>>()
+      .template Arg<ffi::Buffer<ffi::F32>>()
+      .template Arg<ffi::Buffer<ffi::F32>>()
       .template Ret<ffi::AnyBuffer>()
       .template Ret<ffi::Buffer<ffi::F32>>()
       .template Attr<float>("softmax_scale")
@@ -189,7 +230,8 @@ auto kv_binding(Binding b) {
       .template Attr<int64_t>("window_right")
       .template Attr<bool>("has_leftpad")
       .template Attr<bool>("paged")
-      .template Attr<bool>("split");
+      .template Attr<bool>("split")
+      .template Attr<bool>("fp8");
 }
 
 }  // namespace

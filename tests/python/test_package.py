@@ -396,17 +396,17 @@ def test_with_kvcache_fp8_ml_dtypes_caches_are_their_bytes():
                                           cache_seqlens=11, k_scale=scale, v_scale=scale)
 
 
-def test_with_kvcache_fp8_caches_as_jax_arrays_raise_saying_why():
+def test_with_kvcache_fp8_jax_caches_with_a_numpy_q_raise_saying_why():
     jnp = pytest.importorskip("jax.numpy")
     rng = np.random.default_rng(25)
     q = randn(rng, 1, 1, 4, 64)
-    kc8 = random_e4m3(rng, 1, 16, 2, 64)
+    kc8 = jnp.asarray(random_e4m3(rng, 1, 16, 2, 64)).view(jnp.float8_e4m3fn)
     scale = np.array([0.03, 0.05], np.float32)
     # (a numpy q: a JAX one would make the JAX error flag that test_jax_kvcache_under_jit
     # expects not to exist; a JAX q with numpy fp8 caches is in the host-path test below)
-    with pytest.raises(ValueError, match="k_cache: fp8 caches are not supported as JAX arrays"):
-        flashcore.flash_attn_with_kvcache(q, jnp.asarray(kc8), jnp.asarray(kc8),
-                                          cache_seqlens=4, k_scale=scale, v_scale=scale)
+    with pytest.raises(ValueError, match="k_cache: fp8 JAX caches run as the package's XLA"):
+        flashcore.flash_attn_with_kvcache(q, kc8, kc8, cache_seqlens=4, k_scale=scale,
+                                          v_scale=scale)
 
 
 def test_with_kvcache_int_seqlens_and_no_append():
@@ -896,6 +896,48 @@ def test_jax_gpu_kvcache(page_size):
                 return_softmax_lse=True))(q, kc, vc, L, table)
             assert out.devices() == {gpu}
             _check_jax_cache_read(jax, out, lse, as64, lens, True, 2e-2)
+
+
+@pytest.mark.parametrize("platform", ["cpu", "gpu"])
+def test_jax_fp8_cache_read_under_jit(platform):
+    """float8_e4m3fn JAX caches with per-head scales through the custom call, under jit, on the
+    host and (where JAX has one) the GPU: the same answer as the numpy path on the same bytes,
+    contiguous and paged; a bad scale gives NaN rows; the dtype and scale rules raise."""
+    jax = pytest.importorskip("jax")
+    _jax_ffi()
+    import jax.numpy as jnp
+
+    dev = jax.devices("cpu")[0] if platform == "cpu" else _jax_gpu()[1]
+    rng = np.random.default_rng(26)
+    b, sq, hq, hkv, d, cap = 2, 2, 8, 2, 128, 64
+    q = randn(rng, b, sq, hq, d)
+    k8, v8 = random_e4m3(rng, b, cap, hkv, d), random_e4m3(rng, b, cap, hkv, d)
+    ks, vs = np.array([0.03, 0.02], np.float32), np.array([0.5, 1.5], np.float32)
+    lens = np.array([50, 9], np.int32)
+    put = lambda x: jax.device_put(x, dev)  # noqa: E731
+    as_f8 = lambda x: put(jnp.asarray(x).view(jnp.float8_e4m3fn))  # noqa: E731
+    run = jax.jit(lambda q, kc, vc, L, t, ks, vs: flashcore.flash_attn_with_kvcache(
+        q, kc, vc, cache_seqlens=L, block_table=t, causal=True, k_scale=ks, v_scale=vs))
+    for paged in (False, True):
+        table, kc, vc = as_pages(rng, k8, v8, page=16) if paged else (None, k8, v8)
+        want = flashcore.flash_attn_with_kvcache(q, kc, vc, cache_seqlens=lens, block_table=table,
+                                                 causal=True, k_scale=ks, v_scale=vs)
+        got = run(put(q), as_f8(kc), as_f8(vc), put(lens), None if table is None else put(table),
+                  put(ks), put(vs))
+        assert got.devices() == {dev}
+        np.testing.assert_allclose(np.asarray(got, np.float64), want.astype(np.float64),
+                                   atol=2e-2 if platform == "gpu" else 0, rtol=2e-2 if platform == "gpu" else 0)
+    bad = run(put(q), as_f8(k8), as_f8(v8), put(lens), None, put(np.array([0.03, np.nan], np.float32)),
+              put(vs))
+    assert np.all(np.isnan(np.asarray(bad, np.float32)))
+    with pytest.raises(ValueError, match="k_cache/v_cache: with k_scale/v_scale the caches must"):
+        flashcore.flash_attn_with_kvcache(put(q), put(q[:, :1, :2]), put(q[:, :1, :2]),
+                                          cache_seqlens=1, k_scale=put(ks), v_scale=put(vs))
+    with pytest.raises(ValueError, match="v_scale: must be float32 \\(num_heads_kv,\\)"):
+        flashcore.flash_attn_with_kvcache(put(q), as_f8(k8), as_f8(v8), cache_seqlens=4,
+                                          k_scale=put(ks), v_scale=put(vs[:1]))
+    with pytest.raises(ValueError, match="an fp8 cache needs k_scale and v_scale"):
+        flashcore.flash_attn_with_kvcache(put(q), as_f8(k8), as_f8(v8), cache_seqlens=4)
 
 
 def test_with_kvcache_left_pad():

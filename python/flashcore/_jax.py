@@ -163,11 +163,21 @@ def with_kvcache(q, k_cache, v_cache, cache_seqlens, cache_leftpad, block_table,
     scales = [jnp.zeros((0,), jnp.float32)] * 2
     if fp8:
         hkv = k_cache.shape[-2]
-        scales = [jnp.asarray(k_scale), jnp.asarray(v_scale)]
-        for name, x in zip(("k_scale", "v_scale"), scales):
-            if x.dtype != jnp.float32 or tuple(x.shape) != (hkv,):
+        for name, x in (("k_scale", k_scale), ("v_scale", v_scale)):
+            # Checked before jnp.asarray, which would make float64 float32 (x64 off).
+            if getattr(x, "dtype", None) != np.float32 or tuple(getattr(x, "shape", ())) != (hkv,):
                 raise ValueError(f"{name}: must be float32 (num_heads_kv,) = ({hkv},) (got "
-                                 f"{x.dtype} {tuple(x.shape)})")
+                                 f"{getattr(x, 'dtype', type(x).__name__)} "
+                                 f"{tuple(getattr(x, 'shape', ()))})")
+            devices = getattr(x, "devices", None)
+            if callable(devices) and callable(getattr(q, "devices", None)):
+                try:
+                    same = devices() == q.devices()
+                except Exception:  # a tracer under jit has no devices: XLA places it
+                    same = True
+                if not same:
+                    raise ValueError(f"{name}: must be on q's device")
+        scales = [jnp.asarray(k_scale), jnp.asarray(v_scale)]
     batch = q.shape[0]
     if isinstance(cache_seqlens, (int, np.integer)):
         cache_seqlens = jnp.full((batch,), int(cache_seqlens), jnp.int32)  # placed with q

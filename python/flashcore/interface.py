@@ -415,15 +415,17 @@ def _check_fp8(q, k_cache, v_cache, k_scale, v_scale):
         if "float8" in dtype and not dtype.endswith("float8_e4m3fn"):
             raise ValueError(f"{name}: dtype {dtype} is not supported; an fp8 cache must be "
                              f"float8_e4m3fn")
-        if is_jax(cache) and (fp8 or "float8" in dtype) and not (is_jax(q) and _jax.available()):
+        if is_jax(cache) and (fp8 or "float8" in dtype) and not (
+                all(map(is_jax, (q, k_cache, v_cache))) and _jax.available()):
             raise ValueError(f"{name}: fp8 JAX caches run as the package's XLA custom call only: "
-                             f"with a JAX q, in a package built with jax")
+                             f"with a JAX q and both caches JAX arrays, in a package built with "
+                             f"jax")
     for name, scale in (("k_scale", k_scale), ("v_scale", v_scale)):
         if scale is None:
             continue
         if not hasattr(scale, "__dlpack__") or (framework(q) == "torch") != (framework(scale) == "torch"):
-            raise ValueError(f"{name}: must be a float32 (num_heads_kv,) array of q's framework "
-                             f"and memory (got {type(scale).__name__})")
+            raise ValueError(f"{name}: must be a float32 (num_heads_kv,) array in q's memory (a "
+                             f"torch tensor where q is one; got {type(scale).__name__})")
 
 
 def _fp8_bytes(cache):

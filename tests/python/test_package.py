@@ -870,7 +870,7 @@ def test_jax_q_with_numpy_caches_takes_the_host_path():
     ref, _ = reference(np.asarray(q[0], np.float64), kc[0, :4], vc[0, :4])
     np.testing.assert_allclose(np.asarray(out[0], np.float64), ref, atol=4e-3, rtol=4e-3)
     assert flashcore.kvcache_error_flag(q)[0] == 0
-    # fp8 caches too (JAX fp8 caches are refused: test_with_kvcache_fp8_caches_as_jax_...).
+    # fp8 caches too (JAX fp8 caches go to the custom call: test_jax_fp8_cache_read_under_jit).
     k8, v8 = random_e4m3(rng, 1, 8, 2, 64), random_e4m3(rng, 1, 8, 2, 64)
     scale = np.array([0.03, 0.05], np.float32)
     got = flashcore.flash_attn_with_kvcache(q, k8, v8, cache_seqlens=5, k_scale=scale,
@@ -938,6 +938,15 @@ def test_jax_fp8_cache_read_under_jit(platform):
                                           k_scale=put(ks), v_scale=put(vs[:1]))
     with pytest.raises(ValueError, match="an fp8 cache needs k_scale and v_scale"):
         flashcore.flash_attn_with_kvcache(put(q), as_f8(k8), as_f8(v8), cache_seqlens=4)
+    with pytest.raises(ValueError, match="k_scale/v_scale: give both or neither"):
+        flashcore.flash_attn_with_kvcache(put(q), as_f8(k8), as_f8(v8), cache_seqlens=4,
+                                          k_scale=put(ks))
+    with pytest.raises(ValueError, match="k_scale: must be float32"):
+        flashcore.flash_attn_with_kvcache(put(q), as_f8(k8), as_f8(v8), cache_seqlens=4,
+                                          k_scale=ks.astype(np.float64), v_scale=put(vs))
+    with pytest.raises(ValueError, match="v_cache: fp8 JAX caches run as the package's XLA"):
+        flashcore.flash_attn_with_kvcache(put(q), k8, as_f8(v8), cache_seqlens=4,
+                                          k_scale=put(ks), v_scale=put(vs))
 
 
 def test_with_kvcache_left_pad():

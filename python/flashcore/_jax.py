@@ -155,9 +155,7 @@ def with_kvcache(q, k_cache, v_cache, cache_seqlens, cache_leftpad, block_table,
     import numpy as np
 
     paged = block_table is not None
-    fp8 = k_scale is not None or v_scale is not None
-    if fp8 and (k_scale is None or v_scale is None):
-        raise ValueError("k_scale/v_scale: give both or neither")
+    fp8 = k_scale is not None  # both or neither: interface._check_fp8
     dtype = _check_arrays(q, k_cache, v_cache, softmax_scale, names=("q", "k_cache", "v_cache"),
                           same_batch=not paged, fp8=fp8)
     scales = [jnp.zeros((0,), jnp.float32)] * 2

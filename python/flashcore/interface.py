@@ -408,8 +408,11 @@ def flash_attn_with_kvcache(
 
 
 def _check_fp8(q, k_cache, v_cache, k_scale, v_scale):
-    """The ValueErrors about fp8 caches that the core cannot give: it sees their bytes only."""
+    """The ValueErrors about fp8 caches that the core cannot give (it sees their bytes only),
+    and the scales' both-or-neither for every path."""
     fp8 = k_scale is not None or v_scale is not None
+    if fp8 and (k_scale is None or v_scale is None):
+        raise ValueError("k_scale/v_scale: give both or neither")
     for name, cache in (("k_cache", k_cache), ("v_cache", v_cache)):
         dtype = str(getattr(cache, "dtype", ""))
         if "float8" in dtype and not dtype.endswith("float8_e4m3fn"):
